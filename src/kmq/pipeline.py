@@ -1,0 +1,447 @@
+"""``kmq select`` as functions: arrays in → :class:`SelectionResult`; a file in → files out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kmq import __version__
+from kmq.atomic import atomic_path, write_json
+from kmq.cache import embed_cached
+from kmq.clustering import (
+    DEFAULT_NITER,
+    SILHOUETTE_SAMPLE,
+    Clustering,
+    choose_k,
+    default_k_grid,
+    kmeans,
+)
+from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
+from kmq.errors import KmqError
+from kmq.examples import TEXT_VIEWS
+from kmq.formats import FieldMap, LoadedPool, load_pool, write_rejects, write_selected
+from kmq.random import SeedLike
+from kmq.selectors import CLUSTERED, SELECTORS, SelectionResult, get_selector
+
+log = logging.getLogger("kmq")
+
+MANIFEST = "manifest.json"
+TABLE = "selection.parquet"
+REJECTS = "rejects.jsonl"
+
+
+def resolve_budget(budget: int | float, n: int) -> int:
+    """A count, or a fraction in (0, 1] of the ``n`` valid rows (rounded, at least 1)."""
+    if isinstance(budget, bool):
+        raise KmqError(f"budget must be a count or a fraction in (0, 1], got {budget!r}")
+    if isinstance(budget, float | np.floating):
+        if not 0 < budget <= 1:
+            raise KmqError(f"a fractional budget must be in (0, 1], got {budget}")
+        return max(1, round(float(budget) * n))
+    if int(budget) < 1:
+        raise KmqError(f"budget must be >= 1, got {budget}")
+    return int(budget)
+
+
+def cluster(
+    embeddings: np.ndarray,
+    k: int | Literal["auto"],
+    *,
+    budget: int | None = None,
+    seed: SeedLike = 0,
+    k_grid: Sequence[int] | None = None,
+    niter: int = DEFAULT_NITER,
+    silhouette_sample: int = SILHOUETTE_SAMPLE,
+    show_progress: bool = False,
+) -> tuple[Clustering, dict[int, float] | None]:
+    """k-means with a given k, or with k chosen by silhouette over ``k_grid`` (``"auto"``)."""
+    scores = None
+    if k == "auto":
+        grid = list(k_grid) if k_grid else default_k_grid(len(embeddings), budget)
+        choice = choose_k(
+            embeddings,
+            grid,
+            seed=seed,
+            sample_size=silhouette_sample,
+            niter=niter,
+            show_progress=show_progress,
+        )
+        log.info(
+            "k by silhouette on %d rows: %s → k=%d",
+            choice.sample_size,
+            ", ".join(f"{kk}: {s:.4f}" for kk, s in choice.scores.items()),
+            choice.k,
+        )
+        k, scores = choice.k, choice.scores
+    return kmeans(embeddings, int(k), seed=seed, niter=niter), scores
+
+
+def select(
+    embeddings: np.ndarray,
+    budget: int | float,
+    *,
+    method: str = "kmq",
+    k: int | Literal["auto"] = "auto",
+    labels: np.ndarray | None = None,
+    quality: np.ndarray | None = None,
+    allocation: str = "balanced",
+    quality_weighting: str = "linear",
+    temperature: float = 1.0,
+    exclude: np.ndarray | Sequence[int] | None = None,
+    seed: SeedLike = 0,
+    k_grid: Sequence[int] | None = None,
+    niter: int = DEFAULT_NITER,
+) -> SelectionResult:
+    """Select ``budget`` rows of ``embeddings`` (a count or a fraction) with ``method``.
+
+    Clustered methods cluster first unless ``labels`` are given. The result's ``notes`` say
+    when a method fell back (e.g. kMQ without quality is kM-Random).
+    """
+    n = len(embeddings)
+    n_budget = resolve_budget(budget, n)
+    if method not in SELECTORS:
+        raise KmqError(f"method must be one of {', '.join(SELECTORS)}; got {method!r}")
+    silhouette = None
+    if labels is None and method in CLUSTERED:
+        fitted, silhouette = cluster(
+            embeddings, k, budget=n_budget, seed=seed, k_grid=k_grid, niter=niter
+        )
+        labels = fitted.labels_
+    selector = get_selector(
+        method, allocation=allocation, weighting=quality_weighting, temperature=temperature
+    )
+    result = selector.select(
+        embeddings, n_budget, labels=labels, quality=quality, exclude=exclude, seed=seed
+    )
+    result.silhouette = silhouette
+    return result
+
+
+@dataclass
+class SelectConfig:
+    """Everything ``kmq select`` takes; written whole into ``manifest.json``."""
+
+    input: str
+    out: str
+    budget: int | float = 0.05
+    method: str = "kmq"
+    k: int | Literal["auto"] = "auto"
+    k_grid: list[int] | None = None
+    seed: int = 0
+    allocation: str = "balanced"
+    quality_field: str | None = None
+    quality_weighting: str = "linear"
+    temperature: float = 1.0
+    encoder: str | Encoder = DEFAULT_ENCODER
+    view: str = "user"
+    batch_size: int = 64
+    max_length: int | None = None
+    cache_dir: str | None = None
+    exclude: str | None = None
+    on_invalid: Literal["error", "skip"] = "error"
+    fields: FieldMap = field(default_factory=FieldMap)
+    format: str | None = None
+    niter: int = DEFAULT_NITER
+    silhouette_sample: int = SILHOUETTE_SAMPLE
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.method not in SELECTORS:
+            raise KmqError(f"--method must be one of {', '.join(SELECTORS)}; got {self.method!r}")
+        if self.view not in TEXT_VIEWS:
+            raise KmqError(f"--view must be one of {', '.join(TEXT_VIEWS)}; got {self.view!r}")
+        if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
+            raise KmqError(f"--k must be a positive integer or 'auto', got {self.k!r}")
+
+
+@dataclass
+class SelectRun:
+    """What :func:`select_file` did: the result, the pool and the manifest it wrote."""
+
+    result: SelectionResult
+    pool: LoadedPool
+    manifest: dict[str, Any]
+    out: Path
+
+
+class Timer:
+    """Named wall-clock stages."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+
+
+def read_exclude(path: Path) -> list[str]:
+    """Ids never to pick: a selection table (Parquet), JSON(L) records with an ``id`` (or bare
+    strings), or plain text with one id per line."""
+    if not path.exists():
+        raise KmqError(f"--exclude file not found: {path}")
+    if path.suffix == ".parquet":
+        return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        items = json.loads(text)
+    elif path.suffix == ".jsonl":
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    ids = []
+    for number, item in enumerate(items, start=1):
+        value = item.get("id") if isinstance(item, dict) else item
+        if not isinstance(value, str | int):
+            raise KmqError(
+                f"{path}, item {number}: expected an id (a string, or an object with 'id')"
+            )
+        ids.append(str(value))
+    return ids
+
+
+def select_file(config: SelectConfig) -> SelectRun:
+    """Load → embed (cached) → cluster → select → write, as ``kmq select`` does."""
+    config.validate()
+    timer = Timer()
+    out = Path(config.out)
+    with timer.stage("load"):
+        pool = load_pool(
+            config.input,
+            fields=config.fields,
+            format=config.format,
+            on_invalid=config.on_invalid,
+            quality_field=config.quality_field,
+        )
+    n = len(pool.examples)
+    if n == 0:
+        raise KmqError(
+            f"{config.input}: no valid rows to select from ({len(pool.rejects)} rejected)"
+        )
+    log.info(
+        "loaded %d rows of %s (%s, %s), %d rejected",
+        n,
+        config.input,
+        pool.format,
+        pool.file_kind,
+        len(pool.rejects),
+    )
+    budget = resolve_budget(config.budget, n)
+    ids = [ex.id for ex in pool.examples]
+    exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
+    with timer.stage("embed"):
+        encoder = get_encoder(
+            config.encoder,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            show_progress=False,
+        )
+        texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]
+        embeddings, cache_hit = embed_cached(
+            texts,
+            encoder,
+            view=config.view,
+            cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+            show_progress=config.progress,
+        )
+    log.info("embeddings %s from %s", embeddings.shape, "cache" if cache_hit else encoder.name)
+    fitted: Clustering | None = None
+    silhouette = None
+    with timer.stage("cluster"):
+        if config.method in CLUSTERED or config.k != "auto":
+            fitted, silhouette = cluster(
+                embeddings,
+                config.k,
+                budget=budget,
+                seed=config.seed,
+                k_grid=config.k_grid,
+                niter=config.niter,
+                silhouette_sample=config.silhouette_sample,
+                show_progress=config.progress,
+            )
+    with timer.stage("select"):
+        selector = get_selector(
+            config.method,
+            allocation=config.allocation,
+            weighting=config.quality_weighting,
+            temperature=config.temperature,
+            show_progress=config.progress,
+        )
+        result = selector.select(
+            embeddings,
+            budget,
+            labels=None if fitted is None else fitted.labels_,
+            quality=pool.quality,
+            exclude=exclude_mask,
+            seed=config.seed,
+        )
+        result.silhouette = silhouette
+    for note in result.notes:
+        log.warning(note)
+    with timer.stage("write"):
+        out.mkdir(parents=True, exist_ok=True)
+        data_path = write_selected(pool, [pool.examples[i].row for i in result.indices], out)
+        write_table(out / TABLE, pool, result)
+        if pool.rejects:
+            write_rejects(pool.rejects, out / REJECTS)
+    manifest = build_manifest(
+        config,
+        pool,
+        result,
+        fitted,
+        embeddings,
+        encoder.name,
+        cache_hit,
+        int(exclude_mask.sum()),
+        unknown_excluded,
+        timer,
+        data_path,
+    )
+    write_json(out / MANIFEST, manifest)
+    return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def exclusion(ids: list[str], path: str | None) -> tuple[np.ndarray, int]:
+    """Mask of the pool rows named in ``--exclude``, and how many named ids are not in the pool."""
+    mask = np.zeros(len(ids), dtype=bool)
+    if path is None:
+        return mask, 0
+    wanted = set(read_exclude(Path(path)))
+    position = {id_: i for i, id_ in enumerate(ids)}
+    hits = [position[w] for w in wanted if w in position]
+    mask[hits] = True
+    unknown = len(wanted) - len(hits)
+    if unknown:
+        log.warning("%d ids in %s are not in the pool", unknown, path)
+    return mask, unknown
+
+
+def write_table(path: Path, pool: LoadedPool, result: SelectionResult) -> None:
+    """One row per pick: pick order, input row, id, cluster, source, quality, score, reason."""
+    idx = result.indices
+    quality = pool.quality[idx] if pool.quality is not None else np.full(len(idx), np.nan)
+    table = pa.table(
+        {
+            "pick_order": np.arange(len(idx), dtype=np.int64),
+            "index": np.array([pool.examples[i].row for i in idx], dtype=np.int64),
+            "id": [pool.examples[i].id for i in idx],
+            "cluster": (
+                result.labels[idx] if result.labels is not None else np.full(len(idx), -1)
+            ).astype(np.int64),
+            "source": [pool.examples[i].source for i in idx],
+            "quality": quality.astype(np.float64),
+            f"{result.score_name}_score": result.scores,
+            "reason": result.reasons,
+        }
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def source_counts(pool: LoadedPool, rows: np.ndarray | None = None) -> dict[str, int] | None:
+    sources = [ex.source for ex in pool.examples]
+    if all(s is None for s in sources):
+        return None
+    picked = sources if rows is None else [sources[i] for i in rows]
+    return dict(sorted(Counter(s if s is not None else "(none)" for s in picked).items()))
+
+
+def entropy(counts: dict[str, int]) -> float:
+    """Shannon entropy (nats) of a count distribution."""
+    p = np.array(list(counts.values()), dtype=np.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def build_manifest(
+    config: SelectConfig,
+    pool: LoadedPool,
+    result: SelectionResult,
+    fitted: Clustering | None,
+    embeddings: np.ndarray,
+    encoder_name: str,
+    cache_hit: bool,
+    n_excluded: int,
+    unknown_excluded: int,
+    timer: Timer,
+    data_path: Path,
+) -> dict[str, Any]:
+    pool_sources = source_counts(pool)
+    picked_sources = source_counts(pool, result.indices)
+    config_dict = asdict(replace(config, encoder=encoder_name))
+    clusters = None
+    if fitted is not None:
+        clusters = {
+            "k": fitted.k,
+            "inertia": fitted.inertia_,
+            "silhouette": {str(k): s for k, s in (result.silhouette or {}).items()} or None,
+            "pool": fitted.sizes_.tolist(),
+            "quota": None if result.quotas is None else result.quotas.tolist(),
+            "selected": np.bincount(fitted.labels_[result.indices], minlength=fitted.k).tolist(),
+        }
+    return {
+        "tool": "kmq",
+        "version": __version__,
+        "python": platform.python_version(),
+        "config": config_dict,
+        "seed": config.seed,
+        "input": {
+            "path": str(pool.path),
+            "sha256": pool.sha256,
+            "kind": pool.file_kind,
+            "compressed": pool.compressed,
+            "format": pool.format,
+        },
+        "counts": {
+            "records": pool.n_records,
+            "valid": len(pool.examples),
+            "rejected": len(pool.rejects),
+            "excluded": n_excluded,
+            "excluded_not_in_pool": unknown_excluded,
+            "budget": result.budget,
+            "selected": len(result),
+            "shortfall": result.shortfall,
+        },
+        "method": result.method,
+        "score_name": f"{result.score_name}_score",
+        "notes": result.notes,
+        "embedding": {
+            "encoder": encoder_name,
+            "view": config.view,
+            "dim": int(embeddings.shape[1]),
+            "cache_hit": cache_hit,
+        },
+        "clusters": clusters,
+        "sources": None
+        if pool_sources is None
+        else {
+            "pool": pool_sources,
+            "selected": picked_sources,
+            "entropy_pool": entropy(pool_sources),
+            "entropy_selected": entropy(picked_sources or {}),
+        },
+        "timings_s": timer.seconds,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "outputs": {
+            "rows": data_path.name,
+            "table": TABLE,
+            "rejects": REJECTS if pool.rejects else None,
+        },
+    }

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from kmq.cli import main
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kmq.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    proc = run_cli("select", str(pool), "--out", str(tmp_path / "o"), "--budget", "1")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "pool.jsonl, line 1" in proc.stderr and "assistant" in proc.stderr
+
+
+def test_bad_flag_values_are_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["select", "x.jsonl", "--out", "o", "--k", "many"])
+    assert "expected a positive integer or 'auto'" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_with_real_minilm_on_mix_small(tmp_path: Path, shared_data: Path) -> None:
+    """`kmq select` end to end with the packaged MiniLM on 2,000 rows of mix-small."""
+    with gzip.open(shared_data / "pools" / "mix-small.jsonl.gz", "rt", encoding="utf-8") as fh:
+        lines = [line for i, line in enumerate(fh) if i % 9 == 0][:2000]
+    pool = tmp_path / "slice.jsonl.gz"
+    with gzip.open(pool, "wt", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    out = tmp_path / "out"
+    args = [
+        "select",
+        str(pool),
+        "--budget",
+        "0.05",
+        "--method",
+        "kmq",
+        "--k",
+        "auto",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    ]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "pool vs selection" in proc.stdout and "gsm8k" in proc.stdout
+    with gzip.open(out / "selected.jsonl.gz", "rt", encoding="utf-8") as fh:
+        picked = fh.readlines()
+    assert len(picked) == 100
+    assert set(picked) <= set(lines)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["embedding"]["encoder"].startswith("all-MiniLM-L6-v2@")
+    assert manifest["embedding"]["dim"] == 384
+    assert len(manifest["clusters"]["silhouette"]) >= 3
+    assert sum(manifest["sources"]["selected"].values()) == 100
+
+    inspected = run_cli("inspect", str(out), "--json")
+    assert inspected.returncode == 0, inspected.stderr
+    data = json.loads(inspected.stdout)
+    table_ids = pq.read_table(out / "selection.parquet", columns=["id"]).column("id").to_pylist()
+    assert data["selected_ids"] == table_ids
+    assert data["counts"]["selected"] == 100
+
+    again = run_cli(*[str(tmp_path / "again") if a == str(out) else a for a in args])
+    assert again.returncode == 0, again.stderr
+    second = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert second["embedding"]["cache_hit"]
+    assert (
+        pq.read_table(tmp_path / "again" / "selection.parquet", columns=["id"])
+        .column("id")
+        .to_pylist()
+        == table_ids
+    )

