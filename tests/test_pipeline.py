@@ -77,6 +77,7 @@ def test_select_file_writes_rows_unchanged_table_and_manifest(tmp_path: Path) ->
     assert manifest["sources"]["pool"] == {"alpha": 40, "beta": 15, "gamma": 5}
     assert sum(manifest["sources"]["selected"].values()) == 12
     assert manifest["config"]["encoder"] == "fake-encoder/v1"
+    assert manifest["embedding"]["encoder"] == "fake-encoder/v1"
     assert manifest["input"]["sha256"] == run.pool.sha256
     assert set(manifest["timings_s"]) == {"load", "embed", "cluster", "select", "write"}
 
@@ -165,3 +166,13 @@ def test_resolve_budget() -> None:
     for bad in (0, -3, 1.5, 0.0, True):
         with pytest.raises(KmqError):
             resolve_budget(bad, 100)
+
+
+def test_plain_random_needs_no_embeddings(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    enc = FakeEncoder()
+    run = select_file(config(tmp_path, pool, method="random", k="auto", encoder=enc))
+    assert enc.calls == 0
+    assert run.manifest["embedding"] is None
+    assert len(run.result) == 12

@@ -229,7 +229,8 @@ def print_summary(manifest: dict[str, Any], out: Path) -> None:
     lines.append(f"time: {timings}; peak memory {manifest['peak_rss_mb']:.0f} MB")
     for line in lines:
         stdout.print(line)
-    stdout.print(composition_table(manifest))
+    if manifest.get("sources") or manifest.get("clusters"):
+        stdout.print(composition_table(manifest))
 
 
 def composition_table(manifest: dict[str, Any]) -> Table:

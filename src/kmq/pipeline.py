@@ -247,21 +247,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
     with timer.stage("embed"):
-        encoder = get_encoder(
-            config.encoder,
-            batch_size=config.batch_size,
-            max_length=config.max_length,
-            show_progress=False,
-        )
-        texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]
-        embeddings, cache_hit = embed_cached(
-            texts,
-            encoder,
-            view=config.view,
-            cache_dir=Path(config.cache_dir) if config.cache_dir else None,
-            show_progress=config.progress,
-        )
-    log.info("embeddings %s from %s", embeddings.shape, "cache" if cache_hit else encoder.name)
+        embeddings, embedding = embed_pool(pool, config)
     fitted: Clustering | None = None
     silhouette = None
     with timer.stage("cluster"):
@@ -306,9 +292,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         pool,
         result,
         fitted,
-        embeddings,
-        encoder.name,
-        cache_hit,
+        embedding,
         int(exclude_mask.sum()),
         unknown_excluded,
         timer,
@@ -316,6 +300,34 @@ def select_file(config: SelectConfig) -> SelectRun:
     )
     write_json(out / MANIFEST, manifest)
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The pool's embeddings (cached) and what made them; none for plain random selection."""
+    if config.method == "random" and config.k == "auto":
+        return np.empty((len(pool.examples), 0), dtype=np.float32), None
+    encoder = get_encoder(
+        config.encoder,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        show_progress=False,
+    )
+    texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]
+    embeddings, cache_hit = embed_cached(
+        texts,
+        encoder,
+        view=config.view,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+        show_progress=config.progress,
+    )
+    log.info("embeddings %s from %s", embeddings.shape, "cache" if cache_hit else encoder.name)
+    info = {
+        "encoder": encoder.name,
+        "view": config.view,
+        "dim": int(embeddings.shape[1]),
+        "cache_hit": cache_hit,
+    }
+    return embeddings, info
 
 
 def exclusion(ids: list[str], path: str | None) -> tuple[np.ndarray, int]:
@@ -375,9 +387,7 @@ def build_manifest(
     pool: LoadedPool,
     result: SelectionResult,
     fitted: Clustering | None,
-    embeddings: np.ndarray,
-    encoder_name: str,
-    cache_hit: bool,
+    embedding: dict[str, Any] | None,
     n_excluded: int,
     unknown_excluded: int,
     timer: Timer,
@@ -385,7 +395,8 @@ def build_manifest(
 ) -> dict[str, Any]:
     pool_sources = source_counts(pool)
     picked_sources = source_counts(pool, result.indices)
-    config_dict = asdict(replace(config, encoder=encoder_name))
+    encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
+    config_dict = asdict(replace(config, encoder=encoder))
     clusters = None
     if fitted is not None:
         clusters = {
@@ -422,12 +433,7 @@ def build_manifest(
         "method": result.method,
         "score_name": f"{result.score_name}_score",
         "notes": result.notes,
-        "embedding": {
-            "encoder": encoder_name,
-            "view": config.view,
-            "dim": int(embeddings.shape[1]),
-            "cache_hit": cache_hit,
-        },
+        "embedding": embedding,
         "clusters": clusters,
         "sources": None
         if pool_sources is None
