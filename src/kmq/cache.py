@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -44,6 +45,42 @@ def cache_key(texts: Sequence[str], encoder_name: str, view: str, max_length: in
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
+def compute_sharded(
+    folder: Path,
+    key: str,
+    n: int,
+    compute: Callable[[int, int], np.ndarray],
+    *,
+    meta: dict[str, Any],
+    shard_rows: int = SHARD_ROWS,
+    desc: str = "computing",
+    show_progress: bool = True,
+) -> tuple[np.ndarray, bool]:
+    """Rows ``0..n`` of ``compute(start, stop)``, cached as ``folder/<key>.npy`` (memory-mapped).
+
+    Shards are saved atomically as they finish, so an interrupted run resumes at the first
+    missing shard. Returns the array and whether it came whole from the cache.
+    """
+    final = folder / f"{key}.npy"
+    if final.exists():
+        return np.load(final, mmap_mode="r"), True
+    parts = folder / f"{key}.parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    spans = [(start, min(start + shard_rows, n)) for start in range(0, n, shard_rows)]
+    with tqdm(total=n, desc=desc, unit="row", disable=not show_progress) as bar:
+        for start, stop in spans:
+            shard = parts / f"{start:012d}-{stop:012d}.npy"
+            if not shard.exists():
+                write_npy(shard, compute(start, stop))
+            bar.update(stop - start)
+    shards = [np.load(parts / f"{start:012d}-{stop:012d}.npy") for start, stop in spans]
+    values = np.concatenate(shards) if shards else np.zeros((0,), np.float32)
+    write_npy(final, values)
+    write_json(folder / f"{key}.json", meta | {"rows": n, "shape": list(values.shape)})
+    shutil.rmtree(parts, ignore_errors=True)
+    return np.load(final, mmap_mode="r"), False
+
+
 def embed_cached(
     texts: Sequence[str],
     encoder: Encoder,
@@ -54,36 +91,23 @@ def embed_cached(
     show_progress: bool = True,
 ) -> tuple[np.ndarray, bool]:
     """Embeddings of ``texts`` (memory-mapped, read-only) and whether they came from the cache."""
-    root = (cache_dir or default_cache_dir()) / "embeddings"
     max_length = getattr(encoder, "max_length", None)
-    key = cache_key(texts, encoder.name, view, max_length)
-    final = root / f"{key}.npy"
-    if final.exists():
-        return np.load(final, mmap_mode="r"), True
-    parts = root / f"{key}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    starts = range(0, len(texts), shard_rows)
-    bar = tqdm(total=len(texts), desc="embedding", unit="row", disable=not show_progress)
-    for start in starts:
-        shard = parts / f"{start:012d}.npy"
-        stop = min(start + shard_rows, len(texts))
-        if not shard.exists():
-            write_npy(shard, encoder.encode(list(texts[start:stop])))
-        bar.update(stop - start)
-    bar.close()
-    shards = [np.load(parts / f"{start:012d}.npy") for start in starts]
-    vectors = np.concatenate(shards).astype(np.float32) if shards else np.zeros((0, 0), np.float32)
-    write_npy(final, vectors)
-    write_json(
-        root / f"{key}.json",
-        {
+
+    def encode(start: int, stop: int) -> np.ndarray:
+        return np.asarray(encoder.encode(list(texts[start:stop])), dtype=np.float32)
+
+    return compute_sharded(
+        (cache_dir or default_cache_dir()) / "embeddings",
+        cache_key(texts, encoder.name, view, max_length),
+        len(texts),
+        encode,
+        meta={
             "encoder": encoder.name,
             "view": view,
             "max_length": max_length,
             "chunking": CHUNKING,
-            "rows": len(texts),
-            "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
         },
+        shard_rows=shard_rows,
+        desc="embedding",
+        show_progress=show_progress,
     )
-    shutil.rmtree(parts, ignore_errors=True)
-    return np.load(final, mmap_mode="r"), False
