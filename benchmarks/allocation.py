@@ -49,8 +49,9 @@ def main() -> None:
     setup_logging()
     started = time.perf_counter()
     texts, sources = pool_texts(args.pool)
-    x, _ = embed_cached(texts, get_encoder("minilm", show_progress=False), view="user",
-                        cache_dir=args.cache_dir)
+    x, _ = embed_cached(
+        texts, get_encoder("minilm", show_progress=False), view="user", cache_dir=args.cache_dir
+    )
     src = np.array([s or "(none)" for s in sources])
     ks = [int(k) for k in args.ks.split(",")]
     rules = ["random", "proportional", "balanced", "equal"]
@@ -75,10 +76,15 @@ def main() -> None:
     for rule in rules:
         for k in ks:
             values = np.array(stats[(rule, k)])
-            rows.append([
-                rule, k, f"{values[:, 0].mean():.3f} ± {values[:, 0].std():.3f}",
-                f"{100 * values[:, 1].mean():.1f}", int(values[:, 2].mean()),
-            ])
+            rows.append(
+                [
+                    rule,
+                    k,
+                    f"{values[:, 0].mean():.3f} ± {values[:, 0].std():.3f}",
+                    f"{100 * values[:, 1].mean():.1f}",
+                    int(values[:, 2].mean()),
+                ]
+            )
     headers = ["allocation", "k", "source entropy (nats)", "largest source %", "rows picked"]
     table = markdown_table(headers, rows)
     print(table)
@@ -106,8 +112,13 @@ def main() -> None:
     ax.set_title(f"source mix of {args.budget} rows of {args.pool.name}")
     ax.legend(fontsize=8)
     save_figure(fig, args.out, "allocation")
-    write_report(args.out, "allocation", "Allocation rules and the source mix", body,
-                 time.perf_counter() - started)
+    write_report(
+        args.out,
+        "allocation",
+        "Allocation rules and the source mix",
+        body,
+        time.perf_counter() - started,
+    )
 
 
 if __name__ == "__main__":

@@ -56,4 +56,4 @@ def get_quality_scorer(name: str, **options: Any) -> QualityScorer:
     from kmq.quality.heuristics import ColumnScorer, LengthScorer
 
     cls = LengthScorer if name == "length" else ColumnScorer
-    return cls(**options)  # type: ignore[no-any-return]
+    return cls(**options)
