@@ -95,3 +95,25 @@ def test_cli_with_real_minilm_on_mix_small(tmp_path: Path, shared_data: Path) ->
         .to_pylist()
         == table_ids
     )
+
+
+def test_score_command_writes_the_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool = tmp_path / "pool.jsonl"
+    rows = [
+        {"instruction": f"task {i}", "output": "x" * (i + 1), "quality": float(i)} for i in range(5)
+    ]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scores.parquet"
+    common = ["--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(["score", str(pool), "--quality", "length", "--out", str(out), *common]) == 0
+    table = pq.read_table(out).to_pylist()
+    assert [r["length_score"] for r in table] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [r["id"] for r in table] == [f"row-{i}" for i in range(5)]
+    printed = capsys.readouterr().out
+    assert "length_score" in printed and "computed" in printed
+    column = tmp_path / "column.parquet"
+    args = ["score", str(pool), "--quality", "column", "--quality-field", "quality"]
+    assert main([*args, "--out", str(column), *common]) == 0
+    assert pq.read_table(column).column("column_score").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]

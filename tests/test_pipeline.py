@@ -79,7 +79,7 @@ def test_select_file_writes_rows_unchanged_table_and_manifest(tmp_path: Path) ->
     assert manifest["config"]["encoder"] == "fake-encoder/v1"
     assert manifest["embedding"]["encoder"] == "fake-encoder/v1"
     assert manifest["input"]["sha256"] == run.pool.sha256
-    assert set(manifest["timings_s"]) == {"load", "embed", "cluster", "select", "write"}
+    assert set(manifest["timings_s"]) == {"load", "quality", "embed", "cluster", "select", "write"}
 
 
 def test_same_seed_same_selection_and_cache_reuse(tmp_path: Path) -> None:
@@ -176,3 +176,20 @@ def test_plain_random_needs_no_embeddings(tmp_path: Path) -> None:
     assert enc.calls == 0
     assert run.manifest["embedding"] is None
     assert len(run.result) == 12
+
+
+def test_quality_scorer_feeds_kmq_and_the_manifest(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    run = select_file(config(tmp_path, pool, quality="length"))
+    info = run.manifest["quality"]
+    assert info["scorer"] == "length" and info["column"] == "length_score"
+    assert info["missing"] == 0 and not info["cache_hit"]
+    lengths = [len(run.pool.examples[i].response) for i in run.result.indices]
+    assert run.result.scores.tolist() == lengths
+    table = pq.read_table(tmp_path / "out" / "selection.parquet").to_pylist()
+    assert [r["quality"] for r in table] == lengths
+    again = select_file(config(tmp_path, pool, quality="length", out=str(tmp_path / "again")))
+    assert again.manifest["quality"]["cache_hit"]
+    with pytest.raises(KmqError, match="not both"):
+        select_file(config(tmp_path, pool, quality="length", quality_field="quality"))

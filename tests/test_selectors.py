@@ -100,17 +100,19 @@ def test_kmq_without_quality_says_it_is_km_random() -> None:
     assert any("km-random" in note for note in result.notes)
 
 
-def test_kmq_linear_weighting_rejects_negative_quality() -> None:
+def test_kmq_weighting_rules_on_signed_quality() -> None:
+    signed = QUALITY - 0.5
     with pytest.raises(KmqError, match="softmax"):
-        KMQSelector().select(X, 10, labels=LABELS, quality=QUALITY - 0.5, seed=0)
-    assert (
-        len(
-            KMQSelector(weighting="softmax").select(
-                X, 10, labels=LABELS, quality=QUALITY - 0.5, seed=0
-            )
-        )
-        == 10
-    )
+        KMQSelector(weighting="linear").select(X, 10, labels=LABELS, quality=signed, seed=0)
+    auto = KMQSelector().select(X, 10, labels=LABELS, quality=signed, seed=0)
+    soft = KMQSelector(weighting="softmax").select(X, 10, labels=LABELS, quality=signed, seed=0)
+    assert np.array_equal(auto.indices, soft.indices)  # auto decides once, for the whole pool
+    assert "softmax" in auto.notes[0]
+    positive = KMQSelector().select(X, 10, labels=LABELS, quality=QUALITY, seed=0)
+    linear = KMQSelector(weighting="linear").select(X, 10, labels=LABELS, quality=QUALITY, seed=0)
+    assert np.array_equal(positive.indices, linear.indices)
+    with pytest.raises(KmqError, match="NaN"):
+        KMQSelector().select(X, 10, labels=LABELS, quality=np.full(len(X), np.nan), seed=0)
 
 
 def test_km_closest_picks_the_most_central_rows() -> None:

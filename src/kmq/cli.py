@@ -20,6 +20,8 @@ from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
 from kmq.formats import FORMATS, FieldMap
 from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
+from kmq.quality import QUALITY_SCORERS
+from kmq.scoring import ScoreConfig, score_file
 from kmq.selectors import SELECTORS
 from kmq.selectors.kmq import WEIGHTINGS
 
@@ -59,6 +61,71 @@ def grid_arg(text: str) -> list[int]:
         ) from None
 
 
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """How to read the pool: shared by every subcommand that takes one."""
+    p.add_argument("input", help="JSONL/JSON/Parquet/CSV (optionally .gz) or a save_to_disk folder")
+    g = p.add_argument_group("reading the input")
+    g.add_argument(
+        "--on-invalid",
+        choices=["error", "skip"],
+        default="error",
+        help="stop at the first bad row (default) or skip it into rejects.jsonl",
+    )
+    g.add_argument("--format", choices=FORMATS, default=None, help="skip format detection")
+    for name in ("prompt", "response", "system", "messages", "id", "source"):
+        g.add_argument(
+            f"--{name}-field", dest=f"{name}_field", default=None, help=f"field holding the {name}"
+        )
+    p.add_argument("--cache-dir", help="embedding/score cache ($KMQ_CACHE_DIR or ~/.cache/kmq)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def field_map(args: argparse.Namespace) -> FieldMap:
+    return FieldMap(
+        messages_field=args.messages_field,
+        prompt_field=args.prompt_field,
+        response_field=args.response_field,
+        system_field=args.system_field,
+        id_field=args.id_field,
+        source_field=args.source_field,
+    )
+
+
+def add_scorer_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """The quality scorer and its settings: shared by ``select`` and ``score``."""
+    g = p.add_argument_group("quality scorer")
+    g.add_argument(
+        "--quality",
+        choices=QUALITY_SCORERS,
+        required=required,
+        help="compute quality with this scorer (cached); higher = better",
+    )
+    g.add_argument(
+        "--quality-model", help="model for ifd/perplexity/judge (default smollm2)/reward"
+    )
+    g.add_argument("--quality-max-length", type=int, help="tokens per scored row")
+    g.add_argument("--quality-batch-size", type=int, help="rows per forward pass")
+    g.add_argument("--judge-backend", choices=["local", "http"], help="judge: local model or HTTP")
+    g.add_argument("--judge-base-url", help="judge: OpenAI-compatible base URL, e.g. http://h/v1")
+    g.add_argument("--judge-api-key-env", help="judge: env var holding the API key")
+    g.add_argument("--judge-concurrency", type=int, help="judge: requests in flight at most")
+    g.add_argument("--judge-timeout", type=float, help="judge: seconds per request")
+
+
+def scorer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Scorer settings by the names the scorers take (unset ones stay at their defaults)."""
+    return {
+        "model": args.quality_model,
+        "max_length": args.quality_max_length,
+        "batch_size": args.quality_batch_size,
+        "backend": args.judge_backend,
+        "base_url": args.judge_base_url,
+        "api_key_env": args.judge_api_key_env,
+        "max_concurrency": args.judge_concurrency,
+        "timeout": args.judge_timeout,
+    }
+
+
 def add_select(sub: Any) -> None:
     p = sub.add_parser(
         "select",
@@ -66,7 +133,7 @@ def add_select(sub: Any) -> None:
         description="Embed, cluster and select; writes the picked rows in the "
         "input's own format, a per-row table and manifest.json to --out.",
     )
-    p.add_argument("input", help="JSONL/JSON/Parquet/CSV (optionally .gz) or a save_to_disk folder")
+    add_input_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--budget",
@@ -75,82 +142,64 @@ def add_select(sub: Any) -> None:
         help="rows to pick: a count (940) or a fraction of the pool (0.05; default)",
     )
     p.add_argument("--method", choices=list(SELECTORS), default="kmq")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--exclude", help="file of ids never to pick (text, JSON(L) or a selection.parquet)"
+    )
+    c = p.add_argument_group("clustering")
+    c.add_argument(
         "--k",
         type=k_arg,
         default="auto",
         help="number of clusters, or 'auto' to choose by silhouette (default)",
     )
-    p.add_argument(
+    c.add_argument(
         "--k-grid",
         type=grid_arg,
         default=None,
         help="k values tried by --k auto (default: powers of 2 from 8 to min(4096, n/4, budget))",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
+    c.add_argument(
         "--allocation",
         choices=ALLOCATIONS,
         default="balanced",
         help="per-cluster quotas (default balanced; 'equal' is the official code, under-fills)",
     )
-    p.add_argument(
-        "--quality-field", help="numeric field with a quality score, higher is better (kmq)"
+    c.add_argument("--niter", type=int, default=10, help="k-means Lloyd iterations")
+    c.add_argument("--silhouette-sample", type=int, default=5000)
+    q = p.add_argument_group("quality inside clusters (kmq)")
+    q.add_argument("--quality-field", help="numeric field of the input holding a quality score")
+    q.add_argument(
+        "--quality-weighting",
+        choices=WEIGHTINGS,
+        default="auto",
+        help="draw ∝ q^(1/T) (linear), ∝ exp(q/T) (softmax); auto: linear if every q >= 0",
     )
-    p.add_argument("--quality-weighting", choices=WEIGHTINGS, default="linear")
-    p.add_argument("--temperature", type=float, default=1.0, help="quality weighting temperature")
-    p.add_argument(
+    q.add_argument("--temperature", type=float, default=1.0, help="quality weighting temperature")
+    add_scorer_args(p, required=False)
+    e = p.add_argument_group("embedding")
+    e.add_argument(
         "--encoder",
         default="minilm",
         help="'minilm' (packaged, offline; default) or a sentence-transformers path/name",
     )
-    p.add_argument(
+    e.add_argument(
         "--view",
         choices=TEXT_VIEWS,
         default="user",
         help="text embedded: 'user' (system+user turns; default) or 'full' (all turns)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument(
         "--max-length",
         type=int,
         default=None,
         help="encoder window in tokens (longer texts are chunked and mean-pooled)",
     )
-    p.add_argument("--cache-dir", help="embedding cache (default $KMQ_CACHE_DIR or ~/.cache/kmq)")
-    p.add_argument(
-        "--exclude", help="file of ids never to pick (text, JSON(L) or a selection.parquet)"
-    )
-    p.add_argument(
-        "--on-invalid",
-        choices=["error", "skip"],
-        default="error",
-        help="stop at the first bad row (default) or skip it into rejects.jsonl",
-    )
-    p.add_argument("--format", choices=FORMATS, default=None, help="skip format detection")
-    for name in ("prompt", "response", "system", "messages", "id", "source"):
-        p.add_argument(
-            f"--{name}-field",
-            dest=f"{name}_field",
-            default=None,
-            help=f"field holding the {name}"
-            + (" (mapping)" if name in ("prompt", "response") else ""),
-        )
-    p.add_argument("--niter", type=int, default=20, help="k-means iterations")
-    p.add_argument("--silhouette-sample", type=int, default=5000)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(run=run_select)
 
 
 def run_select(args: argparse.Namespace) -> int:
-    fields = FieldMap(
-        messages_field=args.messages_field,
-        prompt_field=args.prompt_field,
-        response_field=args.response_field,
-        system_field=args.system_field,
-        id_field=args.id_field,
-        source_field=args.source_field,
-    )
     config = SelectConfig(
         input=args.input,
         out=args.out,
@@ -161,6 +210,8 @@ def run_select(args: argparse.Namespace) -> int:
         seed=args.seed,
         allocation=args.allocation,
         quality_field=args.quality_field,
+        quality=args.quality,
+        quality_options=scorer_options(args),
         quality_weighting=args.quality_weighting,
         temperature=args.temperature,
         encoder=args.encoder,
@@ -170,7 +221,7 @@ def run_select(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         exclude=args.exclude,
         on_invalid=args.on_invalid,
-        fields=fields,
+        fields=field_map(args),
         format=args.format,
         niter=args.niter,
         silhouette_sample=args.silhouette_sample,
@@ -178,6 +229,46 @@ def run_select(args: argparse.Namespace) -> int:
     )
     run = select_file(config)
     print_summary(run.manifest, run.out)
+    return 0
+
+
+def add_score(sub: Any) -> None:
+    p = sub.add_parser(
+        "score",
+        help="compute quality scores for a pool (cached, resumable)",
+        description="Score every valid row; writes index, id and <scorer>_score as Parquet.",
+    )
+    add_input_args(p)
+    p.add_argument("--out", required=True, help="output Parquet file")
+    add_scorer_args(p, required=True)
+    p.add_argument("--quality-field", help="the field read by --quality column")
+    p.set_defaults(run=run_score)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    options = scorer_options(args) | {"field": args.quality_field}
+    config = ScoreConfig(
+        input=args.input,
+        out=args.out,
+        quality=args.quality,
+        options=options,
+        fields=field_map(args),
+        format=args.format,
+        on_invalid=args.on_invalid,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    scores = score_file(config)
+    summary = scores.summary()
+    stdout.print(f"[bold]{summary['column']}[/] for {summary['rows']} rows → {args.out}")
+    stdout.print(f"direction: {summary['direction']}")
+    if "mean" in summary:
+        stdout.print(
+            f"mean {summary['mean']:.4g}; min {summary['min']:.4g}, p25 {summary['p25']:.4g}, "
+            f"median {summary['median']:.4g}, p75 {summary['p75']:.4g}, max {summary['max']:.4g}"
+        )
+    cached = "from the cache" if summary["cache_hit"] else "computed"
+    stdout.print(f"{cached}; {summary['missing']} rows could not be scored")
     return 0
 
 
@@ -267,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
     add_select(sub)
+    add_score(sub)
     add_inspect(sub)
     return parser
 

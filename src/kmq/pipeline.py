@@ -34,6 +34,7 @@ from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
 from kmq.formats import FieldMap, LoadedPool, load_pool, write_rejects, write_selected
 from kmq.random import SeedLike
+from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import CLUSTERED, SELECTORS, SelectionResult, get_selector
 
 log = logging.getLogger("kmq")
@@ -98,7 +99,7 @@ def select(
     labels: np.ndarray | None = None,
     quality: np.ndarray | None = None,
     allocation: str = "balanced",
-    quality_weighting: str = "linear",
+    quality_weighting: str = "auto",
     temperature: float = 1.0,
     exclude: np.ndarray | Sequence[int] | None = None,
     seed: SeedLike = 0,
@@ -143,7 +144,9 @@ class SelectConfig:
     seed: int = 0
     allocation: str = "balanced"
     quality_field: str | None = None
-    quality_weighting: str = "linear"
+    quality: str | None = None
+    quality_options: dict[str, Any] = field(default_factory=dict)
+    quality_weighting: str = "auto"
     temperature: float = 1.0
     encoder: str | Encoder = DEFAULT_ENCODER
     view: str = "user"
@@ -165,6 +168,11 @@ class SelectConfig:
             raise KmqError(f"--view must be one of {', '.join(TEXT_VIEWS)}; got {self.view!r}")
         if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
             raise KmqError(f"--k must be a positive integer or 'auto', got {self.k!r}")
+        if self.quality and self.quality_field:
+            raise KmqError(
+                f"give either --quality {self.quality} (a scorer) or --quality-field "
+                f"{self.quality_field} (a column), not both"
+            )
 
 
 @dataclass
@@ -246,6 +254,8 @@ def select_file(config: SelectConfig) -> SelectRun:
     budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
+    with timer.stage("quality"):
+        quality, quality_info = pool_quality(pool, config)
     with timer.stage("embed"):
         embeddings, embedding = embed_pool(pool, config)
     fitted: Clustering | None = None
@@ -274,7 +284,7 @@ def select_file(config: SelectConfig) -> SelectRun:
             embeddings,
             budget,
             labels=None if fitted is None else fitted.labels_,
-            quality=pool.quality,
+            quality=quality,
             exclude=exclude_mask,
             seed=config.seed,
         )
@@ -284,7 +294,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     with timer.stage("write"):
         out.mkdir(parents=True, exist_ok=True)
         data_path = write_selected(pool, [pool.examples[i].row for i in result.indices], out)
-        write_table(out / TABLE, pool, result)
+        write_table(out / TABLE, pool, result, quality)
         if pool.rejects:
             write_rejects(pool.rejects, out / REJECTS)
     manifest = build_manifest(
@@ -293,6 +303,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         result,
         fitted,
         embedding,
+        quality_info,
         int(exclude_mask.sum()),
         unknown_excluded,
         timer,
@@ -300,6 +311,28 @@ def select_file(config: SelectConfig) -> SelectRun:
     )
     write_json(out / MANIFEST, manifest)
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def pool_quality(
+    pool: LoadedPool, config: SelectConfig
+) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """Quality per row from ``--quality-field`` or a ``--quality`` scorer (NaN → lowest score)."""
+    if config.quality_field:
+        return pool.quality, {
+            "scorer": "column",
+            "column": config.quality_field,
+            "direction": "as given; higher = better",
+        }
+    if not config.quality:
+        return None, None
+    scores = compute_quality(
+        pool.examples,
+        config.quality,
+        options=config.quality_options,
+        cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+        show_progress=config.progress,
+    )
+    return fill_missing(scores.values), scores.summary()
 
 
 def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
@@ -345,10 +378,12 @@ def exclusion(ids: list[str], path: str | None) -> tuple[np.ndarray, int]:
     return mask, unknown
 
 
-def write_table(path: Path, pool: LoadedPool, result: SelectionResult) -> None:
+def write_table(
+    path: Path, pool: LoadedPool, result: SelectionResult, quality: np.ndarray | None
+) -> None:
     """One row per pick: pick order, input row, id, cluster, source, quality, score, reason."""
     idx = result.indices
-    quality = pool.quality[idx] if pool.quality is not None else np.full(len(idx), np.nan)
+    picked_quality = quality[idx] if quality is not None else np.full(len(idx), np.nan)
     table = pa.table(
         {
             "pick_order": np.arange(len(idx), dtype=np.int64),
@@ -358,7 +393,7 @@ def write_table(path: Path, pool: LoadedPool, result: SelectionResult) -> None:
                 result.labels[idx] if result.labels is not None else np.full(len(idx), -1)
             ).astype(np.int64),
             "source": [pool.examples[i].source for i in idx],
-            "quality": quality.astype(np.float64),
+            "quality": picked_quality.astype(np.float64),
             f"{result.score_name}_score": result.scores,
             "reason": result.reasons,
         }
@@ -388,6 +423,7 @@ def build_manifest(
     result: SelectionResult,
     fitted: Clustering | None,
     embedding: dict[str, Any] | None,
+    quality_info: dict[str, Any] | None,
     n_excluded: int,
     unknown_excluded: int,
     timer: Timer,
@@ -434,6 +470,7 @@ def build_manifest(
         "score_name": f"{result.score_name}_score",
         "notes": result.notes,
         "embedding": embedding,
+        "quality": quality_info,
         "clusters": clusters,
         "sources": None
         if pool_sources is None

@@ -1,13 +1,13 @@
 """Quality scorers for kMQ: one float per example, higher = better, documented range.
 
 A scorer's output column is ``<name>_score``. Scores are cached by content and scorer
-fingerprint (see :func:`kmq.quality.cache.score_cached`); rows a scorer could not score are NaN
-and are listed by the scorer's ``failures``.
+fingerprint (see :func:`kmq.quality.cache.score_cached`); rows a scorer could not score are NaN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -36,24 +36,37 @@ class QualityScorer(Protocol):
 QUALITY_SCORERS = ("ifd", "perplexity", "judge", "reward", "length", "column")
 
 
-def get_quality_scorer(name: str, **options: Any) -> QualityScorer:
-    """The scorer called ``name`` (one of ``QUALITY_SCORERS``) built with ``options``."""
-    if name not in QUALITY_SCORERS:
-        raise KmqError(f"quality scorer must be one of {', '.join(QUALITY_SCORERS)}; got {name!r}")
+def _factory(name: str) -> Callable[..., QualityScorer]:
     if name == "judge":
         from kmq.quality.judge import make_judge
 
-        return make_judge(**options)
+        return make_judge
     if name == "reward":
         from kmq.quality.reward import RewardScorer
 
-        return RewardScorer(**options)
-    if name in ("ifd", "perplexity"):
-        from kmq.quality.lm import IFDScorer, PerplexityScorer
+        return RewardScorer
+    if name == "ifd":
+        from kmq.quality.lm import IFDScorer
 
-        cls: type = IFDScorer if name == "ifd" else PerplexityScorer
-        return cls(**options)
+        return IFDScorer
+    if name == "perplexity":
+        from kmq.quality.lm import PerplexityScorer
+
+        return PerplexityScorer
     from kmq.quality.heuristics import ColumnScorer, LengthScorer
 
-    cls = LengthScorer if name == "length" else ColumnScorer
-    return cls(**options)
+    return LengthScorer if name == "length" else ColumnScorer
+
+
+def get_quality_scorer(name: str, **options: Any) -> QualityScorer:
+    """The scorer called ``name`` (one of ``QUALITY_SCORERS``).
+
+    Options the scorer does not take are ignored, and ``None`` means "the scorer's default",
+    so one set of command-line flags serves every scorer.
+    """
+    if name not in QUALITY_SCORERS:
+        raise KmqError(f"quality scorer must be one of {', '.join(QUALITY_SCORERS)}; got {name!r}")
+    factory = _factory(name)
+    accepted = inspect.signature(factory).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+    return factory(**kwargs)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from kmq.errors import KmqError
-from kmq.selectors.base import ClusterPicks, ClusterSelector, weighted_order
+from kmq.random import SeedLike
+from kmq.selectors.base import ClusterPicks, ClusterSelector, SelectionResult, weighted_order
 
-WEIGHTINGS = ("linear", "softmax")
+WEIGHTINGS = ("auto", "linear", "softmax")
 
 
 class KMQSelector(ClusterSelector):
@@ -15,7 +18,8 @@ class KMQSelector(ClusterSelector):
 
     Inside a cluster, rows are drawn without replacement with probability ∝ w(q):
     ``linear`` w = q^(1/temperature) (needs q >= 0; temperature 1 is the paper's "∝ quality"),
-    ``softmax`` w = exp((q - max q) / temperature) over the cluster (the official code).
+    ``softmax`` w = exp((q - max q) / temperature) over the cluster (the official code);
+    ``auto`` (default) is ``linear`` when every score is >= 0 and ``softmax`` otherwise.
     Without quality scores every row weighs the same and kMQ is kM-Random (a note says so).
     """
 
@@ -23,7 +27,7 @@ class KMQSelector(ClusterSelector):
     score_name = "quality"
 
     def __init__(
-        self, *, allocation: str = "balanced", weighting: str = "linear", temperature: float = 1.0
+        self, *, allocation: str = "balanced", weighting: str = "auto", temperature: float = 1.0
     ) -> None:
         super().__init__(allocation=allocation)
         if weighting not in WEIGHTINGS:
@@ -33,19 +37,52 @@ class KMQSelector(ClusterSelector):
         self.weighting = weighting
         self.temperature = temperature
 
+    def select(
+        self,
+        embeddings: np.ndarray,
+        budget: int,
+        *,
+        labels: np.ndarray | None = None,
+        quality: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        exclude: np.ndarray | Sequence[int] | None = None,
+        seed: SeedLike = 0,
+    ) -> SelectionResult:
+        self.rule_ = self.resolve_weighting(quality)
+        return super().select(
+            embeddings,
+            budget,
+            labels=labels,
+            quality=quality,
+            weights=weights,
+            exclude=exclude,
+            seed=seed,
+        )
+
+    def resolve_weighting(self, quality: np.ndarray | None) -> str:
+        """The rule used for the whole pool: ``auto`` decides once, on every score."""
+        if quality is None:
+            return "uniform"
+        q = np.asarray(quality, dtype=np.float64)
+        if not np.all(np.isfinite(q)):
+            raise KmqError(f"{int((~np.isfinite(q)).sum())} quality scores are NaN or infinite")
+        if self.weighting == "auto":
+            return "linear" if q.min() >= 0 else "softmax"
+        if self.weighting == "linear" and q.min() < 0:
+            raise KmqError(
+                f"linear quality weighting needs scores >= 0 (min is {q.min():.4g}); "
+                "use --quality-weighting softmax (or auto) for signed scores"
+            )
+        return self.weighting
+
     def notes(self, quality: np.ndarray | None) -> list[str]:
         if quality is None:
             return ["no quality scores given: kmq drew uniformly inside clusters (= km-random)"]
-        return []
+        return [f"quality weighting: {self.rule_} (temperature {self.temperature})"]
 
     def draw_weights(self, q: np.ndarray) -> np.ndarray:
-        if self.weighting == "softmax":
+        if self.rule_ == "softmax":
             return np.exp((q - q.max()) / self.temperature)
-        if np.any(q < 0):
-            raise KmqError(
-                f"linear quality weighting needs scores >= 0 (min is {q.min():.4g}); "
-                "use --quality-weighting softmax for signed scores"
-            )
         return q ** (1.0 / self.temperature)
 
     def pick(
