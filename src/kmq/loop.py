@@ -1,0 +1,506 @@
+"""Iterative kMQ (the paper's Algorithm 1) as a resumable state machine over a run folder.
+
+Round r (1..N) takes b/N rows (the remainder spread over the first rounds, so the total is
+exactly b) from the rows not yet picked, with per-cluster quotas ∝ the current cluster weights
+(capped by what is left, water-filled) and a quality-weighted draw inside each cluster (kMQ);
+round 1's weights are uniform (w⁰ = 1/k). Then: train on the picked rows, generate answers for
+their prompts, score each (x, y_gold, y_gen) with a feedback scorer, and update the weights from
+the per-cluster means (:mod:`kmq.reweight`). Every step is saved with a DONE marker, so a run
+killed at any point resumes where it stopped and ends with the same selection.
+
+The built-in trainer is one client of this state machine; ``init`` / ``feedback`` / ``next``
+let any other training stack drive it (see :class:`IterativeSelection`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kmq import __version__
+from kmq.cache import embed_cached
+from kmq.encoders import get_encoder
+from kmq.errors import KmqError
+from kmq.examples import Example
+from kmq.feedback import FeedbackScorer, get_feedback_scorer
+from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
+from kmq.pipeline import SelectConfig, cluster, pool_quality, resolve_budget, write_table
+from kmq.reweight import cluster_means, uniform, update
+from kmq.rundir import RunDir
+from kmq.selectors import KMQSelector, SelectionResult
+from kmq.training import Trainer
+
+log = logging.getLogger("kmq")
+
+
+@dataclass
+class IterateConfig:
+    """Everything ``kmq iterate`` takes; saved as ``RUN/config.json`` and reloaded on resume."""
+
+    pool: SelectConfig  # input, budget, k, seed, quality and embedding settings (method: kmq)
+    rounds: int = 3
+    rule: str = "paper"
+    positive: str = "shift"
+    reweight_temperature: float = 1.0
+    floor: float = 1e-3
+    feedback: str = "similarity"
+    feedback_options: dict[str, Any] = field(default_factory=dict)
+    trainer_options: dict[str, Any] = field(default_factory=dict)
+    external: bool = False  # True: rounds are trained elsewhere (init / feedback / next)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        encoder = self.pool.encoder
+        data["pool"]["encoder"] = encoder if isinstance(encoder, str) else encoder.name
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IterateConfig:
+        pool = dict(data["pool"])
+        pool["fields"] = FieldMap(**pool["fields"])
+        known = {f.name for f in fields(SelectConfig)}
+        rest = {k: v for k, v in data.items() if k != "pool"}
+        return cls(pool=SelectConfig(**{k: v for k, v in pool.items() if k in known}), **rest)
+
+
+def round_sizes(budget: int, rounds: int) -> list[int]:
+    """b/N per round, the remainder spread over the first rounds (sums to ``budget`` exactly)."""
+    if rounds < 1:
+        raise KmqError(f"rounds must be >= 1, got {rounds}")
+    if budget < rounds:
+        raise KmqError(f"budget={budget} is smaller than rounds={rounds}: every round needs a row")
+    return [budget // rounds + (1 if r < budget % rounds else 0) for r in range(rounds)]
+
+
+class IterativeSelection:
+    """One method per step of Algorithm 1, each skipped when its DONE marker exists."""
+
+    def __init__(
+        self,
+        run: str | Path,
+        config: IterateConfig | None = None,
+        *,
+        trainer: Trainer | None = None,
+        feedback: FeedbackScorer | None = None,
+    ) -> None:
+        self.dir = RunDir(run)
+        self.config = config or IterateConfig.from_dict(self.dir.read("config.json"))
+        self._trainer = trainer
+        self._feedback = feedback
+        self._pool: LoadedPool | None = None
+        self._embeddings: np.ndarray | None = None
+        self._quality: np.ndarray | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def init(self) -> None:
+        """Write the config (or check it matches) and prepare the pool's clusters."""
+        path = self.dir.path / "config.json"
+        wanted = self.config.to_dict() | {"version": __version__}
+        if path.exists():
+            saved = self.dir.read("config.json")
+            if {k: v for k, v in saved.items() if k != "version"} != self.config.to_dict():
+                raise KmqError(f"{self.dir.path} holds a run with another configuration")
+        else:
+            self.dir.path.mkdir(parents=True, exist_ok=True)
+            self.dir.write("config.json", wanted)
+        self.prepare()
+
+    @property
+    def pool(self) -> LoadedPool:
+        if self._pool is None:
+            cfg = self.config.pool
+            self._pool = load_pool(
+                cfg.input,
+                fields=cfg.fields,
+                format=cfg.format,
+                on_invalid=cfg.on_invalid,
+                quality_field=cfg.quality_field,
+            )
+            if self.dir.done("prepare"):
+                expected = self.dir.read("prepare.json")["sha256"]
+                if self._pool.sha256 != expected:
+                    raise KmqError(f"{cfg.input} changed since this run started (sha256 differs)")
+        return self._pool
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        if self._embeddings is None:
+            cfg = self.config.pool
+            encoder = get_encoder(
+                cfg.encoder,
+                batch_size=cfg.batch_size,
+                max_length=cfg.max_length,
+                show_progress=False,
+            )
+            texts = [ex.text(cfg.view) for ex in self.pool.examples]  # type: ignore[arg-type]
+            self._embeddings, _ = embed_cached(
+                texts,
+                encoder,
+                view=cfg.view,
+                cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
+                show_progress=cfg.progress,
+            )
+        return self._embeddings
+
+    @property
+    def quality(self) -> np.ndarray | None:
+        if self._quality is None:
+            self._quality, _ = pool_quality(self.pool, self.config.pool)
+        return self._quality
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dir.read_arrays("clusters.npz")["labels"]
+
+    @property
+    def budget(self) -> int:
+        return resolve_budget(self.config.pool.budget, len(self.pool.examples))
+
+    def prepare(self) -> None:
+        if self.dir.done("prepare"):
+            return
+        started = time.perf_counter()
+        cfg = self.config.pool
+        round_sizes(self.budget, self.config.rounds)
+        fitted, silhouette = cluster(
+            self.embeddings,
+            cfg.k,
+            budget=self.budget // self.config.rounds,
+            seed=cfg.seed,
+            k_grid=cfg.k_grid,
+            niter=cfg.niter,
+            silhouette_sample=cfg.silhouette_sample,
+            show_progress=cfg.progress,
+        )
+        self.dir.write_arrays("clusters.npz", labels=fitted.labels_, centroids=fitted.centroids_)
+        self.dir.write(
+            "prepare.json",
+            {
+                "sha256": self.pool.sha256,
+                "rows": len(self.pool.examples),
+                "k": fitted.k,
+                "budget": self.budget,
+                "round_sizes": round_sizes(self.budget, self.config.rounds),
+                "silhouette": {str(k): s for k, s in (silhouette or {}).items()} or None,
+                "sizes": fitted.sizes_.tolist(),
+            },
+        )
+        self.dir.mark_done("prepare", seconds=round(time.perf_counter() - started, 3))
+
+    # -- state ------------------------------------------------------------------------------
+
+    def weights_before(self, r: int) -> np.ndarray:
+        if r == 1:
+            return uniform(int(self.dir.read("prepare.json")["k"]))
+        return np.asarray(self.dir.read("weights.json", r - 1)["after"], dtype=np.float64)
+
+    def picked(self, r: int) -> np.ndarray:
+        return np.asarray(self.dir.read("picked.json", r)["indices"], dtype=np.int64)
+
+    def picked_before(self, r: int) -> np.ndarray:
+        parts = [self.picked(q) for q in range(1, r)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def examples(self, rows: np.ndarray) -> list[Example]:
+        return [self.pool.examples[i] for i in rows]
+
+    def next_round(self) -> int | None:
+        """The first round whose reweight step is not done (None once every round is done)."""
+        for r in range(1, self.config.rounds + 1):
+            if not self.dir.done("reweight", r):
+                return r
+        return None
+
+    # -- the steps of a round ---------------------------------------------------------------
+
+    def select(self, r: int) -> None:
+        if self.dir.done("select", r):
+            return
+        started = time.perf_counter()
+        cfg = self.config.pool
+        weights = self.weights_before(r)
+        excluded = self.picked_before(r)
+        size = round_sizes(self.budget, self.config.rounds)[r - 1]
+        selector = KMQSelector(weighting=cfg.quality_weighting, temperature=cfg.temperature)
+        result = selector.select(
+            self.embeddings,
+            size,
+            labels=self.labels,
+            quality=self.quality,
+            weights=weights,
+            exclude=excluded,
+            seed=np.random.SeedSequence(cfg.seed, spawn_key=(r,)),
+        )
+        self.dir.round_dir(r).mkdir(parents=True, exist_ok=True)
+        rows_path = write_selected(
+            self.pool, [self.pool.examples[i].row for i in result.indices], self.dir.round_dir(r)
+        )
+        self.dir.write(
+            "picked.json",
+            {
+                "round": r,
+                "size": size,
+                "indices": result.indices.tolist(),
+                "ids": [self.pool.examples[i].id for i in result.indices],
+                "quotas": None if result.quotas is None else result.quotas.tolist(),
+                "weights_before": weights.tolist(),
+                "rows_file": rows_path.name,
+                "reasons": result.reasons,
+            },
+            r,
+        )
+        self.dir.mark_done("select", r, seconds=round(time.perf_counter() - started, 3))
+
+    def training_set(self, r: int) -> tuple[np.ndarray, Path | None]:
+        """Rows to train on and the checkpoint to start from: ``continue`` (the paper) trains the
+        previous round's model on the new rows; ``restart`` (the official code) trains the base
+        model on every row picked so far."""
+        mode = self.config.trainer_options.get("mode", "continue")
+        if mode == "restart" or r == 1:
+            rows = np.concatenate([self.picked_before(r), self.picked(r)])
+            return (rows if mode == "restart" else self.picked(r)), None
+        previous = Path(self.dir.marker("train", r - 1)["checkpoint"])
+        return self.picked(r), previous
+
+    def train(self, r: int) -> None:
+        if self.dir.done("train", r):
+            return
+        started = time.perf_counter()
+        rows, init = self.training_set(r)
+        out = self.dir.scratch(r, "train")
+        checkpoint = self.trainer.train(self.examples(rows), out, init=init, seed=self.seed(r, 1))
+        self.dir.mark_done(
+            "train",
+            r,
+            checkpoint=str(checkpoint),
+            rows=len(rows),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def generate(self, r: int) -> None:
+        if self.dir.done("generate", r):
+            return
+        started = time.perf_counter()
+        examples = self.examples(self.picked(r))
+        checkpoint = Path(self.dir.marker("train", r)["checkpoint"])
+        outputs = self.trainer.generate(
+            checkpoint, [ex.prompt for ex in examples], seed=self.seed(r, 2)
+        )
+        self.dir.write_jsonl(
+            "generations.jsonl",
+            [{"id": ex.id, "generation": text} for ex, text in zip(examples, outputs, strict=True)],
+            r,
+        )
+        self.dir.mark_done("generate", r, seconds=round(time.perf_counter() - started, 3))
+
+    def score(self, r: int, generations: dict[str, str] | None = None) -> None:
+        """Feedback per row from the generations (the built-in trainer's, or ``generations``)."""
+        if self.dir.done("score", r):
+            return
+        started = time.perf_counter()
+        examples = self.examples(self.picked(r))
+        if generations is None:
+            saved = self.dir.read_jsonl("generations.jsonl", r)
+            generations = {row["id"]: row["generation"] for row in saved}
+        missing = [ex.id for ex in examples if ex.id not in generations]
+        if missing:
+            raise KmqError(
+                f"no generation for {len(missing)} rows of round {r}, e.g. {missing[:3]}"
+            )
+        scores = self.feedback.score(
+            [ex.prompt for ex in examples],
+            [ex.response for ex in examples],
+            [generations[ex.id] for ex in examples],
+        )
+        self.save_feedback(r, examples, np.asarray(scores, dtype=np.float64), started)
+
+    def save_feedback(
+        self, r: int, examples: list[Example], scores: np.ndarray, started: float
+    ) -> None:
+        labels = self.labels
+        rows = [
+            {"id": ex.id, "cluster": int(labels[i]), "score": None if np.isnan(s) else float(s)}
+            for ex, i, s in zip(examples, self.picked(r), scores, strict=True)
+        ]
+        self.dir.write_jsonl("feedback.jsonl", rows, r)
+        self.dir.mark_done(
+            "score",
+            r,
+            scorer=self.config.feedback,
+            missing=int(np.isnan(scores).sum()),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def reweight(self, r: int) -> None:
+        if self.dir.done("reweight", r):
+            return
+        started = time.perf_counter()
+        feedback = self.dir.read_jsonl("feedback.jsonl", r)
+        labels = np.array([row["cluster"] for row in feedback], dtype=np.int64)
+        scores = np.array([np.nan if row["score"] is None else row["score"] for row in feedback])
+        before = self.weights_before(r)
+        means, present = cluster_means(labels, scores, len(before))
+        cfg = self.config
+        after = update(
+            before,
+            means,
+            present,
+            rule=cfg.rule,
+            positive=cfg.positive,
+            temperature=cfg.reweight_temperature,
+            floor=cfg.floor,
+        )
+        self.dir.write(
+            "weights.json",
+            {
+                "round": r,
+                "before": before.tolist(),
+                "after": after.tolist(),
+                "means": [None if np.isnan(m) else float(m) for m in means],
+                "present": present.tolist(),
+            },
+            r,
+        )
+        self.dir.mark_done("reweight", r, seconds=round(time.perf_counter() - started, 3))
+
+    # -- drivers ----------------------------------------------------------------------------
+
+    def run(self) -> SelectionResult:
+        """Every remaining step with the built-in trainer, then the final selection."""
+        self.init()
+        for r in range(1, self.config.rounds + 1):
+            for step in (self.select, self.train, self.generate, self.score, self.reweight):
+                step(r)
+            log.info("round %d/%d done", r, self.config.rounds)
+        return self.finalize()
+
+    def start_external(self) -> Path:
+        """``kmq iterate init``: prepare and write round 1's rows for an outside trainer."""
+        self.init()
+        self.select(1)
+        return self.dir.round_dir(1) / self.dir.read("picked.json", 1)["rows_file"]
+
+    def take_scores(self, r: int, scores: dict[str, float]) -> None:
+        """``kmq iterate feedback ROUND --scores``: ready-made feedback per id."""
+        if self.dir.done("score", r):
+            raise KmqError(f"round {r} already has its feedback")
+        examples = self.examples(self.picked(r))
+        missing = [ex.id for ex in examples if ex.id not in scores]
+        if missing:
+            raise KmqError(f"no score for {len(missing)} rows of round {r}, e.g. {missing[:3]}")
+        values = np.array([scores[ex.id] for ex in examples], dtype=np.float64)
+        self.save_feedback(r, examples, values, time.perf_counter())
+
+    def advance(self) -> Path | None:
+        """``kmq iterate next``: reweight the round that has feedback and pick the next one.
+
+        Returns the next round's rows file, or None when the last round is done (the final
+        selection is then written).
+        """
+        r = self.next_round()
+        if r is None:
+            self.finalize()
+            return None
+        if not self.dir.done("score", r):
+            raise KmqError(f"round {r} has no feedback yet: run `kmq iterate feedback {r}` first")
+        self.reweight(r)
+        if r == self.config.rounds:
+            self.finalize()
+            return None
+        self.select(r + 1)
+        return self.dir.round_dir(r + 1) / self.dir.read("picked.json", r + 1)["rows_file"]
+
+    def finalize(self) -> SelectionResult:
+        """The union of every round's picks, in pick order, written like ``kmq select``'s output."""
+        rounds = self.config.rounds
+        indices = np.concatenate([self.picked(r) for r in range(1, rounds + 1)])
+        reasons = [
+            f"round {r}: {reason}"
+            for r in range(1, rounds + 1)
+            for reason in self.dir.read("picked.json", r)["reasons"]
+        ]
+        labels = self.labels
+        result = SelectionResult(
+            method="iterative-kmq",
+            budget=self.budget,
+            indices=indices,
+            scores=np.full(len(indices), np.nan),
+            score_name="none",
+            reasons=reasons,
+            labels=labels,
+            counts=np.bincount(labels[indices], minlength=int(labels.max()) + 1),
+        )
+        if not self.dir.done("final"):
+            out = self.dir.path / "final"
+            out.mkdir(exist_ok=True)
+            write_selected(self.pool, [self.pool.examples[i].row for i in indices], out)
+            write_table(out / "selection.parquet", self.pool, result, self.quality)
+            self.dir.write("state.json", self.state())
+            self.dir.mark_done("final")
+        return result
+
+    def state(self) -> dict[str, Any]:
+        """The whole run as one JSON-able dict (``kmq inspect RUN --json``)."""
+        rounds = []
+        for r in self.dir.rounds_started():
+            entry: dict[str, Any] = {
+                "round": r,
+                "done": [
+                    s
+                    for s in ("select", "train", "generate", "score", "reweight")
+                    if self.dir.done(s, r)
+                ],
+            }
+            if self.dir.done("select", r):
+                picked = self.dir.read("picked.json", r)
+                entry |= {
+                    "size": picked["size"],
+                    "picked_ids": picked["ids"],
+                    "quotas": picked["quotas"],
+                    "weights_before": picked["weights_before"],
+                }
+            if self.dir.done("reweight", r):
+                weights = self.dir.read("weights.json", r)
+                entry |= {"weights_after": weights["after"], "cluster_means": weights["means"]}
+            entry["seconds"] = {s: self.dir.marker(s, r).get("seconds") for s in entry["done"]}
+            rounds.append(entry)
+        prepare = self.dir.read("prepare.json") if self.dir.done("prepare") else None
+        return {
+            "kind": "iterate",
+            "run": str(self.dir.path),
+            "config": self.dir.read("config.json"),
+            "prepare": prepare,
+            "rounds": rounds,
+            "finished": self.dir.done("final"),
+        }
+
+    # -- collaborators ----------------------------------------------------------------------
+
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            if self.config.external:
+                raise KmqError("this run is trained externally: use kmq iterate feedback / next")
+            from kmq.training.trl import TRLTrainer
+
+            options = {k: v for k, v in self.config.trainer_options.items() if v is not None}
+            self._trainer = TRLTrainer(**options)
+        return self._trainer
+
+    @property
+    def feedback(self) -> FeedbackScorer:
+        if self._feedback is None:
+            options = self.config.feedback_options | {"encoder": self.config.pool.encoder}
+            self._feedback = get_feedback_scorer(self.config.feedback, **options)
+        return self._feedback
+
+    def seed(self, r: int, step: int) -> int:
+        """A per-round, per-step int seed derived from the run seed."""
+        sequence = np.random.SeedSequence(self.config.pool.seed, spawn_key=(r, step))
+        return int(sequence.generate_state(1)[0])
