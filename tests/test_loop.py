@@ -164,6 +164,9 @@ def test_full_loop_follows_algorithm_1(tmp_path: Path) -> None:
     other = [w for j, w in enumerate(weights) if topic_of.get(j) not in ("math", "code")]
     assert max(learned) < min(other)
     assert (tmp_path / "run" / "final" / "selected.jsonl").exists()
+    by_source = state["rounds"][-1]["source_weights_after"]
+    assert set(by_source) == set(TOPICS) and sum(by_source.values()) == pytest.approx(1.0)
+    assert by_source["math"] < by_source["poem"]
     assert state["finished"]
 
 

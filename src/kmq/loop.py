@@ -189,6 +189,7 @@ class IterativeSelection:
                 "round_sizes": round_sizes(self.budget, self.config.rounds),
                 "silhouette": {str(k): s for k, s in (silhouette or {}).items()} or None,
                 "sizes": fitted.sizes_.tolist(),
+                "cluster_sources": cluster_sources(self.pool, fitted.labels_, fitted.k),
             },
         )
         self.dir.mark_done("prepare", seconds=round(time.perf_counter() - started, 3))
@@ -447,6 +448,7 @@ class IterativeSelection:
 
     def state(self) -> dict[str, Any]:
         """The whole run as one JSON-able dict (``kmq inspect RUN --json``)."""
+        prepare = self.dir.read("prepare.json") if self.dir.done("prepare") else None
         rounds = []
         for r in self.dir.rounds_started():
             entry: dict[str, Any] = {
@@ -468,9 +470,12 @@ class IterativeSelection:
             if self.dir.done("reweight", r):
                 weights = self.dir.read("weights.json", r)
                 entry |= {"weights_after": weights["after"], "cluster_means": weights["means"]}
+                if prepare and prepare.get("cluster_sources"):
+                    entry["source_weights_after"] = source_weights(
+                        weights["after"], prepare["cluster_sources"]
+                    )
             entry["seconds"] = {s: self.dir.marker(s, r).get("seconds") for s in entry["done"]}
             rounds.append(entry)
-        prepare = self.dir.read("prepare.json") if self.dir.done("prepare") else None
         return {
             "kind": "iterate",
             "run": str(self.dir.path),
@@ -504,3 +509,22 @@ class IterativeSelection:
         """A per-round, per-step int seed derived from the run seed."""
         sequence = np.random.SeedSequence(self.config.pool.seed, spawn_key=(r, step))
         return int(sequence.generate_state(1)[0])
+
+
+def cluster_sources(pool: LoadedPool, labels: np.ndarray, k: int) -> dict[str, list[int]] | None:
+    """Rows per cluster for every source (None when the pool has no source field)."""
+    sources = [ex.source for ex in pool.examples]
+    if all(s is None for s in sources):
+        return None
+    table: dict[str, np.ndarray] = {}
+    for source, label in zip(sources, labels, strict=True):
+        key = source if source is not None else "(none)"
+        table.setdefault(key, np.zeros(k, dtype=np.int64))[label] += 1
+    return {key: counts.tolist() for key, counts in sorted(table.items())}
+
+
+def source_weights(weights: list[float], sources: dict[str, list[int]]) -> dict[str, float]:
+    """Σ_j w_j · (share of cluster j's rows from each source): where the weight sits, by source."""
+    counts = np.array(list(sources.values()), dtype=np.float64)
+    share = counts / np.maximum(counts.sum(0, keepdims=True), 1.0)
+    return dict(zip(sources, (share @ np.asarray(weights)).tolist(), strict=True))
