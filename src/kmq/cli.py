@@ -16,9 +16,11 @@ from rich.table import Table
 
 from kmq import __version__
 from kmq.allocation import ALLOCATIONS
+from kmq.cli_iterate import EXTERNAL_VERBS, add_iterate, print_state
 from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
 from kmq.formats import FORMATS, FieldMap
+from kmq.loop import IterativeSelection
 from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
 from kmq.quality import QUALITY_SCORERS
 from kmq.scoring import ScoreConfig, score_file
@@ -61,9 +63,13 @@ def grid_arg(text: str) -> list[int]:
         ) from None
 
 
-def add_input_args(p: argparse.ArgumentParser) -> None:
+def add_input_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
     """How to read the pool: shared by every subcommand that takes one."""
-    p.add_argument("input", help="JSONL/JSON/Parquet/CSV (optionally .gz) or a save_to_disk folder")
+    p.add_argument(
+        "input",
+        nargs="?" if optional else None,
+        help="JSONL/JSON/Parquet/CSV (optionally .gz) or a save_to_disk folder",
+    )
     g = p.add_argument_group("reading the input")
     g.add_argument(
         "--on-invalid",
@@ -135,13 +141,26 @@ def add_select(sub: Any) -> None:
     )
     add_input_args(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--budget",
-        type=budget_arg,
-        default=0.05,
-        help="rows to pick: a count (940) or a fraction of the pool (0.05; default)",
-    )
     p.add_argument("--method", choices=list(SELECTORS), default="kmq")
+    p.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default="balanced",
+        help="per-cluster quotas (default balanced; 'equal' is the official code, under-fills)",
+    )
+    add_selection_args(p)
+    p.set_defaults(handler=run_select)
+
+
+def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> None:
+    """Budget, seed, clustering, quality and embedding: shared by ``select`` and ``iterate``."""
+    if budget:
+        p.add_argument(
+            "--budget",
+            type=budget_arg,
+            default=0.05,
+            help="rows to pick: a count (940) or a fraction of the pool (0.05; default)",
+        )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--exclude", help="file of ids never to pick (text, JSON(L) or a selection.parquet)"
@@ -158,12 +177,6 @@ def add_select(sub: Any) -> None:
         type=grid_arg,
         default=None,
         help="k values tried by --k auto (default: powers of 2 from 8 to min(4096, n/4, budget))",
-    )
-    c.add_argument(
-        "--allocation",
-        choices=ALLOCATIONS,
-        default="balanced",
-        help="per-cluster quotas (default balanced; 'equal' is the official code, under-fills)",
     )
     c.add_argument("--niter", type=int, default=10, help="k-means Lloyd iterations")
     c.add_argument("--silhouette-sample", type=int, default=5000)
@@ -196,19 +209,24 @@ def add_select(sub: Any) -> None:
         default=None,
         help="encoder window in tokens (longer texts are chunked and mean-pooled)",
     )
-    p.set_defaults(run=run_select)
 
 
 def run_select(args: argparse.Namespace) -> int:
-    config = SelectConfig(
+    run = select_file(select_config(args, out=args.out, method=args.method))
+    print_summary(run.manifest, run.out)
+    return 0
+
+
+def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectConfig:
+    return SelectConfig(
         input=args.input,
-        out=args.out,
+        out=out,
         budget=args.budget,
-        method=args.method,
+        method=method,
         k=args.k,
         k_grid=args.k_grid,
         seed=args.seed,
-        allocation=args.allocation,
+        allocation=getattr(args, "allocation", "balanced"),
         quality_field=args.quality_field,
         quality=args.quality,
         quality_options=scorer_options(args),
@@ -227,9 +245,6 @@ def run_select(args: argparse.Namespace) -> int:
         silhouette_sample=args.silhouette_sample,
         progress=not args.no_progress,
     )
-    run = select_file(config)
-    print_summary(run.manifest, run.out)
-    return 0
 
 
 def add_score(sub: Any) -> None:
@@ -242,7 +257,7 @@ def add_score(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output Parquet file")
     add_scorer_args(p, required=True)
     p.add_argument("--quality-field", help="the field read by --quality column")
-    p.set_defaults(run=run_score)
+    p.set_defaults(handler=run_score)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -273,18 +288,26 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def add_inspect(sub: Any) -> None:
-    p = sub.add_parser("inspect", help="summarise a selection folder")
-    p.add_argument("out", help="a folder written by kmq select")
+    p = sub.add_parser("inspect", help="summarise a selection folder or an iterate run")
+    p.add_argument("out", help="a folder written by kmq select, or a kmq iterate run folder")
     p.add_argument(
         "--json",
         action="store_true",
-        help="print the manifest plus the selected ids in pick order, as JSON",
+        help="select: the manifest plus the selected ids in pick order; iterate: the whole state "
+        "(per round: picked ids, weights before/after), as JSON",
     )
-    p.set_defaults(run=run_inspect)
+    p.set_defaults(handler=run_inspect)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if (out / "config.json").exists():
+        state = IterativeSelection(out).state()
+        if args.json:
+            sys.stdout.write(json.dumps(state, ensure_ascii=False) + "\n")
+        else:
+            print_state(state)
+        return 0
     path = out / MANIFEST
     if not path.exists():
         raise KmqError(f"{out} holds no {MANIFEST}: is it a kmq select output folder?")
@@ -359,11 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_select(sub)
     add_score(sub)
+    add_iterate(sub)
     add_inspect(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "iterate" and argv[1] in EXTERNAL_VERBS:
+        argv = [f"iterate-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -372,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         force=True,
     )
     try:
-        return int(args.run(args))
+        return int(args.handler(args))
     except KmqError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -29,7 +29,14 @@ from kmq.errors import KmqError
 from kmq.examples import Example
 from kmq.feedback import FeedbackScorer, get_feedback_scorer
 from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
-from kmq.pipeline import SelectConfig, cluster, pool_quality, resolve_budget, write_table
+from kmq.pipeline import (
+    SelectConfig,
+    cluster,
+    exclusion,
+    pool_quality,
+    resolve_budget,
+    write_table,
+)
 from kmq.reweight import cluster_means, uniform, update
 from kmq.rundir import RunDir
 from kmq.selectors import KMQSelector, SelectionResult
@@ -64,7 +71,7 @@ class IterateConfig:
         pool = dict(data["pool"])
         pool["fields"] = FieldMap(**pool["fields"])
         known = {f.name for f in fields(SelectConfig)}
-        rest = {k: v for k, v in data.items() if k != "pool"}
+        rest = {k: v for k, v in data.items() if k not in ("pool", "version")}
         return cls(pool=SelectConfig(**{k: v for k, v in pool.items() if k in known}), **rest)
 
 
@@ -155,6 +162,12 @@ class IterativeSelection:
         return self._quality
 
     @property
+    def excluded(self) -> np.ndarray:
+        """Rows named in ``--exclude`` (never picked in any round)."""
+        mask, _ = exclusion([ex.id for ex in self.pool.examples], self.config.pool.exclude)
+        return np.flatnonzero(mask)
+
+    @property
     def labels(self) -> np.ndarray:
         return self.dir.read_arrays("clusters.npz")["labels"]
 
@@ -226,7 +239,7 @@ class IterativeSelection:
         started = time.perf_counter()
         cfg = self.config.pool
         weights = self.weights_before(r)
-        excluded = self.picked_before(r)
+        excluded = np.union1d(self.picked_before(r), self.excluded)
         size = round_sizes(self.budget, self.config.rounds)[r - 1]
         selector = KMQSelector(weighting=cfg.quality_weighting, temperature=cfg.temperature)
         result = selector.select(

@@ -7,7 +7,7 @@ redone)::
     RUN/prepare.json, clusters.npz   pool fingerprint, k, silhouette; labels and centroids
     RUN/DONE.prepare
     RUN/round-01/picked.json         pool indices and ids picked, quotas, weights before
-    RUN/round-01/rows.<ext>          those rows in the input's own format (for any trainer)
+    RUN/round-01/selected.<ext>      those rows in the input's own format (for any trainer)
     RUN/round-01/train/checkpoint    the built-in trainer's checkpoint
     RUN/round-01/generations.jsonl   {"id", "generation"} per row trained on
     RUN/round-01/feedback.jsonl      {"id", "cluster", "score"} per row
