@@ -30,11 +30,13 @@ from kmq.examples import Example
 from kmq.feedback import FeedbackScorer, get_feedback_scorer
 from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
 from kmq.pipeline import (
+    CLUSTERS,
     SelectConfig,
     cluster,
     exclusion,
     pool_quality,
     resolve_budget,
+    write_clusters,
     write_table,
 )
 from kmq.reweight import cluster_means, uniform, update
@@ -169,7 +171,7 @@ class IterativeSelection:
 
     @property
     def labels(self) -> np.ndarray:
-        return self.dir.read_arrays("clusters.npz")["labels"]
+        return self.dir.read_arrays(CLUSTERS)["labels"]
 
     @property
     def budget(self) -> int:
@@ -191,7 +193,7 @@ class IterativeSelection:
             silhouette_sample=cfg.silhouette_sample,
             show_progress=cfg.progress,
         )
-        self.dir.write_arrays("clusters.npz", labels=fitted.labels_, centroids=fitted.centroids_)
+        write_clusters(self.dir.path / CLUSTERS, fitted)
         self.dir.write(
             "prepare.json",
             {

@@ -42,6 +42,7 @@ log = logging.getLogger("kmq")
 MANIFEST = "manifest.json"
 TABLE = "selection.parquet"
 REJECTS = "rejects.jsonl"
+CLUSTERS = "clusters.npz"
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -295,6 +296,8 @@ def select_file(config: SelectConfig) -> SelectRun:
         out.mkdir(parents=True, exist_ok=True)
         data_path = write_selected(pool, [pool.examples[i].row for i in result.indices], out)
         write_table(out / TABLE, pool, result, quality)
+        if fitted is not None:
+            write_clusters(out / CLUSTERS, fitted)
         if pool.rejects:
             write_rejects(pool.rejects, out / REJECTS)
     manifest = build_manifest(
@@ -402,6 +405,12 @@ def write_table(
         pq.write_table(table, tmp)
 
 
+def write_clusters(path: Path, fitted: Clustering) -> None:
+    """Labels of every pool row and the centroids (``np.load(path)["labels"|"centroids"]``)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, labels=fitted.labels_, centroids=fitted.centroids_)
+
+
 def source_counts(pool: LoadedPool, rows: np.ndarray | None = None) -> dict[str, int] | None:
     sources = [ex.source for ex in pool.examples]
     if all(s is None for s in sources):
@@ -483,6 +492,7 @@ def build_manifest(
         "timings_s": timer.seconds,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "outputs": {
+            "clusters": CLUSTERS if fitted is not None else None,
             "rows": data_path.name,
             "table": TABLE,
             "rejects": REJECTS if pool.rejects else None,

@@ -75,10 +75,6 @@ class RunDir:
         path = self.folder(r) / name
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
-    def write_arrays(self, name: str, **arrays: np.ndarray) -> None:
-        with atomic_path(self.path / name) as tmp, tmp.open("wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
-
     def read_arrays(self, name: str) -> dict[str, np.ndarray]:
         with np.load(self.path / name) as data:
             return {key: data[key] for key in data.files}
