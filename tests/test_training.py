@@ -17,7 +17,6 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from kmq.errors import KmqError  # noqa: E402
 from kmq.examples import Example, Message, Role  # noqa: E402
-from kmq.models import smollm2_gguf  # noqa: E402
 from kmq.training import Trainer  # noqa: E402
 from kmq.training.generate import (  # noqa: E402
     CHECKPOINT_META,
@@ -64,32 +63,8 @@ def one_thread() -> Any:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer Llama saved with SmolLM2's tokenizer (read from the packaged GGUF)."""
-    try:
-        gguf = smollm2_gguf()
-    except KmqError as exc:
-        pytest.skip(str(exc))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def tiny_model(tiny_llama: Path) -> Path:
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")
