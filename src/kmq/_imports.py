@@ -19,7 +19,7 @@ EXTRAS = {
     "jinja2": "lm",
     "trl": "train",
     "peft": "train",
-    "matplotlib": "bench",
+    "matplotlib": "report",
 }
 TORCH_EXTRAS = {"embed", "lm", "train"}
 

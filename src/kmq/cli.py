@@ -23,6 +23,7 @@ from kmq.formats import FORMATS, FieldMap
 from kmq.loop import IterativeSelection
 from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
 from kmq.quality import QUALITY_SCORERS
+from kmq.report import write_report
 from kmq.scoring import ScoreConfig, score_file
 from kmq.selectors import SELECTORS
 from kmq.selectors.kmq import WEIGHTINGS
@@ -149,6 +150,7 @@ def add_select(sub: Any) -> None:
         help="per-cluster quotas (default balanced; 'equal' is the official code, under-fills)",
     )
     add_selection_args(p)
+    p.add_argument("--report", action="store_true", help="also write OUT/report.html")
     p.set_defaults(handler=run_select)
 
 
@@ -214,6 +216,8 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
 def run_select(args: argparse.Namespace) -> int:
     run = select_file(select_config(args, out=args.out, method=args.method))
     print_summary(run.manifest, run.out)
+    if args.report:
+        stdout.print(f"report: {write_report(run.out)}")
     return 0
 
 
@@ -284,6 +288,22 @@ def run_score(args: argparse.Namespace) -> int:
         )
     cached = "from the cache" if summary["cache_hit"] else "computed"
     stdout.print(f"{cached}; {summary['missing']} rows could not be scored")
+    return 0
+
+
+def add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="write a self-contained HTML report")
+    p.add_argument(
+        "path", help="a kmq select output, a kmq iterate run, or a benchmark results folder"
+    )
+    p.add_argument("-o", "--out", help="HTML file to write (default PATH/report.html)")
+    p.add_argument("--max-clusters", type=int, default=300, help="rows of the cluster table")
+    p.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    path = write_report(args.path, args.out, max_clusters=args.max_clusters)
+    stdout.print(f"report: {path} ({path.stat().st_size / 1024:.0f} KB)")
     return 0
 
 
@@ -384,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_score(sub)
     add_iterate(sub)
     add_inspect(sub)
+    add_report(sub)
     return parser
 
 

@@ -124,6 +124,7 @@ def add_iterate(sub: Any) -> None:
     p.add_argument("--budget", type=_budget, default=0.05)
     add_selection_args(p, budget=False)
     add_loop_args(p, trainer=True)
+    p.add_argument("--report", action="store_true", help="also write RUN/report.html")
     p.set_defaults(handler=run_iterate)
 
     init = sub.add_parser("iterate-init", help="(kmq iterate init) start a run for your trainer")
@@ -164,6 +165,10 @@ def run_iterate(args: argparse.Namespace) -> int:
     stdout.print(
         f"selected {len(result)} rows over {loop.config.rounds} rounds → {loop.dir.path / 'final'}"
     )
+    if args.report:
+        from kmq.report import write_report
+
+        stdout.print(f"report: {write_report(loop.dir.path)}")
     return 0
 
 

@@ -459,7 +459,7 @@ def build_manifest(
         "config": config_dict,
         "seed": config.seed,
         "input": {
-            "path": str(pool.path),
+            "path": str(pool.path.resolve() if pool.path.exists() else pool.path),
             "sha256": pool.sha256,
             "kind": pool.file_kind,
             "compressed": pool.compressed,

@@ -81,7 +81,8 @@ def lazy_greedy(
     if use_coverage:
         bound = bound + coverage_weight * state.initial_gains(candidates)
     bound = bound + BOUND_SLACK * (np.abs(bound) + 1.0)
-    heap = [(-float(g), int(c), -1) for g, c in zip(bound, candidates, strict=True)]
+    # entries: (-bound, row, step the bound was computed at (-1: initial), coverage gain)
+    heap = [(-float(g), int(c), -1, 0.0) for g, c in zip(bound, candidates, strict=True)]
     heapq.heapify(heap)
     picks, gains, coverage_gains = [], [], []
     evaluations = 0
@@ -89,10 +90,10 @@ def lazy_greedy(
         while heap[0][2] != step:
             c = heap[0][1]
             cov = state.gain(c) if use_coverage else 0.0
-            heapq.heapreplace(heap, (-(coverage_weight * cov + float(bonus[c])), c, step))
+            heapq.heapreplace(heap, (-(coverage_weight * cov + float(bonus[c])), c, step, cov))
             evaluations += 1
-        neg_gain, c, _ = heapq.heappop(heap)
-        coverage_gains.append(state.gain(c) if use_coverage else 0.0)
+        neg_gain, c, _, cov = heapq.heappop(heap)
+        coverage_gains.append(cov if use_coverage else state.gain(c))
         state.add(c)
         picks.append(c)
         gains.append(-neg_gain)
