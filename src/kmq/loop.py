@@ -112,6 +112,7 @@ class IterativeSelection:
         path = self.dir.path / "config.json"
         wanted = self.config.to_dict() | {"version": __version__}
         if path.exists():
+            self.dir.sweep()
             saved = self.dir.read("config.json")
             if {k: v for k, v in saved.items() if k != "version"} != self.config.to_dict():
                 raise KmqError(f"{self.dir.path} holds a run with another configuration")

@@ -86,5 +86,12 @@ class RunDir:
         path.mkdir(parents=True)
         return path
 
+    def sweep(self) -> int:
+        """Remove temp files a killed process left behind (their targets were never touched)."""
+        stale = [p for p in self.path.rglob(".*.tmp") if p.is_file()]
+        for path in stale:
+            path.unlink()
+        return len(stale)
+
     def rounds_started(self) -> list[int]:
         return sorted(int(p.name.split("-")[1]) for p in self.path.glob("round-*") if p.is_dir())
