@@ -67,6 +67,7 @@ def test_select_file_writes_rows_unchanged_table_and_manifest(tmp_path: Path) ->
         "rejected": 0,
         "excluded": 0,
         "excluded_not_in_pool": 0,
+        "deduplicated": 0,
         "budget": 12,
         "selected": 12,
         "shortfall": 0,
@@ -193,3 +194,36 @@ def test_quality_scorer_feeds_kmq_and_the_manifest(tmp_path: Path) -> None:
     assert again.manifest["quality"]["cache_hit"]
     with pytest.raises(KmqError, match="not both"):
         select_file(config(tmp_path, pool, quality="length", quality_field="quality"))
+
+
+@pytest.mark.parametrize("method", ["deita", "qdit", "facility-location"])
+def test_peer_baselines_run_behind_the_same_interface(tmp_path: Path, method: str) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    run = select_file(
+        config(tmp_path, pool, method=method, quality="length", k="auto", deita_threshold=0.5)
+    )
+    assert run.result.method == method
+    assert len(run.result) + run.manifest["counts"]["shortfall"] == 12
+    assert len(set(run.result.indices.tolist())) == len(run.result)
+
+
+def test_dedup_removes_planted_twins_before_selection(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    lines = write_pool(pool)
+    twins = [json.loads(line) for line in lines[:5]]
+    for t in twins:
+        t["id"] += "-copy"
+    with pool.open("a") as fh:
+        fh.writelines(json.dumps(t) + "\n" for t in twins)
+    run = select_file(config(tmp_path, pool, dedup=0.01, budget=60, method="random"))
+    records = [
+        json.loads(line) for line in (tmp_path / "out" / "dedup.jsonl").read_text().splitlines()
+    ]
+    pairs = {tuple(sorted((r["id"], r["twin_id"]))) for r in records}
+    assert pairs == {tuple(sorted((f"ex-{i}", f"ex-{i}-copy"))) for i in range(5)}
+    assert all(r["similarity"] > 0.99 for r in records)
+    assert run.manifest["counts"]["deduplicated"] == 5
+    picked = {run.pool.examples[i].id for i in run.result.indices}
+    assert not picked & {r["id"] for r in records}
+    assert len(picked) == 60

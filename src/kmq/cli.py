@@ -150,6 +150,32 @@ def add_select(sub: Any) -> None:
         help="per-cluster quotas (default balanced; 'equal' is the official code, under-fills)",
     )
     add_selection_args(p)
+    b = p.add_argument_group("baselines and pre-filters")
+    b.add_argument(
+        "--deita-threshold",
+        type=float,
+        default=0.9,
+        help="deita: keep a row only if its L2 distance to every kept row exceeds this",
+    )
+    b.add_argument(
+        "--qdit-alpha",
+        type=float,
+        default=0.5,
+        help="qdit: weight of quality vs facility-location coverage, in [0, 1]",
+    )
+    b.add_argument(
+        "--knn",
+        type=int,
+        default=50,
+        help="qdit/facility-location: neighbours per row in the similarity graph",
+    )
+    b.add_argument(
+        "--dedup",
+        type=float,
+        metavar="EPS",
+        help="SemDeDup first: drop rows with cosine > 1 - EPS to a kept row of their "
+        "cluster (recorded in dedup.jsonl)",
+    )
     p.add_argument("--report", action="store_true", help="also write OUT/report.html")
     p.set_defaults(handler=run_select)
 
@@ -247,6 +273,10 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
         format=args.format,
         niter=args.niter,
         silhouette_sample=args.silhouette_sample,
+        deita_threshold=getattr(args, "deita_threshold", 0.9),
+        qdit_alpha=getattr(args, "qdit_alpha", 0.5),
+        n_neighbors=getattr(args, "knn", 50),
+        dedup=getattr(args, "dedup", None),
         progress=not args.no_progress,
     )
 

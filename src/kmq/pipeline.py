@@ -29,6 +29,7 @@ from kmq.clustering import (
     default_k_grid,
     kmeans,
 )
+from kmq.dedup import DedupResult, semdedup
 from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
@@ -43,6 +44,7 @@ MANIFEST = "manifest.json"
 TABLE = "selection.parquet"
 REJECTS = "rejects.jsonl"
 CLUSTERS = "clusters.npz"
+DEDUP = "dedup.jsonl"
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -160,6 +162,10 @@ class SelectConfig:
     format: str | None = None
     niter: int = DEFAULT_NITER
     silhouette_sample: int = SILHOUETTE_SAMPLE
+    deita_threshold: float = 0.9
+    qdit_alpha: float = 0.5
+    n_neighbors: int = 50
+    dedup: float | None = None
     progress: bool = True
 
     def validate(self) -> None:
@@ -262,7 +268,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     fitted: Clustering | None = None
     silhouette = None
     with timer.stage("cluster"):
-        if config.method in CLUSTERED or config.k != "auto":
+        if config.method in CLUSTERED or config.k != "auto" or config.dedup is not None:
             fitted, silhouette = cluster(
                 embeddings,
                 config.k,
@@ -273,12 +279,27 @@ def select_file(config: SelectConfig) -> SelectRun:
                 silhouette_sample=config.silhouette_sample,
                 show_progress=config.progress,
             )
+    excluded = {
+        "excluded": int(exclude_mask.sum()),
+        "excluded_not_in_pool": unknown_excluded,
+        "deduplicated": 0,
+    }
+    dedup = None
+    if config.dedup is not None and fitted is not None:
+        with timer.stage("dedup"):
+            dedup = semdedup(embeddings, fitted.labels_, config.dedup, centroids=fitted.centroids_)
+            exclude_mask = exclude_mask | ~dedup.keep
+            excluded["deduplicated"] = len(dedup.removed)
+        log.info("SemDeDup (eps=%g) removed %d near-duplicates", config.dedup, len(dedup.removed))
     with timer.stage("select"):
         selector = get_selector(
             config.method,
             allocation=config.allocation,
             weighting=config.quality_weighting,
             temperature=config.temperature,
+            threshold=config.deita_threshold,
+            alpha=config.qdit_alpha,
+            n_neighbors=config.n_neighbors,
             show_progress=config.progress,
         )
         result = selector.select(
@@ -290,6 +311,8 @@ def select_file(config: SelectConfig) -> SelectRun:
             seed=config.seed,
         )
         result.silhouette = silhouette
+    if quality_info is not None and hasattr(selector, "rule_"):
+        quality_info["weighting"] = f"{selector.rule_} (temperature {config.temperature})"
     for note in result.notes:
         log.warning(note)
     with timer.stage("write"):
@@ -300,6 +323,8 @@ def select_file(config: SelectConfig) -> SelectRun:
             write_clusters(out / CLUSTERS, fitted)
         if pool.rejects:
             write_rejects(pool.rejects, out / REJECTS)
+        if dedup is not None:
+            write_dedup(out / DEDUP, pool, dedup)
     manifest = build_manifest(
         config,
         pool,
@@ -307,8 +332,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         fitted,
         embedding,
         quality_info,
-        int(exclude_mask.sum()),
-        unknown_excluded,
+        excluded,
         timer,
         data_path,
     )
@@ -405,6 +429,23 @@ def write_table(
         pq.write_table(table, tmp)
 
 
+def write_dedup(path: Path, pool: LoadedPool, dedup: DedupResult) -> None:
+    """One line per near-duplicate removed: its input row and id, its kept twin's, the cosine."""
+    lines = []
+    for row, twin, sim in zip(dedup.removed, dedup.twin, dedup.similarity, strict=True):
+        ex, kept = pool.examples[row], pool.examples[twin]
+        record = {
+            "index": ex.row,
+            "id": ex.id,
+            "twin_index": kept.row,
+            "twin_id": kept.id,
+            "similarity": round(float(sim), 6),
+        }
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(lines), encoding="utf-8")
+
+
 def write_clusters(path: Path, fitted: Clustering) -> None:
     """Labels of every pool row and the centroids (``np.load(path)["labels"|"centroids"]``)."""
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
@@ -433,8 +474,7 @@ def build_manifest(
     fitted: Clustering | None,
     embedding: dict[str, Any] | None,
     quality_info: dict[str, Any] | None,
-    n_excluded: int,
-    unknown_excluded: int,
+    excluded: dict[str, int],
     timer: Timer,
     data_path: Path,
 ) -> dict[str, Any]:
@@ -469,8 +509,7 @@ def build_manifest(
             "records": pool.n_records,
             "valid": len(pool.examples),
             "rejected": len(pool.rejects),
-            "excluded": n_excluded,
-            "excluded_not_in_pool": unknown_excluded,
+            **excluded,
             "budget": result.budget,
             "selected": len(result),
             "shortfall": result.shortfall,
@@ -496,5 +535,6 @@ def build_manifest(
             "rows": data_path.name,
             "table": TABLE,
             "rejects": REJECTS if pool.rejects else None,
+            "dedup": DEDUP if config.dedup is not None else None,
         },
     }

@@ -7,10 +7,12 @@ from typing import Any
 
 from kmq.errors import KmqError
 from kmq.selectors.base import ClusterSelector, SelectionResult, Selector
+from kmq.selectors.deita import DeitaSelector
 from kmq.selectors.kcenter import KCenterSelector
 from kmq.selectors.kmeans_closest import KMeansClosestSelector
 from kmq.selectors.kmeans_random import KMeansRandomSelector
 from kmq.selectors.kmq import KMQSelector
+from kmq.selectors.qdit import FacilityLocationSelector, QDITSelector
 from kmq.selectors.random import RandomSelector
 
 SELECTORS: dict[str, type] = {
@@ -19,6 +21,9 @@ SELECTORS: dict[str, type] = {
     "km-closest": KMeansClosestSelector,
     "k-center": KCenterSelector,
     "random": RandomSelector,
+    "deita": DeitaSelector,
+    "qdit": QDITSelector,
+    "facility-location": FacilityLocationSelector,
 }
 CLUSTERED = {"kmq", "km-random", "km-closest"}
 
@@ -38,10 +43,13 @@ __all__ = [
     "CLUSTERED",
     "SELECTORS",
     "ClusterSelector",
+    "DeitaSelector",
+    "FacilityLocationSelector",
     "KCenterSelector",
     "KMQSelector",
     "KMeansClosestSelector",
     "KMeansRandomSelector",
+    "QDITSelector",
     "RandomSelector",
     "SelectionResult",
     "Selector",

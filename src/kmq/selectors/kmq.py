@@ -78,7 +78,7 @@ class KMQSelector(ClusterSelector):
     def notes(self, quality: np.ndarray | None) -> list[str]:
         if quality is None:
             return ["no quality scores given: kmq drew uniformly inside clusters (= km-random)"]
-        return [f"quality weighting: {self.rule_} (temperature {self.temperature})"]
+        return []
 
     def draw_weights(self, q: np.ndarray) -> np.ndarray:
         if self.rule_ == "softmax":
