@@ -34,6 +34,17 @@ class FeedbackScorer(Protocol):
     ) -> np.ndarray: ...
 
 
+def gap(
+    measure: Callable[[list[Sequence[Message]], list[str]], np.ndarray],
+    prompts: Sequence[Sequence[Message]],
+    gold: Sequence[str],
+    generated: Sequence[str],
+) -> np.ndarray:
+    """Eq. 4: measure(x ⊕ y_gold) − measure(x ⊕ y_gen), both sides in one batched call."""
+    values = np.asarray(measure([*prompts, *prompts], [*gold, *generated]), dtype=np.float64)
+    return values[: len(gold)] - values[len(gold) :]
+
+
 def _factory(name: str) -> Callable[..., FeedbackScorer]:
     if name == "similarity":
         from kmq.feedback.similarity import SimilarityFeedback

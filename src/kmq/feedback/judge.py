@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kmq.examples import Message
+from kmq.feedback import gap
 
 
 class JudgeFeedback:
@@ -40,5 +41,4 @@ class JudgeFeedback:
         gold: Sequence[str],
         generated: Sequence[str],
     ) -> np.ndarray:
-        ratings = self.judge.rate([*prompts, *prompts], [*gold, *generated])
-        return ratings[: len(gold)] - ratings[len(gold) :]
+        return gap(self.judge.rate, prompts, gold, generated)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from kmq.examples import Message
+from kmq.feedback import gap
 
 
 class PerplexityFeedback:
@@ -49,13 +50,15 @@ class PerplexityFeedback:
         if self._lm is None:
             self._lm = load_causal_lm(self.model, cache_dir=self.cache_dir)
         model, tokenizer = self._lm
-        pairs = [*prompts, *prompts]
-        nll = response_nll(
-            model,
-            tokenizer,
-            pairs,
-            [*gold, *generated],
-            max_length=self.max_length,
-            batch_size=self.batch_size,
-        )
-        return nll[: len(gold)] - nll[len(gold) :]
+
+        def nll(prompts: list[Sequence[Message]], responses: list[str]) -> np.ndarray:
+            return response_nll(
+                model,
+                tokenizer,
+                prompts,
+                responses,
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+            )
+
+        return gap(nll, prompts, gold, generated)

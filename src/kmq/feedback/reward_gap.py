@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kmq.examples import Message
+from kmq.feedback import gap
 
 
 class RewardGapFeedback:
@@ -32,5 +33,4 @@ class RewardGapFeedback:
         gold: Sequence[str],
         generated: Sequence[str],
     ) -> np.ndarray:
-        rewards = self.scorer.reward([*prompts, *prompts], [*gold, *generated])
-        return rewards[: len(gold)] - rewards[len(gold) :]
+        return gap(self.scorer.reward, prompts, gold, generated)

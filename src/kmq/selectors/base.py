@@ -34,6 +34,13 @@ class SelectionResult:
     notes: list[str] = field(default_factory=list)
     silhouette: dict[int, float] | None = None  # silhouette per k tried, when k was chosen
 
+    def __post_init__(self) -> None:
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels, dtype=np.int64)
+            if self.counts is None:
+                k = int(self.labels.max()) + 1 if len(self.labels) else 0
+                self.counts = np.bincount(self.labels[self.indices], minlength=k)
+
     def __len__(self) -> int:
         return len(self.indices)
 

@@ -60,10 +60,6 @@ class KCenterSelector:
             f"farthest row: distance {s:.4f} to the nearest of {r + 1} earlier picks"
             for r, s in enumerate(scores[1:])
         ]
-        counts = None
-        if labels is not None:
-            labels = np.asarray(labels, dtype=np.int64)
-            counts = np.bincount(labels[indices], minlength=int(labels.max()) + 1)
         return SelectionResult(
             method=self.name,
             budget=int(budget),
@@ -72,5 +68,4 @@ class KCenterSelector:
             score_name=self.score_name,
             reasons=reasons,
             labels=labels,
-            counts=counts,
         )

@@ -31,10 +31,6 @@ class RandomSelector:
         check_budget(budget, len(candidates))
         indices = make_rng(seed).choice(candidates, size=int(budget), replace=False)
         reason = f"uniform draw from the {len(candidates)} rows available"
-        counts = None
-        if labels is not None:
-            labels = np.asarray(labels, dtype=np.int64)
-            counts = np.bincount(labels[indices], minlength=int(labels.max()) + 1)
         return SelectionResult(
             method=self.name,
             budget=int(budget),
@@ -43,5 +39,4 @@ class RandomSelector:
             score_name="none",
             reasons=[reason] * len(indices),
             labels=labels,
-            counts=counts,
         )
