@@ -1,0 +1,220 @@
+"""Deita, QDIT and facility location against naive reference implementations."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kmq.errors import KmqError
+from kmq.knn import knn_graph
+from kmq.selectors.deita import DeitaSelector
+from kmq.selectors.qdit import FacilityLocationSelector, QDITSelector, normalized_quality
+
+
+def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+X = unit_rows(240, 12, seed=1)
+QUALITY = np.random.default_rng(2).random(len(X))
+
+
+def objective(sim: np.ndarray, chosen: list[int], q: np.ndarray, alpha: float, b: int) -> float:
+    """QDIT's F(S) from scratch: (1 − α)·mean_x max_{s∈S} sim[x, s] + α·Σ_{s∈S} q̃(s) / b."""
+    coverage = sim[:, chosen].max(axis=1).sum() if chosen else 0.0
+    return (1 - alpha) * coverage / len(sim) + alpha * q[chosen].sum() / b
+
+
+def naive_greedy(
+    sim: np.ndarray, candidates: np.ndarray, q: np.ndarray, alpha: float, b: int
+) -> list[int]:
+    """Plain greedy: at every step evaluate F(S ∪ {c}) from scratch for every candidate c."""
+    chosen: list[int] = []
+    for _ in range(b):
+        best, best_value = -1, -np.inf
+        for c in candidates:
+            if c in chosen:
+                continue
+            value = objective(sim, [*chosen, int(c)], q, alpha, b)
+            if value > best_value:
+                best, best_value = int(c), value
+        chosen.append(best)
+    return chosen
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize(("n_neighbors", "budget"), [(8, 25), (240, 12), (4, 200)])
+def test_lazy_greedy_matches_naive_greedy(alpha: float, n_neighbors: int, budget: int) -> None:
+    n = 120 if budget < 200 else len(X)
+    x, quality = X[:n], QUALITY[:n]
+    exclude = np.arange(0, n, 9)
+    candidates = np.setdiff1d(np.arange(n), exclude)
+    sim = knn_graph(x, n_neighbors, candidates=candidates).dense()
+    q = normalized_quality(quality, n)
+    result = QDITSelector(alpha, n_neighbors=n_neighbors).select(
+        x, budget, quality=quality, exclude=exclude
+    )
+    expected = naive_greedy(sim, candidates, q, alpha, budget)
+    assert result.indices.tolist() == expected
+    ours = objective(sim, result.indices.tolist(), q, alpha, budget)
+    assert ours == pytest.approx(objective(sim, expected, q, alpha, budget), rel=1e-12)
+    assert result.scores.sum() == pytest.approx(ours, rel=1e-9, abs=1e-12)
+    assert np.all(np.diff(result.scores) <= 1e-12)  # greedy gains never grow (submodular)
+
+
+def test_knn_graph_is_exact_and_clipped() -> None:
+    graph = knn_graph(X, 7)
+    cos = X.astype(np.float64) @ X.T.astype(np.float64)
+    top = np.sort(cos, axis=1)[:, ::-1][:, :7]
+    assert np.allclose(np.sort(graph.similarities, axis=1)[:, ::-1], np.maximum(top, 0), atol=1e-5)
+    assert (graph.neighbors == np.arange(len(X))[:, None]).any(axis=1).all()  # self included
+    assert graph.similarities.min() >= 0.0
+
+
+def test_knn_graph_only_links_candidates() -> None:
+    candidates = np.arange(0, len(X), 3)
+    graph = knn_graph(X, 5, candidates=candidates)
+    assert np.isin(graph.neighbors, candidates).all()
+    reverse = graph.reverse()
+    assert reverse.indptr[-1] == graph.neighbors.size
+    points, _ = reverse.covered_by(1)
+    assert len(points) == 0  # row 1 is not a candidate: it covers nothing
+
+
+def test_facility_location_is_qdit_alpha_zero() -> None:
+    fl = FacilityLocationSelector(n_neighbors=10).select(X, 30)
+    qdit = QDITSelector(0.0, n_neighbors=10).select(X, 30)
+    assert fl.method == "facility-location"
+    assert fl.indices.tolist() == qdit.indices.tolist()
+    assert fl.score_name == "marginal_gain"
+    assert fl.reasons[0].startswith("greedy step 1: marginal gain")
+
+
+def test_qdit_alpha_one_takes_top_quality() -> None:
+    result = QDITSelector(1.0).select(X, 20, quality=QUALITY)
+    assert result.indices.tolist() == np.argsort(-QUALITY, kind="stable")[:20].tolist()
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [QDITSelector(0.5, n_neighbors=10), FacilityLocationSelector(n_neighbors=10)],
+    ids=["qdit", "facility-location"],
+)
+def test_qdit_exact_budget_exclusion_determinism(selector: QDITSelector) -> None:
+    exclude = np.zeros(len(X), dtype=bool)
+    exclude[::2] = True
+    first = selector.select(X, 100, quality=QUALITY, exclude=exclude, seed=0)
+    again = selector.select(X, 100, quality=QUALITY, exclude=exclude, seed=7)
+    assert len(first) == 100 and first.shortfall == 0
+    assert len(set(first.indices.tolist())) == 100
+    assert not exclude[first.indices].any()
+    assert first.indices.tolist() == again.indices.tolist()
+    assert np.array_equal(first.scores, again.scores)
+    assert len(first.reasons) == 100 and first.notes
+
+
+def test_qdit_uses_labels_for_counts() -> None:
+    labels = np.arange(len(X)) % 4
+    result = QDITSelector(0.5).select(X, 40, labels=labels, quality=QUALITY)
+    assert result.counts is not None and result.counts.sum() == 40
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_qdit_rejects_bad_alpha(alpha: Any) -> None:
+    with pytest.raises(
+        KmqError, match=r"alpha must be a number in \[0, 1\], got " + re.escape(repr(alpha))
+    ):
+        QDITSelector(alpha)
+
+
+def test_qdit_needs_quality_unless_alpha_zero() -> None:
+    with pytest.raises(KmqError, match=r"alpha=0\.5.*--quality"):
+        QDITSelector(0.5).select(X, 10)
+    assert len(QDITSelector(0.0).select(X, 10)) == 10
+
+
+def test_qdit_rejects_bad_quality_and_neighbors() -> None:
+    bad = QUALITY.copy()
+    bad[3] = np.nan
+    with pytest.raises(KmqError, match="row 3"):
+        QDITSelector(0.5).select(X, 10, quality=bad)
+    with pytest.raises(KmqError, match=r"one entry per row \(240\)"):
+        QDITSelector(0.5).select(X, 10, quality=QUALITY[:5])
+    with pytest.raises(KmqError, match=r"n_neighbors .* got 0"):
+        QDITSelector(0.5, n_neighbors=0)
+    with pytest.raises(KmqError, match="budget=241 exceeds the 240 rows"):
+        QDITSelector(0.5).select(X, 241, quality=QUALITY)
+
+
+def naive_deita(x: np.ndarray, q: np.ndarray, threshold: float, budget: int) -> list[int]:
+    """Deita as written in the paper: one row at a time against every kept row."""
+    kept: list[int] = []
+    for i in sorted(range(len(x)), key=lambda r: (-q[r], r)):
+        if len(kept) == budget:
+            break
+        d = np.linalg.norm(x[kept].astype(np.float64) - x[i], axis=1)
+        if not kept or d.min() > threshold:
+            kept.append(i)
+    return kept
+
+
+DEITA_X = unit_rows(150, 6, seed=3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    threshold=st.floats(0.0, 1.9),
+    budget=st.integers(1, 150),
+    quality_seed=st.integers(0, 2**16),
+)
+def test_deita_properties(threshold: float, budget: int, quality_seed: int) -> None:
+    rng = np.random.default_rng(quality_seed)
+    quality = rng.integers(0, 20, size=len(DEITA_X)).astype(float)  # many ties
+    result = DeitaSelector(threshold).select(DEITA_X, budget, quality=quality)
+    kept = result.indices
+    x = DEITA_X[kept].astype(np.float64)
+    dist = np.linalg.norm(x[:, None] - x[None], axis=2)
+    np.fill_diagonal(dist, np.inf)
+    assert dist.min() > threshold - 1e-5  # no two kept rows within the threshold
+    order = np.lexsort((kept, -quality[kept]))
+    assert order.tolist() == list(range(len(kept)))  # kept in quality order, ties by index
+    assert np.array_equal(result.scores, quality[kept])
+    assert kept.tolist() == naive_deita(DEITA_X, quality, threshold, budget)
+    assert len(result.reasons) == len(kept)
+    if result.shortfall:
+        assert f"picked {len(kept)} of the budget of {budget}" in result.notes[0]
+        assert f"{threshold:g}" in result.notes[0] and "lower the threshold" in result.notes[0]
+    else:
+        assert len(kept) == budget
+
+
+def test_deita_reports_shortfall() -> None:
+    result = DeitaSelector(1.9).select(DEITA_X, 100, quality=np.arange(150.0))
+    assert 0 < len(result) < 100
+    assert result.shortfall == 100 - len(result)
+    assert result.reasons[0] == "rank 1 by quality 149; first kept row"
+    assert "nearest kept row at distance" in result.reasons[1]
+
+
+def test_deita_exclusion_and_determinism() -> None:
+    exclude = np.arange(0, 150, 2)
+    a = DeitaSelector(0.5).select(DEITA_X, 40, quality=QUALITY[:150], exclude=exclude)
+    b = DeitaSelector(0.5).select(DEITA_X, 40, quality=QUALITY[:150], exclude=exclude, seed=3)
+    assert not np.isin(a.indices, exclude).any()
+    assert a.indices.tolist() == b.indices.tolist()
+
+
+def test_deita_errors_name_values() -> None:
+    with pytest.raises(KmqError, match="pass --quality or --quality-field"):
+        DeitaSelector().select(DEITA_X, 5)
+    for bad in (-0.1, 2.0, float("nan")):
+        with pytest.raises(KmqError, match=r"\[0, 2\), got " + re.escape(repr(bad))):
+            DeitaSelector(bad)
+    with pytest.raises(KmqError, match="budget must be a positive integer, got 0"):
+        DeitaSelector().select(DEITA_X, 0, quality=QUALITY[:150])
