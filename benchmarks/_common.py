@@ -114,13 +114,15 @@ def fmt(value: object) -> str:
     return str(value)
 
 
-def write_report(out: Path, name: str, title: str, body: str, total_s: float) -> Path:
+def write_report(
+    out: Path, name: str, title: str, body: str, total_s: float, command: str | None = None
+) -> Path:
     """``<out>/<name>.md``: title, body (tables, notes), the exact command and the machine."""
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
     text = (
-        f"# {title}\n\n{body.strip()}\n\n## Command\n\n```\n{command_line()}\n```\n\n"
+        f"# {title}\n\n{body.strip()}\n\n## Command\n\n```\n{command or command_line()}\n```\n\n"
         f"Total run time of the script: {total_s:.0f} s.\n\n## Machine\n\n{machine}\n"
     )
     path = out / f"{name}.md"

@@ -165,6 +165,9 @@ def naive_deita(x: np.ndarray, q: np.ndarray, threshold: float, budget: int) -> 
 
 
 DEITA_X = unit_rows(150, 6, seed=3)
+DEITA_DIST = np.linalg.norm(
+    DEITA_X.astype(np.float64)[:, None] - DEITA_X.astype(np.float64)[None], axis=2
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -178,14 +181,14 @@ def test_deita_properties(threshold: float, budget: int, quality_seed: int) -> N
     quality = rng.integers(0, 20, size=len(DEITA_X)).astype(float)  # many ties
     result = DeitaSelector(threshold).select(DEITA_X, budget, quality=quality)
     kept = result.indices
-    x = DEITA_X[kept].astype(np.float64)
-    dist = np.linalg.norm(x[:, None] - x[None], axis=2)
+    dist = DEITA_DIST[np.ix_(kept, kept)]
     np.fill_diagonal(dist, np.inf)
     assert dist.min() > threshold - 1e-5  # no two kept rows within the threshold
     order = np.lexsort((kept, -quality[kept]))
     assert order.tolist() == list(range(len(kept)))  # kept in quality order, ties by index
     assert np.array_equal(result.scores, quality[kept])
-    assert kept.tolist() == naive_deita(DEITA_X, quality, threshold, budget)
+    if not np.any(np.abs(DEITA_DIST - threshold) < 1e-5):  # float32 vs float64 at the boundary
+        assert kept.tolist() == naive_deita(DEITA_X, quality, threshold, budget)
     assert len(result.reasons) == len(kept)
     if result.shortfall:
         assert f"picked {len(kept)} of the budget of {budget}" in result.notes[0]
