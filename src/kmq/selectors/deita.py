@@ -75,10 +75,6 @@ class DeitaSelector:
         )
         indices = ranking[walk.kept]
         distance = np.sqrt(np.maximum(2.0 - 2.0 * walk.nearest, 0.0))
-        counts = None
-        if labels is not None:
-            labels = np.asarray(labels, dtype=np.int64)
-            counts = np.bincount(labels[indices], minlength=int(labels.max()) + 1)
         return SelectionResult(
             method=self.name,
             budget=int(budget),
@@ -91,7 +87,6 @@ class DeitaSelector:
                 for r, i, d in zip(walk.kept, indices, distance, strict=True)
             ],
             labels=labels,
-            counts=counts,
             notes=self.notes(len(indices), int(budget), walk.examined),
         )
 

@@ -108,10 +108,6 @@ class QDITSelector:
             show_progress=self.show_progress,
             desc=self.name,
         )
-        counts = None
-        if labels is not None:
-            labels = np.asarray(labels, dtype=np.int64)
-            counts = np.bincount(labels[run.picks], minlength=int(labels.max()) + 1)
         return SelectionResult(
             method=self.name,
             budget=int(budget),
@@ -120,7 +116,6 @@ class QDITSelector:
             score_name=self.score_name,
             reasons=self.reasons(run, q, n),
             labels=labels,
-            counts=counts,
             notes=[self.summary(run, q, n)],
         )
 
