@@ -43,3 +43,15 @@ def test_long_texts_are_chunked_and_mean_pooled(minilm: SentenceTransformerEncod
 @pytest.mark.slow
 def test_encoder_name_pins_the_weights(minilm: SentenceTransformerEncoder) -> None:
     assert minilm.name.startswith("all-MiniLM-L6-v2@") and len(minilm.name.split("@")[1]) == 16
+
+
+@pytest.mark.slow
+def test_short_texts_with_many_tokens_per_character_are_not_truncated(
+    minilm: SentenceTransformerEncoder,
+) -> None:
+    """220 Hangul characters tokenise to far more than the window: they must be chunked."""
+    text = "한국어 텍스트입니다 " * 20
+    pieces, _, counts = minilm.split([text])
+    assert len(pieces) > 1 and counts.sum() > minilm.window
+    first = minilm.st.encode([pieces[0]], normalize_embeddings=True)[0]
+    assert not np.allclose(minilm.encode([text])[0], first, atol=1e-3)

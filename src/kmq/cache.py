@@ -22,7 +22,7 @@ from kmq.atomic import write_json, write_npy
 from kmq.encoders import Encoder
 
 SHARD_ROWS = 4096
-CHUNKING = "token-windows/mean-by-tokens/v1"
+CHUNKING = "token-windows/mean-by-tokens/v2"
 
 
 def default_cache_dir() -> Path:

@@ -99,14 +99,15 @@ class SentenceTransformerEncoder:
     def split(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Windows of every text: (pieces, owner index per piece, token count per piece).
 
-        A text of at most ``window`` characters cannot exceed ``window`` tokens (every token
-        covers at least one character), so only longer texts are tokenised here.
+        Texts of at most ``window // 4`` characters are not tokenised: a character yields at
+        most a few tokens (Hangul syllables split into up to three jamo pieces), so they fit.
+        Every longer text is tokenised (the fast tokeniser costs little next to the model).
         """
         window = self.window
         pieces: list[str] = []
         owners: list[int] = []
         counts: list[int] = []
-        long_idx = [i for i, t in enumerate(texts) if len(t) > window]
+        long_idx = [i for i, t in enumerate(texts) if len(t) > window // 4]
         long_set = set(long_idx)
         spans: dict[int, list[tuple[int, int, int]]] = {}
         if long_idx:
