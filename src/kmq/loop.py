@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 
 from kmq import __version__
-from kmq.cache import embed_cached
-from kmq.encoders import get_encoder
 from kmq.errors import KmqError
 from kmq.examples import Example
 from kmq.feedback import FeedbackScorer, get_feedback_scorer
@@ -33,6 +31,7 @@ from kmq.pipeline import (
     CLUSTERS,
     SelectConfig,
     cluster,
+    embed_pool,
     exclusion,
     pool_quality,
     resolve_budget,
@@ -141,21 +140,7 @@ class IterativeSelection:
     @property
     def embeddings(self) -> np.ndarray:
         if self._embeddings is None:
-            cfg = self.config.pool
-            encoder = get_encoder(
-                cfg.encoder,
-                batch_size=cfg.batch_size,
-                max_length=cfg.max_length,
-                show_progress=False,
-            )
-            texts = [ex.text(cfg.view) for ex in self.pool.examples]  # type: ignore[arg-type]
-            self._embeddings, _ = embed_cached(
-                texts,
-                encoder,
-                view=cfg.view,
-                cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
-                show_progress=cfg.progress,
-            )
+            self._embeddings, _ = embed_pool(self.pool, self.config.pool)
         return self._embeddings
 
     @property
