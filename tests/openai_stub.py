@@ -1,10 +1,12 @@
-"""A local, scriptable server that speaks the OpenAI chat-completions protocol (for tests).
+"""A local, scriptable server that speaks the OpenAI chat-completions and embeddings protocols
+(for tests).
 
-``OpenAIStub`` serves ``POST /v1/chat/completions`` on 127.0.0.1 in a background thread. Its
-``script(request, seen)`` decides each reply: ``request`` is the decoded JSON body and ``seen``
-how many earlier requests carried the same messages (so "fail twice, then answer" is
-deterministic per row even with concurrent clients). It records every request with its headers
-and the largest number of requests in flight at once.
+``OpenAIStub`` serves ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` on 127.0.0.1 in a
+background thread. Its ``script(request, seen)`` decides each reply: ``request`` is the decoded
+JSON body and ``seen`` how many earlier requests carried the same messages (chat) or the same
+input (embeddings), so "fail twice, then answer" is deterministic per row or batch even with
+concurrent clients. It records every request with its headers and the largest number of
+requests in flight at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -71,6 +73,18 @@ def content_reply(content: str) -> Reply:
     )
 
 
+def embedding_reply(
+    vectors: Sequence[Sequence[float]], order: Sequence[int] | None = None
+) -> Reply:
+    """An embeddings reply: ``vectors[i]`` is input ``i``'s; ``order`` lists the indices in the
+    order the items are sent (default: input order)."""
+    items = [
+        {"object": "embedding", "index": i, "embedding": list(map(float, vectors[i]))}
+        for i in (order if order is not None else range(len(vectors)))
+    ]
+    return Reply(body={"object": "list", "data": items, "model": "stub-embedder"})
+
+
 @dataclass
 class Recorded:
     body: dict[str, Any]
@@ -110,7 +124,9 @@ class OpenAIStub:
         self._server.server_close()
 
     def _begin(self, body: dict[str, Any], headers: dict[str, str], path: str) -> Reply:
-        key = json.dumps(body.get("messages"), sort_keys=True)
+        key = json.dumps(
+            body["messages"] if "messages" in body else body.get("input"), sort_keys=True
+        )
         with self._lock:
             self.requests.append(Recorded(body, headers, path))
             seen = self._seen[key]

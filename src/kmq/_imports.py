@@ -20,8 +20,10 @@ EXTRAS = {
     "trl": "train",
     "peft": "train",
     "matplotlib": "report",
+    "model2vec": "static",
+    "skeletoken": "static",
 }
-TORCH_EXTRAS = {"embed", "lm", "train"}
+TORCH_EXTRAS = {"embed", "lm", "train", "static"}
 
 
 def require(module: str) -> ModuleType:

@@ -222,7 +222,9 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
     e.add_argument(
         "--encoder",
         default="minilm",
-        help="'minilm' (packaged, offline; default) or a sentence-transformers path/name",
+        help="'minilm' (packaged, offline; default), 'static' (model2vec distilled from it), "
+        "'causal:MODEL[,pooling=mean|last,layer=N]', 'api:MODEL,base_url=URL', "
+        "or a sentence-transformers path/name",
     )
     e.add_argument(
         "--view",
@@ -235,7 +237,8 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
         "--max-length",
         type=int,
         default=None,
-        help="encoder window in tokens (longer texts are chunked and mean-pooled)",
+        help="encoder window in tokens (minilm/sentence-transformers: longer texts are "
+        "chunked and mean-pooled; causal: longer texts are cut)",
     )
 
 

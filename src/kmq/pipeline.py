@@ -371,6 +371,7 @@ def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict
         batch_size=config.batch_size,
         max_length=config.max_length,
         show_progress=False,
+        cache_dir=config.cache_dir,
     )
     texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]
     embeddings, cache_hit = embed_cached(

@@ -1,0 +1,268 @@
+"""An OpenAI-compatible embeddings endpoint (OpenAI, vLLM, llama.cpp server, TEI...).
+
+Texts go in batches of ``batch_size`` to ``POST {base_url}/embeddings`` as
+``{"model": ..., "input": [...]}``, at most ``max_concurrency`` requests at once (standard
+library only). Timeouts, connection errors, 429 and 5xx are retried up to ``max_retries`` times
+with exponential backoff (``backoff`` · 2^k seconds, jittered) or the server's ``Retry-After``;
+other 4xx and malformed replies fail the batch at once. A failed batch stops the run with a
+:class:`KmqError` naming it.
+
+Every answered batch is saved at once under ``<cache>/api-embeddings/`` keyed by the endpoint,
+the model and the batch's texts, so a rerun after an interruption or a failure requests only
+the batches that were not answered. The API key is read from the environment variable
+``api_key_env`` (sent as ``Authorization: Bearer``, omitted when unset); it never appears in
+the encoder's name, errors or logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import random
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kmq.atomic import write_npy
+from kmq.cache import content_hash, default_cache_dir
+from kmq.errors import KmqError
+from kmq.quality.judge import ERROR_SNIPPET, RequestError, retry_after_seconds
+
+
+class MalformedReply(Exception):
+    """The endpoint answered, but not with one embedding per input."""
+
+
+class BatchFailure(Exception):
+    """A batch failed for good: after its retries, or at once (4xx, malformed reply)."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+def parse_embeddings(body: bytes, n: int) -> np.ndarray:
+    """The ``(n, d)`` float32 embeddings of an ``/embeddings`` reply, in input order (by each
+    item's ``index``). Raises :class:`MalformedReply` saying what is wrong."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise MalformedReply(f"the reply is not JSON: {body[:ERROR_SNIPPET]!r}") from None
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise MalformedReply(f"the reply has no 'data' list: {body[:ERROR_SNIPPET]!r}")
+    if len(items) != n:
+        raise MalformedReply(f"the reply has {len(items)} embeddings for {n} inputs")
+    ordered: list[object] = [None] * n
+    for pos, item in enumerate(items):
+        index = item.get("index") if isinstance(item, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
+            raise MalformedReply(
+                f"data[{pos}] has index {index!r}; expected an integer in [0, {n})"
+            )
+        if ordered[index] is not None:
+            raise MalformedReply(f"index {index} appears twice in the reply")
+        vector = item.get("embedding")
+        if not isinstance(vector, list) or not vector:
+            raise MalformedReply(
+                f"data[{pos}].embedding is not a non-empty list of numbers: {str(vector)[:80]}"
+            )
+        ordered[index] = vector
+    lengths = sorted({len(v) for v in ordered if isinstance(v, list)})
+    if len(lengths) > 1:
+        raise MalformedReply(f"the embeddings have different lengths: {lengths}")
+    array = np.asarray(ordered)
+    if array.dtype.kind not in "fi":
+        raise MalformedReply(f"the embeddings hold non-numbers (read as dtype {array.dtype})")
+    if not np.isfinite(array).all():
+        raise MalformedReply("the embeddings hold NaN or infinite values")
+    return array.astype(np.float32)
+
+
+class OpenAIEmbeddingEncoder:
+    """Embeddings from an OpenAI-compatible endpoint (see the module doc); rows are float32
+    and L2-normalised. ``dim_`` is the embedding size the endpoint returned."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        batch_size: int = 64,
+        max_concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        cache_dir: str | Path | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise KmqError(f"base_url must start with http:// or https://; got {base_url!r}")
+        if not api_key_env:
+            raise KmqError("api_key_env must name an environment variable; got ''")
+        for option, value, low in (
+            ("batch_size", batch_size, 1),
+            ("max_concurrency", max_concurrency, 1),
+            ("max_retries", max_retries, 0),
+        ):
+            if value < low:
+                raise KmqError(f"{option} must be an integer >= {low}; got {value!r}")
+        if not timeout > 0:
+            raise KmqError(f"timeout must be > 0 seconds; got {timeout!r}")
+        if not backoff >= 0:
+            raise KmqError(f"backoff must be >= 0 seconds; got {backoff!r}")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.batch_size = batch_size
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.cache_dir = cache_dir
+        self.show_progress = show_progress
+        self.name = f"api:{self.base_url}/{model}"
+        self.dim_: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/embeddings"
+
+    @property
+    def batch_folder(self) -> Path:
+        """Where answered batches are kept."""
+        root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+        return root / "api-embeddings"
+
+    def batch_path(self, texts: Sequence[str]) -> Path:
+        """The file an answered batch of ``texts`` is saved to."""
+        key = f"{self.name}\x1f{content_hash(texts)}"
+        return self.batch_folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        spans = [
+            (s, min(s + self.batch_size, len(texts))) for s in range(0, len(texts), self.batch_size)
+        ]
+        paths = [self.batch_path(texts[s:e]) for s, e in spans]
+        answers = {b: np.load(path) for b, path in enumerate(paths) if path.is_file()}
+        todo = [b for b in range(len(spans)) if b not in answers]
+        api_key = os.environ.get(self.api_key_env) or None
+        stop = threading.Event()
+        with (
+            ThreadPoolExecutor(max_workers=self.max_concurrency) as pool,
+            tqdm(
+                total=len(texts),
+                initial=sum(len(a) for a in answers.values()),
+                desc="embedding (api)",
+                unit="row",
+                disable=not self.show_progress,
+            ) as bar,
+        ):
+            futures: dict[Future[np.ndarray], int] = {
+                pool.submit(self._fetch, texts[slice(*spans[b])], paths[b], api_key, stop): b
+                for b in todo
+            }
+            for future in as_completed(futures):
+                b = futures[future]
+                try:
+                    answers[b] = future.result()
+                except BatchFailure as exc:
+                    stop.set()
+                    pool.shutdown(wait=True, cancel_futures=True)  # requests in flight are saved
+                    start, end = spans[b]
+                    raise KmqError(
+                        f"the embeddings endpoint {self.url} failed on batch {b + 1} of "
+                        f"{len(spans)} (texts {start}..{end - 1}) after {exc.attempts} "
+                        f"attempts: {exc}. Answered batches are kept in {self.batch_folder}; "
+                        "a rerun requests only the others."
+                    ) from None
+                bar.update(len(answers[b]))
+        return self._assemble([answers[b] for b in range(len(spans))])
+
+    def _assemble(self, batches: list[np.ndarray]) -> np.ndarray:
+        for b, batch in enumerate(batches):
+            if self.dim_ is None:
+                self.dim_ = int(batch.shape[1])
+            elif batch.shape[1] != self.dim_:
+                raise KmqError(
+                    f"the embeddings endpoint {self.url} returned {batch.shape[1]}-dimensional "
+                    f"vectors for batch {b + 1} after {self.dim_}-dimensional ones; "
+                    f"is {self.model!r} still the model it serves?"
+                )
+        if not batches:
+            return np.zeros((0, self.dim_ or 0), dtype=np.float32)
+        vectors = np.concatenate(batches).astype(np.float64)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+    def _fetch(
+        self, texts: Sequence[str], path: Path, api_key: str | None, stop: threading.Event
+    ) -> np.ndarray:
+        """One batch's embeddings, saved to ``path``; :class:`BatchFailure` when it fails."""
+        payload = json.dumps({"model": self.model, "input": list(texts)}).encode()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                vectors = parse_embeddings(self._post(payload, api_key), len(texts))
+            except RequestError as exc:
+                last_try = not exc.retryable or attempts > self.max_retries
+                if last_try or stop.wait(self._delay(attempts, exc.retry_after)):
+                    raise BatchFailure(_redact(str(exc), api_key), attempts) from None
+            except MalformedReply as exc:
+                raise BatchFailure(
+                    f"malformed reply: {_redact(str(exc), api_key)}", attempts
+                ) from None
+            else:
+                write_npy(path, vectors)
+                return vectors
+
+    def _delay(self, attempts: int, retry_after: float | None) -> float:
+        """Seconds before the next try: ``Retry-After`` if given, else jittered backoff."""
+        if retry_after is not None:
+            return retry_after
+        step = self.backoff * 2 ** (attempts - 1)
+        return step / 2 + random.uniform(0.0, step / 2)
+
+    def _post(self, payload: bytes, api_key: str | None) -> bytes:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                body: bytes = reply.read()
+                return body
+        except urllib.error.HTTPError as exc:
+            raise RequestError(
+                "http",
+                f"HTTP {exc.code} {exc.reason}: {exc.read()[:ERROR_SNIPPET]!r}",
+                retryable=exc.code == 429 or exc.code >= 500,
+                retry_after=retry_after_seconds(exc.headers.get("Retry-After")),
+            ) from None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise self._timed_out() from None
+            raise RequestError(
+                "connection", f"connection error: {exc.reason}", retryable=True
+            ) from None
+        except TimeoutError:
+            raise self._timed_out() from None
+        except (ConnectionError, http.client.HTTPException) as exc:
+            raise RequestError("connection", f"connection error: {exc!r}", retryable=True) from None
+
+    def _timed_out(self) -> RequestError:
+        return RequestError("timeout", f"timed out after {self.timeout:g} s", retryable=True)
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
