@@ -1,0 +1,66 @@
+"""Score one model (the base, or a trained checkpoint) on the protocol's suites and hold-out."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from harness import MC_SUITES, Grid
+
+from kmq.evaluation.scoring import mc, nll
+from kmq.evaluation.suites import NLLItem, load_suite
+from kmq.models import load_causal_lm
+from kmq.training.generate import load_checkpoint
+
+log = logging.getLogger("kmq.benchmarks")
+
+
+def evaluate_model(grid: Grid, checkpoint: Path | None) -> dict[str, Any]:
+    """``{"suites": {suite: NLL or accuracy}, "holdout": {source: NLL}, "details": {...}}``.
+
+    NLL suites: token-weighted mean NLL of the reference (nats per token). MC suites: accuracy
+    by summed log-likelihood (``details`` adds the per-character variant). Hold-out: the same
+    NLL on the pool rows held out before selection, per source.
+    """
+    p = grid.protocol
+    if checkpoint is None:
+        model, tokenizer = load_causal_lm(p.model, device=p.device)
+    else:
+        model, tokenizer = load_checkpoint(checkpoint, device=p.device)
+    settings = {"max_length": p.eval_max_length, "batch_size": p.eval_batch_size}
+    suites: dict[str, float] = {}
+    details: dict[str, dict[str, float]] = {}
+    for name in p.suites:
+        items = load_suite(name, p.eval_dir, n=p.eval_items, seed=p.eval_seed)
+        if name in MC_SUITES:
+            scores = mc(model, tokenizer, items, show_progress=False, desc=name, **settings)
+            suites[name] = scores.accuracy
+            details[name] = {
+                "items": len(items),
+                "accuracy_per_char": scores.accuracy_norm,
+                "truncated": int(scores.truncated.sum()),
+            }
+        else:
+            result = nll(model, tokenizer, items, show_progress=False, desc=name, **settings)
+            suites[name] = result.mean_nll
+            details[name] = {
+                "items": len(items),
+                "tokens": int(result.tokens.sum()),
+                "truncated": int(result.truncated.sum()),
+            }
+        log.info("  %s: %.4f", name, suites[name])
+    by_source: dict[str, list[NLLItem]] = defaultdict(list)
+    for ex in grid.holdout:
+        by_source[ex.source or "(none)"].append(NLLItem(ex.id, ex.prompt, ex.response))
+    holdout: dict[str, float] = {}
+    for source, items in sorted(by_source.items()):
+        holdout[source] = nll(
+            model, tokenizer, items, show_progress=False, desc=source, **settings
+        ).mean_nll
+    log.info("  held-out: %s", ", ".join(f"{s} {v:.3f}" for s, v in holdout.items()))
+    del model
+    gc.collect()
+    return {"suites": suites, "holdout": holdout, "details": details}

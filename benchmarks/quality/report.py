@@ -1,0 +1,206 @@
+"""``quality.md`` and ``quality.png`` from the finished jobs of a grid."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import markdown_table, save_figure, write_report
+from harness import (
+    MC_SUITES,
+    NLL_SUITES,
+    ORDERING,
+    Grid,
+    metric_table,
+    paired,
+    summarise,
+    verdict,
+)
+
+AGGREGATES = (("mean NLL", False), ("mean acc", True), ("held-out NLL", False))
+"""The three summary metrics and whether higher is better."""
+
+
+def cell(values: list[float] | None, digits: int = 3) -> str:
+    if not values:
+        return "—"
+    summary = summarise(values)
+    if math.isnan(summary.std):
+        return f"{summary.mean:.{digits}f}"
+    return f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}"
+
+
+def main_table(table: dict[str, dict[str, list[float]]], suites: list[str]) -> str:
+    base = table.get("base", {})
+    random = table.get("random", {})
+    headers = [
+        "method",
+        "seeds",
+        *suites,
+        "mean NLL ↓",
+        "mean acc ↑",
+        "held-out NLL ↓",
+        "Δ mean NLL vs base",
+        "Δ mean acc vs base",
+        "mean NLL / random",
+        "wall s per seed",
+    ]
+    rows = []
+    for method, metrics in table.items():
+        n = len(metrics.get("seconds", []))
+        nll = metrics.get("mean NLL")
+        acc = metrics.get("mean acc")
+        d_nll = _delta(nll, base.get("mean NLL"))
+        d_acc = _delta(acc, base.get("mean acc"))
+        ratio = "—"
+        if nll and random.get("mean NLL") and method != "random":
+            ratio = f"{np.mean(nll) / np.mean(random['mean NLL']):.4f}"
+        rows.append(
+            [
+                method,
+                n,
+                *[cell(metrics.get(s)) for s in suites],
+                cell(nll),
+                cell(acc),
+                cell(metrics.get("held-out NLL")),
+                d_nll,
+                d_acc,
+                ratio,
+                f"{np.mean(metrics['seconds']):.0f}",
+            ]
+        )
+    return markdown_table(headers, rows)
+
+
+def _delta(values: list[float] | None, base: list[float] | None) -> str:
+    if not values or not base:
+        return "—"
+    return f"{np.mean(values) - base[0]:+.4f}"
+
+
+def holdout_table(table: dict[str, dict[str, list[float]]]) -> str:
+    sources = sorted(
+        {
+            name.removeprefix("held-out ")
+            for metrics in table.values()
+            for name in metrics
+            if name.startswith("held-out ") and name != "held-out NLL"
+        }
+    )
+    headers = ["method", *sources]
+    rows = [
+        [method, *[cell(metrics.get(f"held-out {s}")) for s in sources]]
+        for method, metrics in table.items()
+    ]
+    return markdown_table(headers, rows)
+
+
+def ordering_table(results: list[dict[str, Any]], methods: set[str]) -> tuple[str, list[str]]:
+    headers = ["claim (first beats second)"] + [
+        f"{name} ({'higher' if up else 'lower'} is better)" for name, up in AGGREGATES
+    ]
+    rows = []
+    verdicts = []
+    for first, second in ORDERING:
+        if first not in methods or second not in methods:
+            continue
+        row = [f"{first} > {second}"]
+        for metric, up in AGGREGATES:
+            stats = paired(results, first, second, metric)
+            if stats is None:
+                row.append("—")
+                continue
+            mean, std, n = stats
+            v = verdict(mean, std, n, up)
+            row.append(f"{mean:+.4f} ± {std:.4f} (n={n}): **{v}**")
+            verdicts.append(f"{first} > {second} on {metric}: {v}")
+        rows.append(row)
+    return markdown_table(headers, rows), verdicts
+
+
+def plot(table: dict[str, dict[str, list[float]]], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in table if "mean NLL" in table[m]]
+    if not methods:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(methods) + 1.5), sharey=True)
+    for ax, (metric, up) in zip(axes, AGGREGATES, strict=True):
+        means = [np.mean(table[m].get(metric, [np.nan])) for m in methods]
+        stds = [
+            np.std(table[m][metric], ddof=1) if len(table[m].get(metric, [])) > 1 else 0
+            for m in methods
+        ]
+        colours = ["#999999" if m in ("base", "random") else "#3b6fb6" for m in methods]
+        ax.barh(methods, means, xerr=stds, color=colours, capsize=3)
+        finite = [v for v in means if np.isfinite(v)]
+        if finite:
+            span = max(finite) - min(finite) or abs(max(finite)) * 0.01 or 1.0
+            ax.set_xlim(min(finite) - span * 0.6, max(finite) + span * 0.6)
+        ax.set_title(f"{metric} ({'higher' if up else 'lower'} is better)")
+        ax.invert_yaxis()
+    fig.suptitle("mean ± std over seeds (grey: base model and random)")
+    fig.tight_layout()
+    return save_figure(fig, out, "quality")
+
+
+def write_results(grid: Grid, out: Path, *, preset: str, seconds: float) -> Path:
+    results = grid.results()
+    table = metric_table(results)
+    p = grid.protocol
+    suites = [s for s in NLL_SUITES + MC_SUITES if s in p.suites]
+    done, total = len(results), len(grid.jobs())
+    ordering, _ = ordering_table(results, set(table))
+    protocol = "\n".join(f"- {k}: `{v}`" for k, v in _public(p.to_dict()).items())
+    status = (
+        "complete"
+        if done == total
+        else f"**partial: {done} of {total} jobs finished** (rerun the command to continue)"
+    )
+    nll_names = ", ".join(s for s in suites if s in NLL_SUITES)
+    mc_names = ", ".join(s for s in suites if s in MC_SUITES)
+    body = f"""Preset `{preset}`; {status}.
+
+NLL columns ({nll_names}): mean per-token negative
+log-likelihood of the reference answer given the prompt (chat template applied; token-weighted
+over the suite's items); lower is better. Accuracy columns ({mc_names}):
+log-likelihood multiple choice; higher is better. `held-out NLL`: the same NLL on pool rows held
+out before selection (mean over sources; per source below). Cells: mean ± std over seeds
+(selection and training seed varied together). `wall s per seed`: selection + training +
+evaluation.
+
+## Results
+
+{main_table(table, suites)}
+
+## Claimed ordering, seed-paired
+
+Difference first − second per seed, mean ± std; **holds** / **reversed** when a one-sided
+paired t-test over seeds clears 95 %, else **within noise**.
+
+{ordering}
+
+## Held-out pool rows, NLL per source
+
+{holdout_table(table)}
+
+## Protocol
+
+{protocol}
+"""
+    plot(table, out)
+    return write_report(out, "quality", "Selection quality on SmolLM2-135M", body, seconds)
+
+
+def _public(settings: dict[str, Any]) -> dict[str, Any]:
+    """The protocol with the machine's absolute paths cut to the data folder's name."""
+    shown = dict(settings)
+    for key in ("pool", "eval_dir"):
+        path = Path(str(shown[key]))
+        shown[key] = "/".join(path.parts[-3:]) if len(path.parts) > 3 else str(path)
+    return shown

@@ -1,0 +1,204 @@
+"""The quality benchmark's own logic: caching and resume of the grid, hold-out, verdicts.
+
+The expensive stages (select, train, evaluate) are replaced by counting fakes; the evaluation
+primitives themselves are tested in test_evaluation.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path[:0] = [str(BENCH / "quality"), str(BENCH)]
+
+from harness import (  # noqa: E402
+    Grid,
+    Job,
+    Protocol,
+    Stages,
+    flat_metrics,
+    holdout_ids,
+    metric_table,
+    paired,
+    verdict,
+)
+
+SOURCES = ("alpha", "beta", "gamma")
+
+
+def write_pool(path: Path, per_source: int = 12) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for source in SOURCES:
+            for i in range(per_source):
+                row = {
+                    "id": f"{source}-{i}",
+                    "source": source,
+                    "messages": [
+                        {"role": "user", "content": f"question {i} about {source}"},
+                        {"role": "assistant", "content": f"answer {i}"},
+                    ],
+                }
+                fh.write(json.dumps(row) + "\n")
+    return path
+
+
+class FakeStages:
+    """Counts calls per stage; ``fail_on`` raises inside that (stage, job name) once."""
+
+    def __init__(self, fail_on: tuple[str, str] | None = None) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.fail_on = fail_on
+
+    def _hit(self, stage: str, job: Job) -> None:
+        if self.fail_on == (stage, job.name):
+            self.fail_on = None
+            raise RuntimeError(f"crash in {stage} of {job.name}")
+        self.calls[(stage, job.name)] += 1
+
+    def select(self, job: Job, grid: Grid) -> tuple[list[str], dict[str, Any]]:
+        self._hit("select", job)
+        held = set(json.loads(grid.holdout_path.read_text()))
+        ids = [ex.id for ex in grid.pool.examples if ex.id not in held]
+        return ids[: grid.protocol.budget], {}
+
+    def train(self, job: Job, grid: Grid, examples: list[Any]) -> Path:
+        self._hit("train", job)
+        assert len(examples) == grid.protocol.budget
+        job.checkpoint.mkdir(parents=True)
+        return job.checkpoint
+
+    def evaluate(self, job: Job, grid: Grid, checkpoint: Path | None) -> dict[str, Any]:
+        self._hit("evaluate", job)
+        assert (checkpoint is None) == (job.method == "base")
+        offset = 0.0 if job.seed is None else 0.01 * (job.seed + 1)
+        return {
+            "suites": {"gsm8k": 2.0 - offset, "arc-easy": 0.3 + offset},
+            "holdout": {"alpha": 1.5 - offset},
+        }
+
+    def stages(self) -> Stages:
+        return Stages(select=self.select, train=self.train, evaluate=self.evaluate)
+
+
+@pytest.fixture
+def protocol(tmp_path: Path) -> Protocol:
+    pool = write_pool(tmp_path / "pool.jsonl")
+    return Protocol(
+        pool=str(pool),
+        eval_dir=str(tmp_path),
+        holdout_per_source=2,
+        budget=5,
+        seeds=(0, 1),
+        methods=("random", "kmq-balanced"),
+        suites=("gsm8k", "arc-easy"),
+    )
+
+
+def make_grid(protocol: Protocol, out: Path, fake: FakeStages) -> Grid:
+    return Grid(protocol, out, out / "cache", stages=fake.stages(), log_file=out / "log.txt")
+
+
+def test_grid_runs_every_job_once_and_caches(protocol: Protocol, tmp_path: Path) -> None:
+    fake = FakeStages()
+    make_grid(protocol, tmp_path / "out", fake).run()
+    assert fake.calls[("evaluate", "base")] == 1
+    assert ("select", "base") not in fake.calls
+    for seed in (0, 1):
+        for method in ("random", "kmq-balanced"):
+            for stage in ("select", "train", "evaluate"):
+                assert fake.calls[(stage, f"{method} seed {seed}")] == 1
+    again = FakeStages()
+    grid = make_grid(protocol, tmp_path / "out", again)
+    grid.run()
+    assert not again.calls
+    assert len(grid.results()) == 5
+    assert "5 of 5 jobs already done" in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_interrupted_run_resumes_without_redoing_finished_stages(
+    protocol: Protocol, tmp_path: Path
+) -> None:
+    crashing = FakeStages(fail_on=("train", "kmq-balanced seed 1"))
+    with pytest.raises(RuntimeError, match="crash in train"):
+        make_grid(protocol, tmp_path / "out", crashing).run()
+    resumed = FakeStages()
+    make_grid(protocol, tmp_path / "out", resumed).run()
+    assert set(resumed.calls) == {
+        ("train", "kmq-balanced seed 1"),
+        ("evaluate", "kmq-balanced seed 1"),
+    }
+
+
+def test_extending_seeds_or_eval_settings_recomputes_only_what_changed(
+    protocol: Protocol, tmp_path: Path
+) -> None:
+    make_grid(protocol, tmp_path / "out", FakeStages()).run()
+    more_seeds = FakeStages()
+    make_grid(replace(protocol, seeds=(0, 1, 2)), tmp_path / "out", more_seeds).run()
+    assert {name for _, name in more_seeds.calls} == {"random seed 2", "kmq-balanced seed 2"}
+
+    new_eval = FakeStages()
+    make_grid(replace(protocol, eval_items=7), tmp_path / "out", new_eval).run()
+    assert {stage for stage, _ in new_eval.calls} == {"evaluate"}
+    assert len(new_eval.calls) == 5
+
+    new_budget = FakeStages()
+    make_grid(replace(protocol, budget=6), tmp_path / "out", new_budget).run()
+    assert new_budget.calls[("select", "random seed 0")] == 1
+    assert ("evaluate", "base") not in new_budget.calls
+
+
+def test_holdout_is_stratified_seeded_and_excluded(protocol: Protocol, tmp_path: Path) -> None:
+    grid = make_grid(protocol, tmp_path / "out", FakeStages())
+    held = grid.holdout
+    assert Counter(ex.source for ex in held) == dict.fromkeys(SOURCES, 2)
+    again = holdout_ids(grid.pool.examples, 2, protocol.holdout_seed)
+    assert again == [ex.id for ex in held]
+    assert holdout_ids(grid.pool.examples, 2, protocol.holdout_seed + 1) != again
+    assert len(holdout_ids(grid.pool.examples, 100, 0)) == len(grid.pool.examples)
+
+
+def test_unknown_method_or_suite_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown methods"):
+        Protocol(pool="p", eval_dir="e", methods=("kmq-ultra",))
+    with pytest.raises(ValueError, match="unknown suites"):
+        Protocol(pool="p", eval_dir="e", suites=("bbh",))
+
+
+def test_metrics_aggregate_suites_and_holdout() -> None:
+    row = {
+        "method": "random",
+        "seed": 0,
+        "seconds": {"select": 1.0, "train": 2.0, "evaluate": 3.0},
+        "suites": {"gsm8k": 2.0, "humaneval": 1.0, "arc-easy": 0.5, "mmlu": 0.25},
+        "holdout": {"a": 1.0, "b": 3.0},
+    }
+    metrics = flat_metrics(row)
+    assert metrics["mean NLL"] == pytest.approx(1.5)
+    assert metrics["mean acc"] == pytest.approx(0.375)
+    assert metrics["held-out NLL"] == pytest.approx(2.0)
+    assert metrics["seconds"] == pytest.approx(6.0)
+    assert metric_table([row, row | {"seed": 1}])["random"]["mean NLL"] == [1.5, 1.5]
+
+
+def test_paired_differences_and_verdicts() -> None:
+    def row(method: str, seed: int, nll: float) -> dict[str, Any]:
+        return {"method": method, "seed": seed, "suites": {"gsm8k": nll}, "seconds": {}}
+
+    results = [row("a", s, 1.0 + 0.01 * s) for s in range(3)]
+    results += [row("b", s, 1.2 + 0.011 * s) for s in range(3)]
+    mean, std, n = paired(results, "a", "b", "mean NLL")  # type: ignore[misc]
+    assert n == 3
+    assert mean == pytest.approx(-0.201)
+    assert std == pytest.approx(0.001)
+    assert verdict(mean, std, n, higher_is_better=False) == "holds"
+    assert verdict(-mean, std, n, higher_is_better=False) == "reversed"
+    assert verdict(0.001, 0.01, 3, higher_is_better=True) == "within noise"
+    assert paired(results, "a", "missing", "mean NLL") is None
