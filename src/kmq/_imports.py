@@ -22,6 +22,7 @@ EXTRAS = {
     "matplotlib": "report",
     "model2vec": "static",
     "skeletoken": "static",
+    "ray": "ray",
 }
 TORCH_EXTRAS = {"embed", "lm", "train", "static"}
 

@@ -17,6 +17,7 @@ from rich.table import Table
 from kmq import __version__
 from kmq.allocation import ALLOCATIONS
 from kmq.cli_iterate import EXTERNAL_VERBS, add_iterate, print_state
+from kmq.engines import ENGINES
 from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
 from kmq.formats import FORMATS, FieldMap
@@ -27,6 +28,7 @@ from kmq.report import write_report
 from kmq.scoring import ScoreConfig, score_file
 from kmq.selectors import SELECTORS
 from kmq.selectors.kmq import WEIGHTINGS
+from kmq.streaming import IN_MEMORY_LIMIT, OUTPUT_SHARD_ROWS, SAMPLE_FLOOR, SAMPLE_PER_CENTROID
 
 console = Console(stderr=True)
 stdout = Console()
@@ -176,6 +178,39 @@ def add_select(sub: Any) -> None:
         help="SemDeDup first: drop rows with cosine > 1 - EPS to a kept row of their "
         "cluster (recorded in dedup.jsonl)",
     )
+    s = p.add_argument_group(
+        "large pools (streaming)",
+        "Read, embed and write the pool in shards instead of in memory; on by itself when the "
+        "input is a folder of shards (*.jsonl, *.jsonl.gz, *.parquet). kmq, km-random, "
+        "km-closest and random run at any size; k-center, deita, qdit and facility-location "
+        f"up to {IN_MEMORY_LIMIT:,} rows; --quality scorers and --dedup not at all.",
+    )
+    s.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream a big JSONL/Parquet file (or a folder of shards) instead of loading it",
+    )
+    s.add_argument(
+        "--kmeans-sample",
+        type=int,
+        metavar="N",
+        help="rows k-means is fitted on, drawn with --seed; every row is then assigned "
+        f"(default max({SAMPLE_PER_CENTROID}·k, {SAMPLE_FLOOR}), k the largest tried; all rows "
+        "of a smaller pool)",
+    )
+    s.add_argument(
+        "--embedding-dtype",
+        choices=["float16", "float32"],
+        help="embedding memory map on disk (default float16: half the disk and I/O; float32 "
+        "reproduces the in-memory selection exactly when the sample holds every row)",
+    )
+    s.add_argument(
+        "--output-shard-rows",
+        type=int,
+        metavar="N",
+        help="picked rows per output shard selected-00000.jsonl, ... "
+        f"(default {OUTPUT_SHARD_ROWS})",
+    )
     p.add_argument("--report", action="store_true", help="also write OUT/report.html")
     p.set_defaults(handler=run_select)
 
@@ -240,6 +275,29 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
         help="encoder window in tokens (minilm/sentence-transformers: longer texts are "
         "chunked and mean-pooled; causal: longer texts are cut)",
     )
+    r = p.add_argument_group(
+        "engine",
+        "Where embedding, the assignment to k-means centres and the per-cluster draws run. "
+        "Every engine selects the same rows for the same seed and embeddings.",
+    )
+    r.add_argument(
+        "--engine",
+        choices=list(ENGINES),
+        default="local",
+        help="local (this process; default) or ray (a Ray cluster; pip install 'kmq[ray]')",
+    )
+    r.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="a running Ray cluster: 'auto' (the one this node joined) or ray://HOST:10001 "
+        "(default: start a local one)",
+    )
+    r.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="at most N encoder replicas and tasks at a time (default: every CPU)",
+    )
 
 
 def run_select(args: argparse.Namespace) -> int:
@@ -281,6 +339,16 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
         n_neighbors=getattr(args, "knn", 50),
         dedup=getattr(args, "dedup", None),
         progress=not args.no_progress,
+        engine=args.engine,
+        engine_options={
+            key: value
+            for key, value in {"address": args.ray_address, "workers": args.ray_workers}.items()
+            if value is not None
+        },
+        streaming=getattr(args, "streaming", False),
+        kmeans_sample=getattr(args, "kmeans_sample", None),
+        embedding_dtype=getattr(args, "embedding_dtype", None),
+        output_shard_rows=getattr(args, "output_shard_rows", None),
     )
 
 

@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from kmq.chunks import CHUNK_ROWS, iter_rows
 from kmq.errors import KmqError
 from kmq.random import SeedLike, as_int_seed, make_rng
 
@@ -21,7 +22,7 @@ SILHOUETTE_SAMPLE = 5000
 class Clustering:
     """A fitted clustering of a pool: labels, centroids and the k-means objective."""
 
-    labels_: np.ndarray  # (n,) int64
+    labels_: np.ndarray  # (n,) int64 (int32 from the streaming path)
     centroids_: np.ndarray  # (k, d) float32
     inertia_: float  # Σ squared L2 distance of every row to its centre
     sizes_: np.ndarray = field(init=False)
@@ -56,9 +57,65 @@ def kmeans(
     official configuration's objective (random starts, niter=300, nredo=5) within a few tenths
     of a percent in ``niter=10`` Lloyd steps (see benchmarks/clustering.py). They are fitted on
     at most ``max_points_per_centroid * k`` rows (faiss' seeded sampling); every row is then
-    assigned to its nearest centre.
+    assigned to its nearest centre by :func:`assign`, chunk by chunk, as the Ray engine assigns
+    them (so both give the same labels and inertia to the last bit).
     """
-    x = normalize(embeddings)
+    km = _train(normalize(embeddings), k, seed, niter, nredo, max_points_per_centroid)
+    centroids = np.asarray(km.centroids, dtype=np.float32)
+    labels, distances = assign(embeddings, centroids)
+    return Clustering(
+        labels_=labels.astype(np.int64),
+        centroids_=centroids,
+        inertia_=float(distances.astype(np.float64).sum()),
+    )
+
+
+def fit_centroids(
+    embeddings: np.ndarray,
+    k: int,
+    *,
+    seed: SeedLike = 0,
+    niter: int = DEFAULT_NITER,
+    nredo: int = 1,
+    max_points_per_centroid: int = 256,
+) -> np.ndarray:
+    """The (k, d) float32 centres :func:`kmeans` fits, without assigning the rows (the streaming
+    path fits on a sample and assigns every row with :func:`assign`)."""
+    km = _train(normalize(embeddings), k, seed, niter, nredo, max_points_per_centroid)
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def assign(
+    embeddings: np.ndarray,
+    centroids: np.ndarray,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest centre of every row (int32) and its squared L2 distance (float32).
+
+    Rows are L2-normalised as :func:`kmeans` does and read ``chunk_rows`` at a time (a memory
+    map never lands in memory whole); the labels equal those :func:`kmeans` gives for the
+    same centres.
+    """
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    labels = np.empty(len(embeddings), dtype=np.int32)
+    distances = np.empty(len(embeddings), dtype=np.float32)
+    rows = iter_rows(
+        embeddings, chunk_rows=chunk_rows, show_progress=show_progress, desc="assigning"
+    )
+    for start, chunk in rows:
+        d, i = index.search(normalize(chunk), 1)
+        labels[start : start + len(chunk)] = i[:, 0]
+        distances[start : start + len(chunk)] = d[:, 0]
+    return labels, distances
+
+
+def _train(
+    x: np.ndarray, k: int, seed: SeedLike, niter: int, nredo: int, max_points_per_centroid: int
+) -> faiss.Kmeans:
+    """A faiss k-means trained on the normalised rows ``x`` (see :func:`kmeans`)."""
     n = len(x)
     if not 1 <= k <= n:
         raise KmqError(f"k must be between 1 and the number of rows ({n}), got k={k}")
@@ -74,12 +131,7 @@ def kmeans(
     )
     km.cp.min_points_per_centroid = 1
     km.train(x)
-    distances, labels = km.index.search(x, 1)
-    return Clustering(
-        labels_=labels[:, 0].astype(np.int64),
-        centroids_=np.asarray(km.centroids, dtype=np.float32),
-        inertia_=float(distances[:, 0].astype(np.float64).sum()),
-    )
+    return km
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray, *, block: int = 2048) -> float:

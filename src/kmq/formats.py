@@ -27,14 +27,15 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from kmq._imports import require
 from kmq.atomic import atomic_path
@@ -59,6 +60,7 @@ _SUFFIX_KINDS = {
     ".parquet": "parquet",
     ".csv": "csv",
 }
+_SHARD_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -185,14 +187,7 @@ def load_pool(
     with _read_guard(source):
         dataset = _hf_dataset(source, kind) if kind.startswith("hf-") else None
         records = _read_records(source, kind, compressed, dataset)
-        head, records = _peek(records)
-        if not head:
-            raise KmqError(f"{source}: empty (no records)")
-        detected = format is None and not fields.is_mapped()
-        fmt = _detect(source, head) if detected else format or "mapped"
-        builder = _Builder(
-            str(source), fmt, fields, quality_field, kind, on_invalid, detected=detected
-        )
+        builder, records = _start(source, records, kind, fields, format, quality_field, on_invalid)
         for record in records:
             builder.add(record)
         digest = _digest(source, kind, dataset)
@@ -200,13 +195,162 @@ def load_pool(
         path=source,
         file_kind=kind,
         compressed=compressed,
-        format=fmt,
+        format=builder.format,
         examples=builder.examples,
         rejects=builder.rejects,
         n_records=builder.n_records,
         sha256=digest,
         quality=builder.quality_array(),
     )
+
+
+class ExampleStream:
+    """A pool read one record at a time, for pools larger than memory.
+
+    ``path`` is a JSONL or Parquet file (optionally gzipped) or a folder of such shards, read in
+    name order as one pool: record indices run on across the shards and a reject names the
+    folder and ``<shard>, line N`` (or ``row N``). Records are parsed, detected and checked
+    exactly as :func:`load_pool` does. Iterating yields ``(example, quality)`` of every valid
+    record (quality ``None`` without ``quality_field``) and reads the input again each time;
+    after a full iteration ``format``, ``rejects`` and ``n_records`` hold what it read.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        fields: FieldMap | None = None,
+        format: str | None = None,
+        on_invalid: Literal["error", "skip"] = "error",
+        quality_field: str | None = None,
+    ) -> None:
+        self.fields = fields or FieldMap()
+        _check_options(self.fields, format, on_invalid)
+        self.path, self.file_kind, self.files = _stream_files(Path(path))
+        self.compressed = self.files[0][1]
+        self.requested_format = format
+        self.on_invalid = on_invalid
+        self.quality_field = quality_field
+        self.format = format or "mapped"
+        self.rejects: list[Reject] = []
+        self.n_records = 0
+
+    def __iter__(self) -> Iterator[tuple[Example, float | None]]:
+        builder, records = _start(
+            self.path,
+            self._records(),
+            self.file_kind,
+            self.fields,
+            self.requested_format,
+            self.quality_field,
+            self.on_invalid,
+        )
+        self.format = builder.format
+        for record in records:
+            parsed = builder.parse(record)
+            if parsed is not None:
+                yield parsed
+        self.rejects, self.n_records = builder.rejects, builder.n_records
+
+    def digest(self) -> str:
+        """sha256 of the file; for a folder, of its shards in name order, names and sizes
+        included."""
+        if self.path.is_file():
+            return _files_digest({"": self.path})
+        return _files_digest({file.name: file for file, _ in self.files})
+
+    def _records(self) -> Iterator[_Record]:
+        offset = 0
+        for file, compressed in self.files:
+            with _read_guard(file):
+                records = _read_records(file, self.file_kind, compressed, None)
+                if file == self.path:
+                    yield from records
+                    return
+                count = 0
+                for record in records:
+                    count += 1
+                    location = f"{file.name}, {record.location}"
+                    yield _Record(offset + record.row, location, record.value, record.problem)
+                offset += count
+
+    def raw_blocks(self) -> Iterator[tuple[int, list[bytes] | pa.RecordBatch]]:
+        """The records as stored, in blocks, each with the index of its first record: lists of
+        JSONL lines (bytes with their line ends), or Parquet record batches."""
+        offset = 0
+        for file, compressed in self.files:
+            with _read_guard(file):
+                if self.file_kind == "parquet":
+                    for batch in _parquet_file(file, compressed).iter_batches(batch_size=_BATCH):
+                        yield offset, batch
+                        offset += batch.num_rows
+                    continue
+                with _open_binary(file, compressed) as fh:
+                    lines = (line for _, line in _nonblank_lines(fh))
+                    while block := list(islice(lines, _BATCH)):
+                        yield offset, block
+                        offset += len(block)
+
+
+def is_shard_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder but not a Hugging Face save_to_disk one: a folder of shards,
+    which only :class:`ExampleStream` reads."""
+    folder = Path(path)
+    return folder.is_dir() and not any((folder / marker).is_file() for marker in _HF_MARKERS)
+
+
+def _stream_files(path: Path) -> tuple[Path, str, list[tuple[Path, bool]]]:
+    """(path, kind, [(file, gzipped), ...]) of a JSONL/Parquet file or a folder of shards."""
+    if path.is_dir():
+        if any((path / marker).is_file() for marker in _HF_MARKERS):
+            raise KmqError(
+                f"{path}: a Hugging Face save_to_disk folder; streaming reads JSONL or Parquet "
+                "files (one, or a folder of shards): export it with dataset.to_json(...) or "
+                "dataset.to_parquet(...), or drop --streaming"
+            )
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and not p.name.startswith(".") and _plain_suffix(p) in _SHARD_KINDS
+        )
+        if not files:
+            raise KmqError(
+                f"{path}: a folder with neither shards to read (*.jsonl, *.ndjson or *.parquet, "
+                f"each optionally .gz) nor a Hugging Face save_to_disk dataset "
+                f"({', '.join(_HF_MARKERS)})"
+            )
+        kinds = {_SHARD_KINDS[_plain_suffix(p)] for p in files}
+        if len(kinds) > 1:
+            raise KmqError(f"{path}: the folder mixes JSONL and Parquet shards; keep one kind")
+        with _read_guard(path):
+            return path, kinds.pop(), [(p, _is_gzip(p)) for p in files]
+    source, kind, compressed = _resolve(path)
+    if kind not in _SHARD_KINDS.values():
+        raise KmqError(
+            f"{source}: streaming reads JSONL or Parquet files (one, or a folder of shards), "
+            f"not {kind}; convert it, or drop --streaming"
+        )
+    return source, kind, [(source, compressed)]
+
+
+def _start(
+    source: Path,
+    records: Iterator[_Record],
+    kind: str,
+    fields: FieldMap,
+    format: str | None,
+    quality_field: str | None,
+    on_invalid: str,
+) -> tuple[_Builder, Iterator[_Record]]:
+    """A builder for the format of ``records`` (named, or detected from the first ones) and
+    every record, the looked-at ones included."""
+    head, records = _peek(records)
+    if not head:
+        raise KmqError(f"{source}: empty (no records)")
+    detected = format is None and not fields.is_mapped()
+    fmt = _detect(source, head) if detected else format or "mapped"
+    builder = _Builder(str(source), fmt, fields, quality_field, kind, on_invalid, detected=detected)
+    return builder, records
 
 
 def _check_options(fields: FieldMap, fmt: str | None, on_invalid: str) -> None:
@@ -581,6 +725,17 @@ class _Builder:
         self.seen: dict[str, str] = {}  # id → location of its first occurrence
 
     def add(self, record: _Record) -> None:
+        parsed = self.parse(record)
+        if parsed is None:
+            return
+        example, quality = parsed
+        self.examples.append(example)
+        if quality is not None:
+            self.quality.append(quality)
+
+    def parse(self, record: _Record) -> tuple[Example, float | None] | None:
+        """The example of ``record`` and its quality (``None`` without a quality field), or
+        ``None`` when the record is rejected (kept in ``rejects``, or raised)."""
         self.n_records += 1
         try:
             example = self._example(record)
@@ -590,11 +745,9 @@ class _Builder:
             if self.raise_first:
                 raise InputError(reject, self.hint if bad.field else None) from None
             self.rejects.append(reject)
-            return
+            return None
         self.seen[example.id] = record.location
-        self.examples.append(example)
-        if quality is not None:
-            self.quality.append(quality)
+        return example, quality
 
     def quality_array(self) -> npt.NDArray[np.float64] | None:
         if self.quality_field is None:
@@ -880,6 +1033,11 @@ def _digest(path: Path, kind: str, dataset: Any) -> str:
         files = {Path(f["filename"]).name: Path(f["filename"]) for f in dataset.cache_files}
     else:
         files = {"": path}
+    return _files_digest(files)
+
+
+def _files_digest(files: Mapping[str, Path]) -> str:
+    """sha256 of the files' bytes in name order, each name and size included (none for "")."""
     digest = hashlib.sha256()
     for name in sorted(files):
         if name:
@@ -990,6 +1148,93 @@ def _write_dataset(dataset: Any, rows: list[int], out_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def write_selected_shards(
+    stream: ExampleStream,
+    rows: npt.NDArray[np.int64],
+    out_dir: Path,
+    *,
+    sha256: str,
+    shard_rows: int,
+    show_progress: bool = False,
+) -> list[Path]:
+    """Copy the records at ``rows`` (sorted record indices) unchanged, in input order, into
+    ``selected-00000.jsonl[.gz]`` (JSONL lines byte for byte, gzipped if the input is) or
+    ``selected-00000.parquet`` (the input's schema), ..., each of ``shard_rows`` records at most,
+    in one pass over the input. Stale shards of an earlier run are removed. Returns the files."""
+    if stream.digest() != sha256:
+        raise KmqError(
+            f"{stream.path} changed since it was read; run the selection again on it as it is now"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    picked = _picked(stream, np.asarray(rows, dtype=np.int64), show_progress)
+    written: list[Path] = []
+    if stream.file_kind == "jsonl":
+        suffix = ".jsonl.gz" if stream.compressed else ".jsonl"
+        for shard in range(-(-len(rows) // shard_rows)):
+            target = out_dir / f"selected-{shard:05d}{suffix}"
+            with atomic_path(target) as tmp, _output(tmp, stream.compressed) as out:
+                for line in islice(picked, shard_rows):
+                    out.write(cast(bytes, line))
+            written.append(target)
+    else:
+        batches = cast(Iterator[pa.RecordBatch], picked)
+        for shard, group in enumerate(_regroup(batches, shard_rows)):
+            target = out_dir / f"selected-{shard:05d}.parquet"
+            with atomic_path(target) as tmp:
+                pq.write_table(_concat(stream.path, group), tmp)
+            written.append(target)
+    for stale in set(out_dir.glob("selected-[0-9]*")) - set(written):
+        stale.unlink()
+    return written
+
+
+def _picked(
+    stream: ExampleStream, rows: npt.NDArray[np.int64], show_progress: bool
+) -> Iterator[bytes | pa.RecordBatch]:
+    """The JSONL lines at ``rows``, or the Parquet batches cut down to them, in input order."""
+    position = 0
+    with tqdm(
+        total=stream.n_records or None, desc="writing", unit="row", disable=not show_progress
+    ) as bar:
+        for start, block in stream.raw_blocks():
+            size = len(block) if isinstance(block, list) else block.num_rows
+            bar.update(size)
+            stop = int(np.searchsorted(rows, start + size, side="left"))
+            offsets = rows[position:stop] - start
+            if isinstance(block, list):
+                yield from (block[i] for i in offsets)
+            elif len(offsets):
+                yield block.take(pa.array(offsets))
+            position = stop
+            if position == len(rows):
+                return
+
+
+def _regroup(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[list[pa.RecordBatch]]:
+    """Lists of batches of ``size`` rows in all (the last may hold fewer), split where needed."""
+    group: list[pa.RecordBatch] = []
+    have = 0
+    for batch in batches:
+        while batch.num_rows:
+            cut = min(size - have, batch.num_rows)
+            group.append(batch.slice(0, cut))
+            batch = batch.slice(cut)
+            have += cut
+            if have == size:
+                yield group
+                group, have = [], 0
+    if group:
+        yield group
+
+
+def _concat(path: Path, batches: list[pa.RecordBatch]) -> pa.Table:
+    try:
+        return pa.Table.from_batches(batches)
+    except pa.ArrowInvalid as exc:
+        raise KmqError(f"{path}: the Parquet shards have different schemas ({exc})") from exc
 
 
 def write_rejects(rejects: Sequence[Reject], path: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kmq import __version__
+from kmq.engines import Engine
 from kmq.errors import KmqError
 from kmq.examples import Example
 from kmq.feedback import FeedbackScorer, get_feedback_scorer
@@ -33,6 +34,7 @@ from kmq.pipeline import (
     cluster,
     embed_pool,
     exclusion,
+    make_engine,
     pool_quality,
     resolve_budget,
     write_clusters,
@@ -50,7 +52,7 @@ log = logging.getLogger("kmq")
 class IterateConfig:
     """Everything ``kmq iterate`` takes; saved as ``RUN/config.json`` and reloaded on resume."""
 
-    pool: SelectConfig  # input, budget, k, seed, quality and embedding settings (method: kmq)
+    pool: SelectConfig  # input, budget, k, seed, quality, embedding, engine (method: kmq)
     rounds: int = 3
     rule: str = "paper"
     positive: str = "shift"
@@ -103,6 +105,7 @@ class IterativeSelection:
         self._pool: LoadedPool | None = None
         self._embeddings: np.ndarray | None = None
         self._quality: np.ndarray | None = None
+        self._engine: Engine | None = None
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -113,7 +116,7 @@ class IterativeSelection:
         if path.exists():
             self.dir.sweep()
             saved = self.dir.read("config.json")
-            if {k: v for k, v in saved.items() if k != "version"} != self.config.to_dict():
+            if selection_settings(saved) != selection_settings(self.config.to_dict()):
                 raise KmqError(f"{self.dir.path} holds a run with another configuration")
         else:
             self.dir.path.mkdir(parents=True, exist_ok=True)
@@ -136,6 +139,13 @@ class IterativeSelection:
                 if self._pool.sha256 != expected:
                     raise KmqError(f"{cfg.input} changed since this run started (sha256 differs)")
         return self._pool
+
+    @property
+    def engine(self) -> Engine:
+        """Where the embedding, the assignment and each round's picks run (``pool.engine``)."""
+        if self._engine is None:
+            self._engine = make_engine(self.config.pool)
+        return self._engine
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -178,6 +188,7 @@ class IterativeSelection:
             niter=cfg.niter,
             silhouette_sample=cfg.silhouette_sample,
             show_progress=cfg.progress,
+            engine=self.engine,
         )
         write_clusters(self.dir.path / CLUSTERS, fitted)
         self.dir.write(
@@ -230,7 +241,8 @@ class IterativeSelection:
         excluded = np.union1d(self.picked_before(r), self.excluded)
         size = round_sizes(self.budget, self.config.rounds)[r - 1]
         selector = KMQSelector(weighting=cfg.quality_weighting, temperature=cfg.temperature)
-        result = selector.select(
+        result = self.engine.select(
+            selector,
             self.embeddings,
             size,
             labels=self.labels,
@@ -510,6 +522,13 @@ class IterativeSelection:
         """A per-round, per-step int seed derived from the run seed."""
         sequence = np.random.SeedSequence(self.config.pool.seed, spawn_key=(r, step))
         return int(sequence.generate_state(1)[0])
+
+
+def selection_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config without what cannot change its selection: the kmq version, and
+    where it runs (every engine selects the same rows), so a run may go on elsewhere."""
+    pool = {k: v for k, v in config["pool"].items() if k not in ("engine", "engine_options")}
+    return {k: v for k, v in config.items() if k != "version"} | {"pool": pool}
 
 
 def cluster_sources(pool: LoadedPool, labels: np.ndarray, k: int) -> dict[str, list[int]] | None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -20,23 +20,32 @@ import pyarrow.parquet as pq
 
 from kmq import __version__
 from kmq.atomic import atomic_path, write_json
-from kmq.cache import embed_cached
 from kmq.clustering import (
     DEFAULT_NITER,
     SILHOUETTE_SAMPLE,
     Clustering,
     choose_k,
     default_k_grid,
-    kmeans,
 )
 from kmq.dedup import DedupResult, semdedup
 from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
+from kmq.engines import Engine, get_engine
 from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
-from kmq.formats import FieldMap, LoadedPool, load_pool, write_rejects, write_selected
+from kmq.formats import (
+    FieldMap,
+    LoadedPool,
+    is_shard_folder,
+    load_pool,
+    write_rejects,
+    write_selected,
+)
 from kmq.random import SeedLike
 from kmq.scoring import compute_quality, fill_missing
-from kmq.selectors import CLUSTERED, SELECTORS, SelectionResult, get_selector
+from kmq.selectors import CLUSTERED, SELECTORS, SelectionResult, Selector, get_selector
+
+if TYPE_CHECKING:
+    from kmq.streaming import StreamedPool
 
 log = logging.getLogger("kmq")
 
@@ -70,27 +79,57 @@ def cluster(
     niter: int = DEFAULT_NITER,
     silhouette_sample: int = SILHOUETTE_SAMPLE,
     show_progress: bool = False,
+    engine: Engine | None = None,
 ) -> tuple[Clustering, dict[int, float] | None]:
-    """k-means with a given k, or with k chosen by silhouette over ``k_grid`` (``"auto"``)."""
-    scores = None
-    if k == "auto":
-        grid = list(k_grid) if k_grid else default_k_grid(len(embeddings), budget)
-        choice = choose_k(
-            embeddings,
-            grid,
-            seed=seed,
-            sample_size=silhouette_sample,
-            niter=niter,
-            show_progress=show_progress,
-        )
-        log.info(
-            "k by silhouette on %d rows: %s → k=%d",
-            choice.sample_size,
-            ", ".join(f"{kk}: {s:.4f}" for kk, s in choice.scores.items()),
-            choice.k,
-        )
-        k, scores = choice.k, choice.scores
-    return kmeans(embeddings, int(k), seed=seed, niter=niter), scores
+    """k-means with a given k, or with k chosen by silhouette over ``k_grid`` (``"auto"``); the
+    rows are assigned to the centres by ``engine`` (default: in this process)."""
+    k, scores = resolve_k(
+        embeddings,
+        k,
+        budget=budget,
+        seed=seed,
+        k_grid=k_grid,
+        niter=niter,
+        silhouette_sample=silhouette_sample,
+        show_progress=show_progress,
+    )
+    return (engine or get_engine()).kmeans(embeddings, k, seed=seed, niter=niter), scores
+
+
+def resolve_k(
+    embeddings: np.ndarray,
+    k: int | Literal["auto"],
+    *,
+    budget: int | None = None,
+    seed: SeedLike = 0,
+    k_grid: Sequence[int] | None = None,
+    niter: int = DEFAULT_NITER,
+    silhouette_sample: int = SILHOUETTE_SAMPLE,
+    show_progress: bool = False,
+    n_pool: int | None = None,
+) -> tuple[int, dict[int, float] | None]:
+    """``k`` itself, or (``"auto"``) the k on ``k_grid`` with the best silhouette on
+    ``embeddings``, and the scores. The default grid follows ``n_pool`` rows (default: all of
+    ``embeddings``; the streaming path passes a sample and the pool's size)."""
+    if k != "auto":
+        return int(k), None
+    n = len(embeddings) if n_pool is None else n_pool
+    grid = list(k_grid) if k_grid else default_k_grid(n, budget)
+    choice = choose_k(
+        embeddings,
+        grid,
+        seed=seed,
+        sample_size=silhouette_sample,
+        niter=niter,
+        show_progress=show_progress,
+    )
+    log.info(
+        "k by silhouette on %d rows: %s → k=%d",
+        choice.sample_size,
+        ", ".join(f"{kk}: {s:.4f}" for kk, s in choice.scores.items()),
+        choice.k,
+    )
+    return choice.k, choice.scores
 
 
 def select(
@@ -108,12 +147,16 @@ def select(
     seed: SeedLike = 0,
     k_grid: Sequence[int] | None = None,
     niter: int = DEFAULT_NITER,
+    engine: str | Engine = "local",
 ) -> SelectionResult:
     """Select ``budget`` rows of ``embeddings`` (a count or a fraction) with ``method``.
 
     Clustered methods cluster first unless ``labels`` are given. The result's ``notes`` say
-    when a method fell back (e.g. kMQ without quality is kM-Random).
+    when a method fell back (e.g. kMQ without quality is kM-Random). ``engine`` (a name or an
+    :class:`~kmq.engines.Engine`) assigns the rows and draws the per-cluster picks; every
+    engine gives the same selection.
     """
+    runner = get_engine(engine) if isinstance(engine, str) else engine
     n = len(embeddings)
     n_budget = resolve_budget(budget, n)
     if method not in SELECTORS:
@@ -121,14 +164,14 @@ def select(
     silhouette = None
     if labels is None and method in CLUSTERED:
         fitted, silhouette = cluster(
-            embeddings, k, budget=n_budget, seed=seed, k_grid=k_grid, niter=niter
+            embeddings, k, budget=n_budget, seed=seed, k_grid=k_grid, niter=niter, engine=runner
         )
         labels = fitted.labels_
     selector = get_selector(
         method, allocation=allocation, weighting=quality_weighting, temperature=temperature
     )
-    result = selector.select(
-        embeddings, n_budget, labels=labels, quality=quality, exclude=exclude, seed=seed
+    result = runner.select(
+        selector, embeddings, n_budget, labels=labels, quality=quality, exclude=exclude, seed=seed
     )
     result.silhouette = silhouette
     return result
@@ -167,6 +210,12 @@ class SelectConfig:
     n_neighbors: int = 50
     dedup: float | None = None
     progress: bool = True
+    streaming: bool = False
+    kmeans_sample: int | None = None
+    embedding_dtype: Literal["float16", "float32"] | None = None
+    output_shard_rows: int | None = None
+    engine: str = "local"
+    engine_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.method not in SELECTORS:
@@ -180,6 +229,22 @@ class SelectConfig:
                 f"give either --quality {self.quality} (a scorer) or --quality-field "
                 f"{self.quality_field} (a column), not both"
             )
+        if self.embedding_dtype not in (None, "float16", "float32"):
+            raise KmqError(
+                f"--embedding-dtype must be float16 or float32, got {self.embedding_dtype!r}"
+            )
+        for name in ("kmeans_sample", "output_shard_rows"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                flag = "--" + name.replace("_", "-")
+                raise KmqError(f"{flag} must be a positive integer, got {value!r}")
+        make_engine(self)
+        if self.engine != "local" and self.is_streaming():
+            raise KmqError(f"--engine {self.engine} does not run --streaming selections")
+
+    def is_streaming(self) -> bool:
+        """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
+        return self.streaming or is_shard_folder(self.input)
 
 
 @dataclass
@@ -187,7 +252,7 @@ class SelectRun:
     """What :func:`select_file` did: the result, the pool and the manifest it wrote."""
 
     result: SelectionResult
-    pool: LoadedPool
+    pool: LoadedPool | StreamedPool
     manifest: dict[str, Any]
     out: Path
 
@@ -233,8 +298,24 @@ def read_exclude(path: Path) -> list[str]:
 
 
 def select_file(config: SelectConfig) -> SelectRun:
-    """Load → embed (cached) → cluster → select → write, as ``kmq select`` does."""
+    """Load → embed (cached) → cluster → select → write, as ``kmq select`` does.
+
+    Streaming runs (``config.streaming``, or a folder of shards as input) go to
+    :func:`kmq.streaming.select_streaming`.
+    """
     config.validate()
+    if config.is_streaming():
+        from kmq.streaming import select_streaming  # it builds on this module
+
+        return select_streaming(config)
+    streaming_only = {
+        "--kmeans-sample": config.kmeans_sample,
+        "--embedding-dtype": config.embedding_dtype,
+        "--output-shard-rows": config.output_shard_rows,
+    }
+    given = [flag for flag, value in streaming_only.items() if value is not None]
+    if given:
+        raise KmqError(f"{', '.join(given)} apply to --streaming runs only")
     timer = Timer()
     out = Path(config.out)
     with timer.stage("load"):
@@ -278,6 +359,7 @@ def select_file(config: SelectConfig) -> SelectRun:
                 niter=config.niter,
                 silhouette_sample=config.silhouette_sample,
                 show_progress=config.progress,
+                engine=make_engine(config),
             )
     excluded = {
         "excluded": int(exclude_mask.sum()),
@@ -292,17 +374,9 @@ def select_file(config: SelectConfig) -> SelectRun:
             excluded["deduplicated"] = len(dedup.removed)
         log.info("SemDeDup (eps=%g) removed %d near-duplicates", config.dedup, len(dedup.removed))
     with timer.stage("select"):
-        selector = get_selector(
-            config.method,
-            allocation=config.allocation,
-            weighting=config.quality_weighting,
-            temperature=config.temperature,
-            threshold=config.deita_threshold,
-            alpha=config.qdit_alpha,
-            n_neighbors=config.n_neighbors,
-            show_progress=config.progress,
-        )
-        result = selector.select(
+        selector = make_selector(config)
+        result = make_engine(config).select(
+            selector,
             embeddings,
             budget,
             labels=None if fitted is None else fitted.labels_,
@@ -325,19 +399,40 @@ def select_file(config: SelectConfig) -> SelectRun:
             write_rejects(pool.rejects, out / REJECTS)
         if dedup is not None:
             write_dedup(out / DEDUP, pool, dedup)
+    summary = PoolSummary(
+        input={
+            "path": str(pool.path.resolve() if pool.path.exists() else pool.path),
+            "sha256": pool.sha256,
+            "kind": pool.file_kind,
+            "compressed": pool.compressed,
+            "format": pool.format,
+        },
+        records=pool.n_records,
+        valid=len(pool.examples),
+        rejected=len(pool.rejects),
+        sources=source_counts(pool),
+        selected_sources=source_counts(pool, result.indices),
+    )
     manifest = build_manifest(
-        config,
-        pool,
-        result,
-        fitted,
-        embedding,
-        quality_info,
-        excluded,
-        timer,
-        data_path,
+        config, summary, result, fitted, embedding, quality_info, excluded, timer, data_path.name
     )
     write_json(out / MANIFEST, manifest)
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def make_selector(config: SelectConfig, **options: Any) -> Selector:
+    """The selector ``config`` names, with its settings (and ``options`` for it)."""
+    return get_selector(
+        config.method,
+        allocation=config.allocation,
+        weighting=config.quality_weighting,
+        temperature=config.temperature,
+        threshold=config.deita_threshold,
+        alpha=config.qdit_alpha,
+        n_neighbors=config.n_neighbors,
+        show_progress=config.progress,
+        **options,
+    )
 
 
 def pool_quality(
@@ -345,11 +440,7 @@ def pool_quality(
 ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
     """Quality per row from ``--quality-field`` or a ``--quality`` scorer (NaN → lowest score)."""
     if config.quality_field:
-        return pool.quality, {
-            "scorer": "column",
-            "column": config.quality_field,
-            "direction": "as given; higher = better",
-        }
+        return pool.quality, column_quality_info(config.quality_field)
     if not config.quality:
         return None, None
     scores = compute_quality(
@@ -362,19 +453,33 @@ def pool_quality(
     return fill_missing(scores.values), scores.summary()
 
 
-def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """The pool's embeddings (cached) and what made them; none for plain random selection."""
-    if config.method == "random" and config.k == "auto":
-        return np.empty((len(pool.examples), 0), dtype=np.float32), None
-    encoder = get_encoder(
+def column_quality_info(column: str) -> dict[str, Any]:
+    """The manifest's ``quality`` for scores read from a column (``--quality-field``)."""
+    return {"scorer": "column", "column": column, "direction": "as given; higher = better"}
+
+
+def make_engine(config: SelectConfig) -> Engine:
+    """The engine ``config`` names (``--engine``), with its options (nothing starts yet)."""
+    return get_engine(config.engine, **config.engine_options)
+
+
+def make_encoder(config: SelectConfig) -> Encoder:
+    return get_encoder(
         config.encoder,
         batch_size=config.batch_size,
         max_length=config.max_length,
         show_progress=False,
         cache_dir=config.cache_dir,
     )
+
+
+def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The pool's embeddings (cached) and what made them; none for plain random selection."""
+    if config.method == "random" and config.k == "auto":
+        return np.empty((len(pool.examples), 0), dtype=np.float32), None
+    encoder = make_encoder(config)
     texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]
-    embeddings, cache_hit = embed_cached(
+    embeddings, cache_hit = make_engine(config).embed(
         texts,
         encoder,
         view=config.view,
@@ -411,16 +516,37 @@ def write_table(
 ) -> None:
     """One row per pick: pick order, input row, id, cluster, source, quality, score, reason."""
     idx = result.indices
+    write_selection_table(
+        path,
+        result,
+        quality,
+        rows=np.array([pool.examples[i].row for i in idx], dtype=np.int64),
+        ids=[pool.examples[i].id for i in idx],
+        sources=[pool.examples[i].source for i in idx],
+    )
+
+
+def write_selection_table(
+    path: Path,
+    result: SelectionResult,
+    quality: np.ndarray | None,
+    *,
+    rows: np.ndarray,
+    ids: list[str],
+    sources: list[str | None],
+) -> None:
+    """:func:`write_table` given the input row, id and source of every pick (in pick order)."""
+    idx = result.indices
     picked_quality = quality[idx] if quality is not None else np.full(len(idx), np.nan)
     table = pa.table(
         {
             "pick_order": np.arange(len(idx), dtype=np.int64),
-            "index": np.array([pool.examples[i].row for i in idx], dtype=np.int64),
-            "id": [pool.examples[i].id for i in idx],
+            "index": np.asarray(rows, dtype=np.int64),
+            "id": ids,
             "cluster": (
                 result.labels[idx] if result.labels is not None else np.full(len(idx), -1)
             ).astype(np.int64),
-            "source": [pool.examples[i].source for i in idx],
+            "source": sources,
             "quality": picked_quality.astype(np.float64),
             f"{result.score_name}_score": result.scores,
             "reason": result.reasons,
@@ -447,10 +573,14 @@ def write_dedup(path: Path, pool: LoadedPool, dedup: DedupResult) -> None:
         tmp.write_text("".join(lines), encoding="utf-8")
 
 
-def write_clusters(path: Path, fitted: Clustering) -> None:
-    """Labels of every pool row and the centroids (``np.load(path)["labels"|"centroids"]``)."""
+def write_clusters(path: Path, fitted: Clustering, distances: np.ndarray | None = None) -> None:
+    """Labels of every pool row and the centroids (``np.load(path)["labels"|"centroids"]``);
+    the streaming path adds each row's squared L2 ``distances`` to its centre."""
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        np.savez(fh, labels=fitted.labels_, centroids=fitted.centroids_)
+        if distances is None:
+            np.savez(fh, labels=fitted.labels_, centroids=fitted.centroids_)
+        else:
+            np.savez(fh, labels=fitted.labels_, centroids=fitted.centroids_, distances=distances)
 
 
 def source_counts(pool: LoadedPool, rows: np.ndarray | None = None) -> dict[str, int] | None:
@@ -468,19 +598,35 @@ def entropy(counts: dict[str, int]) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+@dataclass
+class PoolSummary:
+    """What the manifest says of the input: where it is, what it held, its sources (rows per
+    source in the pool and in the selection; None when no row has one)."""
+
+    input: dict[str, Any]  # path, sha256, kind, compressed, format
+    records: int
+    valid: int
+    rejected: int
+    sources: dict[str, int] | None
+    selected_sources: dict[str, int] | None
+
+
 def build_manifest(
     config: SelectConfig,
-    pool: LoadedPool,
+    pool: PoolSummary,
     result: SelectionResult,
     fitted: Clustering | None,
     embedding: dict[str, Any] | None,
     quality_info: dict[str, Any] | None,
     excluded: dict[str, int],
     timer: Timer,
-    data_path: Path,
+    rows_written: str | list[str],
+    streaming: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    pool_sources = source_counts(pool)
-    picked_sources = source_counts(pool, result.indices)
+    """``manifest.json``; ``rows_written`` names the selected-rows file(s), ``streaming`` (only
+    in streaming runs) how the pool was streamed."""
+    pool_sources = pool.sources
+    picked_sources = pool.selected_sources
     encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
     config_dict = asdict(replace(config, encoder=encoder))
     clusters = None
@@ -499,17 +645,11 @@ def build_manifest(
         "python": platform.python_version(),
         "config": config_dict,
         "seed": config.seed,
-        "input": {
-            "path": str(pool.path.resolve() if pool.path.exists() else pool.path),
-            "sha256": pool.sha256,
-            "kind": pool.file_kind,
-            "compressed": pool.compressed,
-            "format": pool.format,
-        },
+        "input": pool.input,
         "counts": {
-            "records": pool.n_records,
-            "valid": len(pool.examples),
-            "rejected": len(pool.rejects),
+            "records": pool.records,
+            "valid": pool.valid,
+            "rejected": pool.rejected,
             **excluded,
             "budget": result.budget,
             "selected": len(result),
@@ -533,9 +673,9 @@ def build_manifest(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "outputs": {
             "clusters": CLUSTERS if fitted is not None else None,
-            "rows": data_path.name,
+            "rows": rows_written,
             "table": TABLE,
-            "rejects": REJECTS if pool.rejects else None,
+            "rejects": REJECTS if pool.rejected else None,
             "dedup": DEDUP if config.dedup is not None else None,
         },
-    }
+    } | ({"streaming": streaming} if streaming is not None else {})

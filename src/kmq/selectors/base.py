@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,6 +100,30 @@ class ClusterPicks:
     reasons: list[str]
 
 
+@dataclass
+class ClusterPlan:
+    """What a per-cluster selection fixes before any cluster picks (cheap: O(n) integers).
+
+    Cluster ``j`` picks ``quotas[j]`` of :meth:`members` ``(j)``, drawing from the stream
+    ``stream(seed, j)``; ``clusters`` are those with a quota.
+    """
+
+    budget: int
+    labels: np.ndarray  # (n,) int64
+    quotas: np.ndarray  # (k,)
+    seed: np.random.SeedSequence
+    rows: np.ndarray  # the rows that may be picked, grouped by cluster, ascending in each
+    offsets: np.ndarray  # (k + 1,): cluster j's rows are rows[offsets[j]:offsets[j + 1]]
+
+    @property
+    def clusters(self) -> list[int]:
+        return [int(j) for j in np.flatnonzero(self.quotas)]
+
+    def members(self, cluster: int) -> np.ndarray:
+        """The rows cluster ``cluster`` may pick from, in ascending order."""
+        return self.rows[self.offsets[cluster] : self.offsets[cluster + 1]]
+
+
 class ClusterSelector:
     """Selectors that split the budget into per-cluster quotas, then pick inside each cluster.
 
@@ -130,6 +154,11 @@ class ClusterSelector:
     def notes(self, quality: np.ndarray | None) -> list[str]:
         return []
 
+    @property
+    def uses_embeddings(self) -> bool:
+        """Whether :meth:`pick` reads the rows' vectors (engines ship them only then)."""
+        return False
+
     def select(
         self,
         embeddings: np.ndarray,
@@ -141,7 +170,35 @@ class ClusterSelector:
         exclude: np.ndarray | Sequence[int] | None = None,
         seed: SeedLike = 0,
     ) -> SelectionResult:
-        n = len(embeddings)
+        plan = self.plan(
+            len(embeddings),
+            budget,
+            labels=labels,
+            quality=quality,
+            weights=weights,
+            exclude=exclude,
+            seed=seed,
+        )
+        picks = {
+            j: self.pick_cluster(
+                j, plan.members(j), int(plan.quotas[j]), embeddings, quality, plan.seed
+            )
+            for j in plan.clusters
+        }
+        return self.assemble(plan, picks, quality)
+
+    def plan(
+        self,
+        n: int,
+        budget: int,
+        *,
+        labels: np.ndarray | None = None,
+        quality: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        exclude: np.ndarray | Sequence[int] | None = None,
+        seed: SeedLike = 0,
+    ) -> ClusterPlan:
+        """Check the inputs for ``n`` rows and fix the quotas, the members and the seed."""
         if labels is None:
             raise KmqError(f"the {self.name} selector needs cluster labels (labels=...)")
         labels = np.asarray(labels, dtype=np.int64)
@@ -161,29 +218,52 @@ class ClusterSelector:
             quotas = allocate(self.allocation, int(budget), capacity)
         else:
             quotas = weighted_quotas(int(budget), capacity, weights)
-        base = seed_sequence(seed)
-        picks: list[tuple[int, int, int, float, str]] = []
-        for j in np.flatnonzero(quotas):
-            members = np.flatnonzero(mask & (labels == j))
-            got = self.pick(
-                int(j), members, int(quotas[j]), embeddings, quality, stream(base, int(j))
-            )
+        available = np.flatnonzero(mask)
+        return ClusterPlan(
+            budget=int(budget),
+            labels=labels,
+            quotas=quotas,
+            seed=seed_sequence(seed),
+            rows=available[np.argsort(labels[available], kind="stable")],
+            offsets=np.concatenate([[0], np.cumsum(capacity)]),
+        )
+
+    def pick_cluster(
+        self,
+        cluster: int,
+        members: np.ndarray,
+        quota: int,
+        embeddings: np.ndarray,
+        quality: np.ndarray | None,
+        seed: np.random.SeedSequence,
+    ) -> ClusterPicks:
+        """One cluster's picks, drawn from its own stream of ``seed`` (what every engine runs
+        per cluster, wherever it runs it)."""
+        return self.pick(cluster, members, quota, embeddings, quality, stream(seed, cluster))
+
+    def assemble(
+        self, plan: ClusterPlan, picks: Mapping[int, ClusterPicks], quality: np.ndarray | None
+    ) -> SelectionResult:
+        """The picks of every cluster of ``plan`` as one result, ordered round-robin."""
+        ordered: list[tuple[int, int, int, float, str]] = []
+        for j in plan.clusters:
+            got = picks[j]
             for rank, (row, score, reason) in enumerate(
                 zip(got.rows, got.scores, got.reasons, strict=True)
             ):
-                picks.append((rank, int(j), int(row), float(score), reason))
-        picks.sort(key=lambda p: (p[0], p[1]))
-        indices = np.array([p[2] for p in picks], dtype=np.int64)
+                ordered.append((rank, j, int(row), float(score), reason))
+        ordered.sort(key=lambda p: (p[0], p[1]))
+        indices = np.array([p[2] for p in ordered], dtype=np.int64)
         return SelectionResult(
             method=self.name,
-            budget=int(budget),
+            budget=plan.budget,
             indices=indices,
-            scores=np.array([p[3] for p in picks], dtype=np.float64),
+            scores=np.array([p[3] for p in ordered], dtype=np.float64),
             score_name=self.score_name,
-            reasons=[p[4] for p in picks],
-            labels=labels,
-            quotas=quotas,
-            counts=np.bincount(labels[indices], minlength=k),
+            reasons=[p[4] for p in ordered],
+            labels=plan.labels,
+            quotas=plan.quotas,
+            counts=np.bincount(plan.labels[indices], minlength=len(plan.quotas)),
             notes=self.notes(quality),
         )
 

@@ -14,10 +14,25 @@ class KMeansClosestSelector(ClusterSelector):
     The centre is the normalised mean of the cluster's rows (the k-means centroid); the score
     is the cosine similarity of a pick to it (in [-1, 1], higher = more central). Ties are
     broken by row index, so the method uses no randomness.
+
+    ``centroid_cosine`` (one per pool row) replaces the centre and the cosines: the streaming
+    path passes each row's cosine to its k-means centroid, from the assignment pass, and never
+    loads the rows' vectors.
     """
 
     name = "km-closest"
     score_name = "centroid_cosine"
+
+    def __init__(
+        self, *, allocation: str = "balanced", centroid_cosine: np.ndarray | None = None
+    ) -> None:
+        super().__init__(allocation=allocation)
+        self.centroid_cosine = centroid_cosine
+
+    @property
+    def uses_embeddings(self) -> bool:
+        """The rows' vectors are read unless ``centroid_cosine`` replaces them."""
+        return self.centroid_cosine is None
 
     def pick(
         self,
@@ -28,9 +43,12 @@ class KMeansClosestSelector(ClusterSelector):
         quality: np.ndarray | None,
         rng: np.random.Generator,
     ) -> ClusterPicks:
-        x = normalize(np.asarray(embeddings[members]))
-        centre = normalize(x.mean(0, keepdims=True))[0]
-        cosine = x @ centre
+        if self.centroid_cosine is not None:
+            cosine = np.asarray(self.centroid_cosine[members])
+        else:
+            x = normalize(np.asarray(embeddings[members]))
+            centre = normalize(x.mean(0, keepdims=True))[0]
+            cosine = x @ centre
         order = np.lexsort((members, -cosine))[:quota]
         reasons = [
             f"cluster {cluster}: {r + 1} of {quota} closest to the centre of {len(members)} rows"

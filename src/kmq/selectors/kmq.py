@@ -8,7 +8,7 @@ import numpy as np
 
 from kmq.errors import KmqError
 from kmq.random import SeedLike
-from kmq.selectors.base import ClusterPicks, ClusterSelector, SelectionResult, weighted_order
+from kmq.selectors.base import ClusterPicks, ClusterPlan, ClusterSelector, weighted_order
 
 WEIGHTINGS = ("auto", "linear", "softmax")
 
@@ -37,9 +37,9 @@ class KMQSelector(ClusterSelector):
         self.weighting = weighting
         self.temperature = temperature
 
-    def select(
+    def plan(
         self,
-        embeddings: np.ndarray,
+        n: int,
         budget: int,
         *,
         labels: np.ndarray | None = None,
@@ -47,10 +47,11 @@ class KMQSelector(ClusterSelector):
         weights: np.ndarray | None = None,
         exclude: np.ndarray | Sequence[int] | None = None,
         seed: SeedLike = 0,
-    ) -> SelectionResult:
+    ) -> ClusterPlan:
+        """Also decide the weighting rule (``rule_``), once, on every score."""
         self.rule_ = self.resolve_weighting(quality)
-        return super().select(
-            embeddings,
+        return super().plan(
+            n,
             budget,
             labels=labels,
             quality=quality,

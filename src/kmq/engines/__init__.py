@@ -1,0 +1,103 @@
+"""Where the heavy steps run: in this process (``local``), or on a Ray cluster (``ray``).
+
+An engine embeds (into the embedding cache), assigns rows to k-means centres and draws the
+per-cluster picks. Every engine gives the local engine's selection for the same seed, whatever
+its number of workers: k-means is fitted on the driver in both, every row is assigned in the
+same 65 536-row chunks, and every cluster draws from its own random stream. Choose one by name
+with :func:`get_engine` (``kmq select --engine``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from kmq._imports import require
+from kmq.clustering import DEFAULT_NITER, Clustering
+from kmq.encoders import Encoder
+from kmq.engines.local import LocalEngine
+from kmq.errors import KmqError
+from kmq.random import SeedLike
+from kmq.selectors import SelectionResult, Selector
+
+
+class Engine(Protocol):
+    """The steps of a selection that an engine may spread over machines."""
+
+    name: str
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        encoder: Encoder,
+        *,
+        view: str,
+        cache_dir: Path | None = None,
+        show_progress: bool = True,
+    ) -> tuple[np.ndarray, bool]:
+        """Embeddings of ``texts`` from the cache (filled first if needed), and whether they
+        were all there already."""
+        ...
+
+    def kmeans(
+        self, embeddings: np.ndarray, k: int, *, seed: SeedLike = 0, niter: int = DEFAULT_NITER
+    ) -> Clustering:
+        """:func:`kmq.clustering.kmeans`: centres fitted on the driver, every row assigned."""
+        ...
+
+    def select(
+        self,
+        selector: Selector,
+        embeddings: np.ndarray,
+        budget: int,
+        *,
+        labels: np.ndarray | None = None,
+        quality: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        exclude: np.ndarray | Sequence[int] | None = None,
+        seed: SeedLike = 0,
+    ) -> SelectionResult:
+        """``selector.select(...)``, with the per-cluster picks drawn wherever the engine runs."""
+        ...
+
+
+def _ray_engine(**options: Any) -> Engine:
+    require("ray")
+    from kmq.engines.ray import RayEngine
+
+    return RayEngine(**options)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"local": LocalEngine, "ray": _ray_engine}
+# Options each engine takes, with the command-line flag that sets each.
+ENGINE_OPTIONS: dict[str, dict[str, str]] = {
+    "local": {},
+    "ray": {"address": "--ray-address", "workers": "--ray-workers"},
+}
+
+
+def get_engine(name: str = "local", **options: Any) -> Engine:
+    """The engine called ``name`` with its ``options`` (``ray``: ``address``, ``workers``; see
+    :class:`kmq.engines.ray.RayEngine`). Nothing is started until the engine is used."""
+    if name not in ENGINES:
+        raise KmqError(f"--engine must be one of {', '.join(ENGINES)}; got {name!r}")
+    given = {key: value for key, value in options.items() if value is not None}
+    allowed = ENGINE_OPTIONS[name]
+    for key in given:
+        if key in allowed:
+            continue
+        owner = next((engine for engine, opts in ENGINE_OPTIONS.items() if key in opts), None)
+        if owner is not None:
+            flag = ENGINE_OPTIONS[owner][key]
+            raise KmqError(f"{flag} needs --engine {owner}; got --engine {name}")
+        raise KmqError(
+            f"engine option {key!r} is not one of the {name} engine's options: "
+            f"{', '.join(allowed) or 'none'}"
+        )
+    return ENGINES[name](**given)
+
+
+__all__ = ["ENGINES", "Engine", "LocalEngine", "get_engine"]

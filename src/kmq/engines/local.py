@@ -1,0 +1,60 @@
+"""The local engine: every step in this process (the reference the other engines match)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kmq.cache import embed_cached
+from kmq.clustering import DEFAULT_NITER, Clustering, kmeans
+from kmq.encoders import Encoder
+from kmq.random import SeedLike
+from kmq.selectors import SelectionResult, Selector
+
+
+class LocalEngine:
+    """Embedding, k-means and selection in this process, as :mod:`kmq.pipeline` always ran."""
+
+    name = "local"
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        encoder: Encoder,
+        *,
+        view: str,
+        cache_dir: Path | None = None,
+        show_progress: bool = True,
+    ) -> tuple[np.ndarray, bool]:
+        return embed_cached(
+            texts, encoder, view=view, cache_dir=cache_dir, show_progress=show_progress
+        )
+
+    def kmeans(
+        self, embeddings: np.ndarray, k: int, *, seed: SeedLike = 0, niter: int = DEFAULT_NITER
+    ) -> Clustering:
+        return kmeans(embeddings, k, seed=seed, niter=niter)
+
+    def select(
+        self,
+        selector: Selector,
+        embeddings: np.ndarray,
+        budget: int,
+        *,
+        labels: np.ndarray | None = None,
+        quality: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        exclude: np.ndarray | Sequence[int] | None = None,
+        seed: SeedLike = 0,
+    ) -> SelectionResult:
+        return selector.select(
+            embeddings,
+            budget,
+            labels=labels,
+            quality=quality,
+            weights=weights,
+            exclude=exclude,
+            seed=seed,
+        )
