@@ -9,6 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Timing is not what the property tests check: a loaded machine must not fail them.
+settings.register_profile("kmq", deadline=None)
+settings.load_profile("kmq")
 
 SHARED = Path(
     os.environ.get("KMQ_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -87,9 +87,9 @@ class Protocol:
     pool: str
     eval_dir: str
     pool_sample: int | None = None
-    holdout_per_source: int = 20
+    holdout_per_source: int = 10
     holdout_seed: int = 0
-    budget: int = 160
+    budget: int = 128
     k: int = 16
     quality: str = "length"
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -105,9 +105,9 @@ class Protocol:
     train_batch_size: int = 8
     train_max_length: int = 256
     suites: tuple[str, ...] = NLL_SUITES + MC_SUITES
-    eval_items: int = 50
+    eval_items: int = 25
     eval_seed: int = 0
-    eval_max_length: int = 512
+    eval_max_length: int = 384
     eval_batch_size: int = 8
     device: str = "cpu"
 

@@ -39,14 +39,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "pool": str(POOLS / "mix-small.jsonl.gz"),
         "pool_sample": 2000,
-        "holdout_per_source": 2,
-        "budget": 16,
+        "holdout_per_source": 1,
+        "budget": 12,
         "k": 4,
         "seeds": (0,),
         "rounds": 2,
         "max_new_tokens": 16,
         "train_max_length": 128,
-        "eval_items": 6,
+        "eval_items": 4,
         "eval_max_length": 256,
     },
 }
