@@ -17,13 +17,9 @@ the encoder's name, errors or logs.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import random
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -34,7 +30,7 @@ from tqdm.auto import tqdm
 from kmq.atomic import write_npy
 from kmq.cache import content_hash, default_cache_dir
 from kmq.errors import KmqError
-from kmq.quality.judge import ERROR_SNIPPET, RequestError, retry_after_seconds
+from kmq.http import ERROR_SNIPPET, RequestError, backoff_delay, post_json, redact
 
 
 class MalformedReply(Exception):
@@ -213,56 +209,16 @@ class OpenAIEmbeddingEncoder:
         while True:
             attempts += 1
             try:
-                vectors = parse_embeddings(self._post(payload, api_key), len(texts))
+                body = post_json(self.url, payload, api_key=api_key, timeout=self.timeout)
+                vectors = parse_embeddings(body, len(texts))
             except RequestError as exc:
                 last_try = not exc.retryable or attempts > self.max_retries
-                if last_try or stop.wait(self._delay(attempts, exc.retry_after)):
-                    raise BatchFailure(_redact(str(exc), api_key), attempts) from None
+                if last_try or stop.wait(backoff_delay(self.backoff, attempts, exc.retry_after)):
+                    raise BatchFailure(redact(str(exc), api_key), attempts) from None
             except MalformedReply as exc:
                 raise BatchFailure(
-                    f"malformed reply: {_redact(str(exc), api_key)}", attempts
+                    f"malformed reply: {redact(str(exc), api_key)}", attempts
                 ) from None
             else:
                 write_npy(path, vectors)
                 return vectors
-
-    def _delay(self, attempts: int, retry_after: float | None) -> float:
-        """Seconds before the next try: ``Retry-After`` if given, else jittered backoff."""
-        if retry_after is not None:
-            return retry_after
-        step = self.backoff * 2 ** (attempts - 1)
-        return step / 2 + random.uniform(0.0, step / 2)
-
-    def _post(self, payload: bytes, api_key: str | None) -> bytes:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                body: bytes = reply.read()
-                return body
-        except urllib.error.HTTPError as exc:
-            raise RequestError(
-                "http",
-                f"HTTP {exc.code} {exc.reason}: {exc.read()[:ERROR_SNIPPET]!r}",
-                retryable=exc.code == 429 or exc.code >= 500,
-                retry_after=retry_after_seconds(exc.headers.get("Retry-After")),
-            ) from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise self._timed_out() from None
-            raise RequestError(
-                "connection", f"connection error: {exc.reason}", retryable=True
-            ) from None
-        except TimeoutError:
-            raise self._timed_out() from None
-        except (ConnectionError, http.client.HTTPException) as exc:
-            raise RequestError("connection", f"connection error: {exc!r}", retryable=True) from None
-
-    def _timed_out(self) -> RequestError:
-        return RequestError("timeout", f"timed out after {self.timeout:g} s", retryable=True)
-
-
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text

@@ -13,18 +13,12 @@ row, batched) and ``http`` (any OpenAI-compatible chat-completions endpoint, fro
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
 import logging
 import math
 import os
-import random
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -38,6 +32,9 @@ from tqdm.auto import tqdm
 from kmq._imports import require
 from kmq.errors import KmqError
 from kmq.examples import Example, Message
+from kmq.http import ERROR_SNIPPET as ERROR_SNIPPET  # re-exported
+from kmq.http import RequestError, backoff_delay, post_json, redact
+from kmq.http import retry_after_seconds as retry_after_seconds  # re-exported
 
 logger = logging.getLogger("kmq")
 
@@ -64,7 +61,6 @@ ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "too
 CUT_MARKER = "\n[...]\n"
 MIN_CHARS = 100
 TOP_LOGPROBS = 20
-ERROR_SNIPPET = 200
 ENDPOINT_STATUSES = (401, 403, 404)  # the endpoint, not the row, is at fault: no retry
 ENDPOINT_FAULTS = ("connection", "endpoint")  # failure kinds that say the endpoint is unusable
 
@@ -432,33 +428,6 @@ class LocalJudgeBackend:
 # HTTP backend: an OpenAI-compatible chat-completions endpoint
 
 
-class RequestError(Exception):
-    """One request failed; ``retryable`` for timeouts, connection errors, 429 and 5xx."""
-
-    def __init__(
-        self, kind: str, message: str, *, retryable: bool, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.retryable = retryable
-        self.retry_after = retry_after
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header (seconds or an HTTP date) as seconds from now; None if absent."""
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
 def parse_reply(body: bytes) -> Verdict:
     """A chat-completions reply as rating probabilities (from ``top_logprobs``) or a digit.
 
@@ -588,58 +557,23 @@ class HttpJudgeBackend:
         while True:
             attempts += 1
             try:
-                verdict = parse_reply(self._post(payload, api_key))
+                body = post_json(
+                    self.url,
+                    payload,
+                    api_key=api_key,
+                    timeout=self.timeout,
+                    endpoint_statuses=ENDPOINT_STATUSES,
+                )
+                verdict = parse_reply(body)
             except RequestError as exc:
                 last_try = not exc.retryable or attempts > self.max_retries
-                if last_try or stop.wait(self._delay(attempts, exc.retry_after)):
-                    message = _redact(str(exc), api_key)
+                if last_try or stop.wait(backoff_delay(self.backoff, attempts, exc.retry_after)):
+                    message = redact(str(exc), api_key)
                     return Verdict(kind=exc.kind, error=message, attempts=attempts)
             except RowFailure as exc:
-                return Verdict(kind=exc.kind, error=_redact(str(exc), api_key), attempts=attempts)
+                return Verdict(kind=exc.kind, error=redact(str(exc), api_key), attempts=attempts)
             else:
                 return replace(verdict, attempts=attempts)
-
-    def _delay(self, attempts: int, retry_after: float | None) -> float:
-        """Seconds before the next try: ``Retry-After`` if given, else jittered backoff."""
-        if retry_after is not None:
-            return retry_after
-        step = self.backoff * 2 ** (attempts - 1)
-        return step / 2 + random.uniform(0.0, step / 2)
-
-    def _post(self, payload: bytes, api_key: str | None) -> bytes:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                body: bytes = reply.read()
-                return body
-        except urllib.error.HTTPError as exc:
-            retryable = exc.code == 429 or exc.code >= 500
-            raise RequestError(
-                "endpoint" if exc.code in ENDPOINT_STATUSES else "http",
-                f"HTTP {exc.code} {exc.reason}: {exc.read()[:ERROR_SNIPPET]!r}",
-                retryable=retryable,
-                retry_after=retry_after_seconds(exc.headers.get("Retry-After")),
-            ) from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise self._timed_out() from None
-            raise RequestError(
-                "connection", f"connection error: {exc.reason}", retryable=True
-            ) from None
-        except TimeoutError:
-            raise self._timed_out() from None
-        except (ConnectionError, http.client.HTTPException) as exc:
-            raise RequestError("connection", f"connection error: {exc!r}", retryable=True) from None
-
-    def _timed_out(self) -> RequestError:
-        return RequestError("timeout", f"timed out after {self.timeout:g} s", retryable=True)
-
-
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
 
 
 # ---------------------------------------------------------------------------------------------
