@@ -78,7 +78,10 @@ class KMQSelector(ClusterSelector):
 
     def notes(self, quality: np.ndarray | None) -> list[str]:
         if quality is None:
-            return ["no quality scores given: kmq drew uniformly inside clusters (= km-random)"]
+            return [
+                "no quality scores given: kmq drew uniformly inside clusters "
+                "(km-random's distribution, not its draws)"
+            ]
         return []
 
     def draw_weights(self, q: np.ndarray) -> np.ndarray:
