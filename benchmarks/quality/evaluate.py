@@ -5,17 +5,24 @@ from __future__ import annotations
 import gc
 import logging
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from harness import MC_SUITES, Grid
 
 from kmq.evaluation.scoring import mc, nll
-from kmq.evaluation.suites import NLLItem, load_suite
+from kmq.evaluation.suites import MCItem, NLLItem, load_suite
 from kmq.models import load_causal_lm
 from kmq.training.generate import load_checkpoint
 
 log = logging.getLogger("kmq.benchmarks")
+
+
+@cache
+def suite_items(name: str, data_dir: str, n: int, seed: int) -> tuple[NLLItem | MCItem, ...]:
+    """A suite's items, read and checked once per process (every model sees the same ones)."""
+    return tuple(load_suite(name, data_dir, n=n, seed=seed))
 
 
 def evaluate_model(grid: Grid, checkpoint: Path | None) -> dict[str, Any]:
@@ -34,7 +41,7 @@ def evaluate_model(grid: Grid, checkpoint: Path | None) -> dict[str, Any]:
     suites: dict[str, float] = {}
     details: dict[str, dict[str, float]] = {}
     for name in p.suites:
-        items = load_suite(name, p.eval_dir, n=p.eval_items, seed=p.eval_seed)
+        items = suite_items(name, p.eval_dir, p.eval_items, p.eval_seed)
         if name in MC_SUITES:
             scores = mc(model, tokenizer, items, show_progress=False, desc=name, **settings)
             suites[name] = scores.accuracy

@@ -58,6 +58,7 @@ METHODS: dict[str, dict[str, Any]] = {
 """Method names of the grid → ``kmq select`` settings (iterative kMQ runs the loop instead)."""
 
 CLUSTERED = {"km-closest", "km-random", "kmq", "iterative-kmq"}
+WITH_QUALITY = {"kmq", "iterative-kmq", "deita", "qdit"}
 
 NLL_SUITES = ("gsm8k", "humaneval", "mt-bench", "truthfulqa")
 MC_SUITES = ("arc-easy", "arc-challenge", "mmlu")
@@ -399,7 +400,7 @@ def _select_config(job: Job, grid: Grid, out: Path) -> SelectConfig:
         k=p.k if clustered else "auto",
         seed=int(job.seed or 0),
         allocation=settings.get("allocation", "balanced"),
-        quality=p.quality if settings["method"] in {"kmq", "deita", "qdit"} else None,
+        quality=p.quality if settings["method"] in WITH_QUALITY else None,
         cache_dir=str(grid.cache_dir),
         exclude=str(grid.holdout_path),
         progress=False,
@@ -436,7 +437,7 @@ def _iterate(job: Job, grid: Grid) -> tuple[list[str], dict[str, Any]]:
     """The loop's picks: select and train every round; generate, score and reweight every round
     but the last (the last round's feedback would steer nothing)."""
     p = grid.protocol
-    pool = replace(_select_config(job, grid, job.folder), method="kmq", quality=p.quality)
+    pool = replace(_select_config(job, grid, job.folder), method="kmq")
     config = IterateConfig(pool=pool, rounds=p.rounds, feedback=p.feedback)
     loop = IterativeSelection(job.folder / f"loop-{job.select_key}", config, trainer=_trainer(grid))
     loop.init()
