@@ -202,3 +202,37 @@ def test_paired_differences_and_verdicts() -> None:
     assert verdict(-mean, std, n, higher_is_better=False) == "reversed"
     assert verdict(0.001, 0.01, 3, higher_is_better=True) == "within noise"
     assert paired(results, "a", "missing", "mean NLL") is None
+
+
+def test_report_of_a_partial_grid_names_the_grid_command_and_its_compute(
+    protocol: Protocol, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from report import write_results
+    from run import grid_command
+
+    out = tmp_path / "out"
+    make_grid(replace(protocol, seeds=(0,)), out, FakeStages()).run()
+    grid = make_grid(protocol, out, FakeStages())
+    path = write_results(
+        grid,
+        tmp_path / "results",
+        preset="default",
+        seconds=0.0,
+        command="python benchmarks/quality/run.py --seeds 0,1",
+    )
+    text = path.read_text(encoding="utf-8")
+    assert "**partial: 3 of 5 jobs finished**" in text
+    assert "python benchmarks/quality/run.py --seeds 0,1\n" in text
+    results = grid.results()
+    total = sum(sum(row["seconds"].values()) for row in results)
+    assert f"took {total / 3600:.2f} h of wall time in all" in text
+    table = text.split("## Results")[1].split("## Claimed")[0]
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][
+        1:
+    ] == ["base", "random", "kmq-balanced"]
+    assert (tmp_path / "results" / "quality.png").exists()
+
+    monkeypatch.setattr(
+        sys, "argv", ["run.py", "--report-only", "--seeds", "0,1", "--results", "x", "--k", "4"]
+    )
+    assert grid_command().endswith("run.py --seeds 0,1 --k 4")

@@ -13,6 +13,7 @@ from harness import (
     NLL_SUITES,
     ORDERING,
     Grid,
+    flat_metrics,
     metric_table,
     paired,
     summarise,
@@ -149,7 +150,13 @@ def plot(table: dict[str, dict[str, list[float]]], out: Path) -> Path | None:
     return save_figure(fig, out, "quality")
 
 
-def write_results(grid: Grid, out: Path, *, preset: str, seconds: float) -> Path:
+def write_results(
+    grid: Grid, out: Path, *, preset: str, seconds: float, command: str | None = None
+) -> Path:
+    """``quality.md`` and ``quality.png`` in ``out`` from every finished job of ``grid``.
+
+    ``command`` is the one that computes the grid (default: this process's command line).
+    """
     results = grid.results()
     table = metric_table(results)
     p = grid.protocol
@@ -162,6 +169,7 @@ def write_results(grid: Grid, out: Path, *, preset: str, seconds: float) -> Path
         if done == total
         else f"**partial: {done} of {total} jobs finished** (rerun the command to continue)"
     )
+    compute = sum(flat_metrics(row)["seconds"] for row in results)
     nll_names = ", ".join(s for s in suites if s in NLL_SUITES)
     mc_names = ", ".join(s for s in suites if s in MC_SUITES)
     body = f"""Preset `{preset}`; {status}.
@@ -172,7 +180,8 @@ over the suite's items); lower is better. Accuracy columns ({mc_names}):
 log-likelihood multiple choice; higher is better. `held-out NLL`: the same NLL on pool rows held
 out before selection (mean over sources; per source below). Cells: mean ± std over seeds
 (selection and training seed varied together). `wall s per seed`: selection + training +
-evaluation.
+evaluation, as measured when the job ran (compare only jobs run under the same machine load).
+The finished jobs took {compute / 3600:.2f} h of wall time in all.
 
 ## Results
 
@@ -194,7 +203,8 @@ paired t-test over seeds clears 95 %, else **within noise**.
 {protocol}
 """
     plot(table, out)
-    return write_report(out, "quality", "Selection quality on SmolLM2-135M", body, seconds)
+    title = "Selection quality on SmolLM2-135M"
+    return write_report(out, "quality", title, body, seconds, command=command)
 
 
 def _public(settings: dict[str, Any]) -> dict[str, Any]:

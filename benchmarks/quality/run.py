@@ -13,6 +13,7 @@ finished so far. Progress goes to the console and to ``<out>/progress.log``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import replace
@@ -27,6 +28,7 @@ from _common import (  # noqa: E402
     DEFAULT_RESULTS,
     POOLS,
     REPO,
+    command_line,
     setup_logging,
 )
 from harness import METHODS, Grid, Protocol, real_stages  # noqa: E402
@@ -101,7 +103,31 @@ def main() -> None:
     if not args.report_only:
         out.mkdir(parents=True, exist_ok=True)
         grid.run()
-    write_results(grid, results, preset=args.preset, seconds=time.perf_counter() - started)
+    write_results(
+        grid,
+        results,
+        preset=args.preset,
+        seconds=time.perf_counter() - started,
+        command=grid_command(),
+    )
+
+
+def grid_command() -> str:
+    """This command line without ``--report-only`` / ``--results``: the one that computes what
+    the tables show."""
+    words = shlex.split(command_line())
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--report-only" or word.startswith("--results="):
+            continue
+        elif word == "--results":
+            skip = True
+        else:
+            kept.append(word)
+    return shlex.join(kept)
 
 
 if __name__ == "__main__":
