@@ -115,15 +115,26 @@ def fmt(value: object) -> str:
 
 
 def write_report(
-    out: Path, name: str, title: str, body: str, total_s: float, command: str | None = None
+    out: Path,
+    name: str,
+    title: str,
+    body: str,
+    total_s: float,
+    command: str | None = None,
+    run_time_note: str = "",
 ) -> Path:
-    """``<out>/<name>.md``: title, body (tables, notes), the exact command and the machine."""
+    """``<out>/<name>.md``: title, body (tables, notes), the exact command and the machine.
+
+    ``run_time_note`` follows the run-time line (e.g. what a resumed run did not recompute).
+    """
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     machine = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    note = f" {run_time_note}" if run_time_note else ""
     text = (
         f"# {title}\n\n{body.strip()}\n\n## Command\n\n```\n{command or command_line()}\n```\n\n"
-        f"Total run time of the script: {total_s:.0f} s.\n\n## Machine\n\n{machine}\n"
+        f"Total run time of the script: {total_s:.0f} s.{note}"
+        f"\n\n## Machine\n\n{machine}\n"
     )
     path = out / f"{name}.md"
     path.write_text(text, encoding="utf-8")

@@ -226,6 +226,7 @@ def test_report_of_a_partial_grid_names_the_grid_command_and_its_compute(
     results = grid.results()
     total = sum(sum(row["seconds"].values()) for row in results)
     assert f"took {total / 3600:.2f} h of wall time in all" in text
+    assert "Total run time of the script: 0 s. The grid is cached per (method, seed)" in text
     table = text.split("## Results")[1].split("## Claimed")[0]
     assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][
         1:

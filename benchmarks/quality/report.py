@@ -181,7 +181,8 @@ log-likelihood multiple choice; higher is better. `held-out NLL`: the same NLL o
 out before selection (mean over sources; per source below). Cells: mean ± std over seeds
 (selection and training seed varied together). `wall s per seed`: selection + training +
 evaluation, as measured when the job ran (compare only jobs run under the same machine load).
-The finished jobs took {compute / 3600:.2f} h of wall time in all.
+The finished jobs took {compute / 3600:.2f} h of wall time in all (summed per job: jobs that
+shared the machine each count in full).
 
 ## Results
 
@@ -204,7 +205,11 @@ paired t-test over seeds clears 95 %, else **within noise**.
 """
     plot(table, out)
     title = "Selection quality on SmolLM2-135M"
-    return write_report(out, "quality", title, body, seconds, command=command)
+    note = (
+        "The grid is cached per (method, seed): this run computed only what was missing and read "
+        "the rest from disk, so see the per-job wall times above for the cost of the grid."
+    )
+    return write_report(out, "quality", title, body, seconds, command=command, run_time_note=note)
 
 
 def _public(settings: dict[str, Any]) -> dict[str, Any]:
