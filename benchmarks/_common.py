@@ -87,11 +87,13 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def command_line() -> str:
+def command_line(args: Sequence[str] | None = None) -> str:
+    """``python <script> <args>`` with the script relative to the repository (default args:
+    this process's)."""
     script = Path(sys.argv[0])
     with contextlib.suppress(ValueError):
         script = script.resolve().relative_to(REPO)
-    return shlex.join(["python", str(script), *sys.argv[1:]])
+    return shlex.join(["python", str(script), *(sys.argv[1:] if args is None else args)])
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

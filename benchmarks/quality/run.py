@@ -13,7 +13,6 @@ finished so far. Progress goes to the console and to ``<out>/progress.log``.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from dataclasses import replace
@@ -115,10 +114,9 @@ def main() -> None:
 def grid_command() -> str:
     """This command line without ``--report-only`` / ``--results``: the one that computes what
     the tables show."""
-    words = shlex.split(command_line())
     kept: list[str] = []
     skip = False
-    for word in words:
+    for word in sys.argv[1:]:
         if skip:
             skip = False
         elif word == "--report-only" or word.startswith("--results="):
@@ -127,7 +125,7 @@ def grid_command() -> str:
             skip = True
         else:
             kept.append(word)
-    return shlex.join(kept)
+    return command_line(kept)
 
 
 if __name__ == "__main__":
