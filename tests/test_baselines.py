@@ -153,26 +153,52 @@ def test_qdit_rejects_bad_quality_and_neighbors() -> None:
 
 
 def naive_deita(x: np.ndarray, q: np.ndarray, threshold: float, budget: int) -> list[int]:
-    """Deita as written in the paper: one row at a time against every kept row."""
+    """Deita as the official code runs it: one row at a time, skipped when its squared L2
+    distance (faiss ``IndexFlatL2``) to the nearest kept row is below the threshold."""
     kept: list[int] = []
     for i in sorted(range(len(x)), key=lambda r: (-q[r], r)):
         if len(kept) == budget:
             break
-        d = np.linalg.norm(x[kept].astype(np.float64) - x[i], axis=1)
-        if not kept or d.min() > threshold:
+        d2 = ((x[kept].astype(np.float64) - x[i]) ** 2).sum(axis=1)
+        if not kept or d2.min() >= threshold:
             kept.append(i)
     return kept
 
 
 DEITA_X = unit_rows(150, 6, seed=3)
-DEITA_DIST = np.linalg.norm(
-    DEITA_X.astype(np.float64)[:, None] - DEITA_X.astype(np.float64)[None], axis=2
+DEITA_D2 = ((DEITA_X.astype(np.float64)[:, None] - DEITA_X.astype(np.float64)[None]) ** 2).sum(
+    axis=2
 )
+
+
+def test_deita_threshold_is_the_official_squared_distance() -> None:
+    """The documented 0.9 means what it means in Deita's official code: faiss's squared L2 on
+    unit vectors, a row kept only if it is >= 0.9 from every kept row (cos <= 0.55). The rule
+    is re-derived here from its definition; plain L2 > 0.9 (cos < 0.595) picks differently."""
+    x = unit_rows(300, 4, seed=11)
+    quality = np.random.default_rng(12).permutation(len(x)).astype(float)  # no ties
+    order = np.argsort(-quality)
+
+    def walk(keep: Any) -> list[int]:
+        kept: list[int] = []
+        for i in order:
+            if len(kept) == 60:
+                break
+            if all(keep(float(((x[i].astype(np.float64) - x[j]) ** 2).sum())) for j in kept):
+                kept.append(int(i))
+        return kept
+
+    official = walk(lambda d2: not d2 < 0.9)
+    plain_l2 = walk(lambda d2: np.sqrt(d2) > 0.9)
+    assert official != plain_l2  # the data separates the two readings
+    result = DeitaSelector(0.9).select(x, 60, quality=quality)
+    assert result.indices.tolist() == official
+    assert DeitaSelector().threshold == 0.9
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    threshold=st.floats(0.0, 1.9),
+    threshold=st.floats(0.0, 3.9),
     budget=st.integers(1, 150),
     quality_seed=st.integers(0, 2**16),
 )
@@ -181,13 +207,13 @@ def test_deita_properties(threshold: float, budget: int, quality_seed: int) -> N
     quality = rng.integers(0, 20, size=len(DEITA_X)).astype(float)  # many ties
     result = DeitaSelector(threshold).select(DEITA_X, budget, quality=quality)
     kept = result.indices
-    dist = DEITA_DIST[np.ix_(kept, kept)]
-    np.fill_diagonal(dist, np.inf)
-    assert dist.min() > threshold - 1e-5  # no two kept rows within the threshold
+    d2 = DEITA_D2[np.ix_(kept, kept)]
+    np.fill_diagonal(d2, np.inf)
+    assert d2.min() >= threshold - 1e-5  # no two kept rows within the threshold
     order = np.lexsort((kept, -quality[kept]))
     assert order.tolist() == list(range(len(kept)))  # kept in quality order, ties by index
     assert np.array_equal(result.scores, quality[kept])
-    if not np.any(np.abs(DEITA_DIST - threshold) < 1e-5):  # float32 vs float64 at the boundary
+    if not np.any(np.abs(DEITA_D2 - threshold) < 1e-5):  # float32 vs float64 at the boundary
         assert kept.tolist() == naive_deita(DEITA_X, quality, threshold, budget)
     assert len(result.reasons) == len(kept)
     if result.shortfall:
@@ -198,11 +224,11 @@ def test_deita_properties(threshold: float, budget: int, quality_seed: int) -> N
 
 
 def test_deita_reports_shortfall() -> None:
-    result = DeitaSelector(1.9).select(DEITA_X, 100, quality=np.arange(150.0))
+    result = DeitaSelector(3.6).select(DEITA_X, 100, quality=np.arange(150.0))
     assert 0 < len(result) < 100
     assert result.shortfall == 100 - len(result)
     assert result.reasons[0] == "rank 1 by quality 149; first kept row"
-    assert "nearest kept row at distance" in result.reasons[1]
+    assert "nearest kept row at squared distance" in result.reasons[1]
 
 
 def test_deita_exclusion_and_determinism() -> None:
@@ -216,8 +242,8 @@ def test_deita_exclusion_and_determinism() -> None:
 def test_deita_errors_name_values() -> None:
     with pytest.raises(KmqError, match="pass --quality or --quality-field"):
         DeitaSelector().select(DEITA_X, 5)
-    for bad in (-0.1, 2.0, float("nan")):
-        with pytest.raises(KmqError, match=r"\[0, 2\), got " + re.escape(repr(bad))):
+    for bad in (-0.1, 4.5, float("nan")):
+        with pytest.raises(KmqError, match=r"\[0, 4\], got " + re.escape(repr(bad))):
             DeitaSelector(bad)
     with pytest.raises(KmqError, match="budget must be a positive integer, got 0"):
         DeitaSelector().select(DEITA_X, 0, quality=QUALITY[:150])

@@ -157,7 +157,8 @@ def add_select(sub: Any) -> None:
         "--deita-threshold",
         type=float,
         default=0.9,
-        help="deita: keep a row only if its L2 distance to every kept row exceeds this",
+        help="deita: keep a row only if its squared L2 distance (unit vectors, [0, 4]) to "
+        "every kept row is >= this (default 0.9, the official rule: cosine <= 0.55)",
     )
     b.add_argument(
         "--qdit-alpha",
