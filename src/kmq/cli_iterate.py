@@ -35,7 +35,8 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
         "--positive",
         choices=POSITIVE_MAPS,
         default="shift",
-        help="map negative cluster means before Eq. 6: shift (default) or exp",
+        help="make cluster means positive for Eq. 6: shift (default; adds max(0, 0.05*spread "
+        "- min) to every mean, continuous and monotone) or exp (exp(mean / temperature))",
     )
     g.add_argument("--reweight-temperature", type=float, default=1.0)
     g.add_argument(
