@@ -64,7 +64,8 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
         choices=["continue", "restart"],
         default="continue",
         help="continue: train the last round's model on the new rows (the paper); "
-        "restart: the base model on every row so far (the official code)",
+        "restart: the base model on every row so far (the official code). Each round "
+        "generates for and scores the rows it trained on",
     )
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--learning-rate", type=float)
