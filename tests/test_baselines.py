@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kmq.errors import KmqError
 from kmq.knn import knn_graph
 from kmq.selectors.deita import DeitaSelector
-from kmq.selectors.qdit import FacilityLocationSelector, QDITSelector, normalized_quality
+from kmq.selectors.qdit import FacilityLocationSelector, QDITSelector, alpha_from_share
 
 
 def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
@@ -25,15 +25,22 @@ X = unit_rows(240, 12, seed=1)
 QUALITY = np.random.default_rng(2).random(len(X))
 
 
-def objective(sim: np.ndarray, chosen: list[int], q: np.ndarray, alpha: float, b: int) -> float:
-    """QDIT's F(S) from scratch: (1 − α)·mean_x max_{s∈S} sim[x, s] + α·Σ_{s∈S} q̃(s) / b."""
+def objective(sim: np.ndarray, chosen: list[int], q: np.ndarray, alpha: float) -> float:
+    """QDIT's F(S) from scratch: (1 − α)·Σ_x max_{s∈S} sim[x, s] + α·Σ_{s∈S} q(s)."""
     coverage = sim[:, chosen].max(axis=1).sum() if chosen else 0.0
-    return (1 - alpha) * coverage / len(sim) + alpha * q[chosen].sum() / b
+    return (1 - alpha) * coverage + alpha * q[chosen].sum()
 
 
-def naive_greedy(
-    sim: np.ndarray, candidates: np.ndarray, q: np.ndarray, alpha: float, b: int
-) -> list[int]:
+def share_objective(
+    sim: np.ndarray, chosen: list[int], q: np.ndarray, share: float, b: int
+) -> float:
+    """kmq ≤ 0.1.0's scale-free form: (1 − a)·f(S)/n + a·Σ q̃(s)/b, q̃ min-max normalised."""
+    coverage = sim[:, chosen].max(axis=1).sum() if chosen else 0.0
+    q_norm = (q - q.min()) / (q.max() - q.min())
+    return (1 - share) * coverage / len(sim) + share * q_norm[chosen].sum() / b
+
+
+def naive_greedy(sim: np.ndarray, candidates: np.ndarray, b: int, value_of: Any) -> list[int]:
     """Plain greedy: at every step evaluate F(S ∪ {c}) from scratch for every candidate c."""
     chosen: list[int] = []
     for _ in range(b):
@@ -41,7 +48,7 @@ def naive_greedy(
         for c in candidates:
             if c in chosen:
                 continue
-            value = objective(sim, [*chosen, int(c)], q, alpha, b)
+            value = value_of([*chosen, int(c)])
             if value > best_value:
                 best, best_value = int(c), value
         chosen.append(best)
@@ -56,16 +63,60 @@ def test_lazy_greedy_matches_naive_greedy(alpha: float, n_neighbors: int, budget
     exclude = np.arange(0, n, 9)
     candidates = np.setdiff1d(np.arange(n), exclude)
     sim = knn_graph(x, n_neighbors, candidates=candidates).dense()
-    q = normalized_quality(quality, n)
     result = QDITSelector(alpha, n_neighbors=n_neighbors).select(
         x, budget, quality=quality, exclude=exclude
     )
-    expected = naive_greedy(sim, candidates, q, alpha, budget)
+    expected = naive_greedy(
+        sim, candidates, budget, lambda chosen: objective(sim, chosen, quality, alpha)
+    )
     assert result.indices.tolist() == expected
-    ours = objective(sim, result.indices.tolist(), q, alpha, budget)
-    assert ours == pytest.approx(objective(sim, expected, q, alpha, budget), rel=1e-12)
+    ours = objective(sim, result.indices.tolist(), quality, alpha)
+    assert ours == pytest.approx(objective(sim, expected, quality, alpha), rel=1e-12)
     assert result.scores.sum() == pytest.approx(ours, rel=1e-9, abs=1e-12)
     assert np.all(np.diff(result.scores) <= 1e-12)  # greedy gains never grow (submodular)
+
+
+def test_qdit_alpha_is_the_official_one_by_hand() -> None:
+    """Four unit vectors at 0°, 60°, 90° and 180°, quality [0, 0, 0, 0.8], α = 0.5, b = 2, a
+    dense graph. Clipped cosines: sim(0,1) = 0.5, sim(1,2) = cos 30° = 0.866, the rest 0 (or
+    negative, clipped). Step 1 gains (1 − α)·Δf + α·q: row 0: 0.5·1.5 = 0.75; row 1:
+    0.5·(0.5 + 1 + 0.866) = 1.183; row 2: 0.5·1.866 = 0.933; row 3: 0.5·1 + 0.5·0.8 = 0.9.
+    Row 1 wins; then row 3 gains 0.9 again, row 0 only 0.5·0.5 = 0.25, row 2 0.5·0.134.
+    The old rescaled α (quality min-max normalised to [0, 1], means over n and b) picked
+    row 3 first."""
+    angles = np.radians([0.0, 60.0, 90.0, 180.0])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    quality = np.array([0.0, 0.0, 0.0, 0.8])
+    result = QDITSelector(0.5, n_neighbors=4).select(x, 2, quality=quality)
+    assert result.indices.tolist() == [1, 3]
+    c30 = np.cos(np.radians(30.0))
+    assert result.scores == pytest.approx([0.5 * (1.5 + c30), 0.9], abs=1e-6)
+    coverage = 0.5 + 1.0 + c30 + 1.0
+    assert f"F(S) = {0.5 * coverage + 0.5 * 0.8:.4g}" in result.notes[0]
+
+
+def test_alpha_from_share_reproduces_the_old_scale_free_picks() -> None:
+    n, budget, share = 120, 40, 0.5
+    x, quality = X[:n], 3.0 + 5.0 * QUALITY[:n]  # a quality range of about 5
+    sim = knn_graph(x, 10).dense()
+    old = naive_greedy(
+        sim,
+        np.arange(n),
+        budget,
+        lambda chosen: share_objective(sim, chosen, quality, share, budget),
+    )
+    spread = float(quality.max() - quality.min())
+    alpha = alpha_from_share(share, n=n, budget=budget, quality_range=spread)
+    # by hand: α/(1 − α) = 0.5/0.5 · 120 / (40 · spread)
+    assert alpha / (1 - alpha) == pytest.approx(120 / (40 * spread))
+    assert (
+        QDITSelector(alpha, n_neighbors=10).select(x, budget, quality=quality).indices.tolist()
+        == old
+    )
+    assert alpha_from_share(0.0, n=n, budget=budget, quality_range=1.0) == 0.0
+    assert alpha_from_share(1.0, n=n, budget=budget, quality_range=1.0) == 1.0
+    with pytest.raises(KmqError, match=r"share must be in \[0, 1\], got 1.5"):
+        alpha_from_share(1.5, n=n, budget=budget, quality_range=1.0)
 
 
 def test_knn_graph_is_exact_and_clipped() -> None:

@@ -164,7 +164,8 @@ def add_select(sub: Any) -> None:
         "--qdit-alpha",
         type=float,
         default=0.5,
-        help="qdit: weight of quality vs facility-location coverage, in [0, 1]",
+        help="qdit: alpha in [0, 1] of QDIT's (1 - alpha) * coverage + alpha * summed quality "
+        "(the official definition; coverage = summed cosine of every row to its nearest pick)",
     )
     b.add_argument(
         "--knn",
