@@ -2,8 +2,10 @@
 
 Data: MiniLM ("user" view) embeddings of ``mix.jsonl.gz``, a seeded subsample of n rows (the
 10k sample is the first 10k of the 50k sample's permutation). Quality: log(1 + characters of
-the last assistant turn) (kmq's ``length`` scorer, log-compressed); QDIT min-max normalises it
-to q̃ in [0, 1].
+the last assistant turn) (kmq's ``length`` scorer, log-compressed), min-max normalised to q̃ in
+[0, 1]. The α of this benchmark is the scale-free share a of kmq ≤ 0.1.0 (F below); our
+selector, which takes QDIT's own α, is given q̃ and ``alpha_from_share(a, n, b, 1)``, which
+picks the same rows.
 
 (a) Objective and wall time, in one process, one run per cell:
   - ours: ``QDITSelector(alpha, n_neighbors=k).select(x, b, quality=q)`` (α = 0 and 0.5) and
@@ -56,7 +58,7 @@ from scipy.sparse import csr_matrix
 
 from kmq.clustering import normalize
 from kmq.knn import KnnGraph, knn_graph
-from kmq.selectors.qdit import FacilityLocationSelector, QDITSelector, normalized_quality
+from kmq.selectors.qdit import FacilityLocationSelector, QDITSelector, alpha_from_share
 from kmq.selectors.submodular import lazy_greedy
 
 OBJECTIVE_TARGET = 0.999
@@ -94,6 +96,11 @@ def coverage(x: np.ndarray, picks: np.ndarray) -> float:
         sims = x[start : start + BLOCK].astype(np.float64) @ s.T
         total += float(np.maximum(sims.max(axis=1), 0.0).sum())
     return total / len(x)
+
+
+def normalized(quality: np.ndarray) -> np.ndarray:
+    """q̃ = (q − min) / (max − min), in [0, 1]."""
+    return (quality - quality.min()) / (quality.max() - quality.min())
 
 
 def dense_objective(x: np.ndarray, picks: np.ndarray, q: np.ndarray, alpha: float) -> float:
@@ -176,19 +183,23 @@ def apricot_sparse(
 
 def ours(x: np.ndarray, quality: np.ndarray, method: str, alpha: float, budget: int, k: int) -> Run:
     """Our selector end to end; the optimizer alone is timed again on a prebuilt graph."""
+    n = len(x)
+    q = normalized(quality)
+    official_alpha = alpha_from_share(alpha, n=n, budget=budget, quality_range=1.0)
     selector = (
         FacilityLocationSelector(n_neighbors=k)
         if method == "facility-location"
-        else QDITSelector(alpha, n_neighbors=k)
+        else QDITSelector(official_alpha, n_neighbors=k)
     )
     clock = Clock()
-    picks = selector.select(x, budget, quality=quality if alpha > 0 else None).indices
+    picks = selector.select(x, budget, quality=q if alpha > 0 else None).indices
     total = clock.lap()
-    n = len(x)
     reverse = knn_graph(x, k).reverse()
-    bonus = alpha / budget * normalized_quality(quality, n)
+    bonus = official_alpha * q
     clock.lap()
-    run = lazy_greedy(reverse, np.arange(n), budget, coverage_weight=(1 - alpha) / n, bonus=bonus)
+    run = lazy_greedy(
+        reverse, np.arange(n), budget, coverage_weight=1 - official_alpha, bonus=bonus
+    )
     optimizer = clock.lap()
     if not np.array_equal(run.picks, picks):
         raise RuntimeError("lazy_greedy on the prebuilt graph picked differently from select()")
@@ -259,7 +270,7 @@ def compare(
     x: np.ndarray, quality: np.ndarray, budget: int, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """Rows of table (a) for one (n, b): each of our runs against each reference of its α."""
-    q = normalized_quality(quality, len(x))
+    q = normalized(quality)
     refs = references(x, q, budget, args)
     k_scaled = min(len(x), int(np.ceil(args.k_per_share * len(x) / budget)))
     runs = [("facility-location", 0.0, args.k), ("qdit", 0.0, args.k), ("qdit", 0.5, args.k)]
@@ -288,7 +299,7 @@ def official_rows(
 ) -> tuple[list[list[object]], list[str]]:
     """Table (b): the official loop timed on --official-n rows, extrapolated to every (n, b)."""
     n0, steps, budget0, alpha = len(x), args.official_steps, args.official_budget, 0.5
-    q0 = normalized_quality(quality, n0)
+    q0 = normalized(quality)
     picks, per_step = {}, {}
     for vectorised in (False, True):
         picks[vectorised], seconds = official_qdit(
@@ -297,7 +308,8 @@ def official_rows(
         per_step[vectorised] = float(np.median(seconds))
         log.info("official (vectorised=%s): %.4f s per step", vectorised, per_step[vectorised])
     official, _ = official_qdit(x, q0, alpha, budget0, budget0, vectorised=True)
-    dense_ours = QDITSelector(alpha, n_neighbors=n0).select(x, budget0, quality=quality)
+    official_alpha = alpha_from_share(alpha, n=n0, budget=budget0, quality_range=1.0)
+    dense_ours = QDITSelector(official_alpha, n_neighbors=n0).select(x, budget0, quality=q0)
     f_official = dense_objective(x, np.asarray(official), q0, alpha)
     f_dense = dense_objective(x, dense_ours.indices, q0, alpha)
     notes = [

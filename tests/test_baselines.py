@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kmq.errors import KmqError
 from kmq.knn import knn_graph
 from kmq.selectors.deita import DeitaSelector
-from kmq.selectors.qdit import FacilityLocationSelector, QDITSelector, normalized_quality
+from kmq.selectors.qdit import FacilityLocationSelector, QDITSelector, alpha_from_share
 
 
 def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
@@ -25,15 +25,22 @@ X = unit_rows(240, 12, seed=1)
 QUALITY = np.random.default_rng(2).random(len(X))
 
 
-def objective(sim: np.ndarray, chosen: list[int], q: np.ndarray, alpha: float, b: int) -> float:
-    """QDIT's F(S) from scratch: (1 − α)·mean_x max_{s∈S} sim[x, s] + α·Σ_{s∈S} q̃(s) / b."""
+def objective(sim: np.ndarray, chosen: list[int], q: np.ndarray, alpha: float) -> float:
+    """QDIT's F(S) from scratch: (1 − α)·Σ_x max_{s∈S} sim[x, s] + α·Σ_{s∈S} q(s)."""
     coverage = sim[:, chosen].max(axis=1).sum() if chosen else 0.0
-    return (1 - alpha) * coverage / len(sim) + alpha * q[chosen].sum() / b
+    return (1 - alpha) * coverage + alpha * q[chosen].sum()
 
 
-def naive_greedy(
-    sim: np.ndarray, candidates: np.ndarray, q: np.ndarray, alpha: float, b: int
-) -> list[int]:
+def share_objective(
+    sim: np.ndarray, chosen: list[int], q: np.ndarray, share: float, b: int
+) -> float:
+    """kmq ≤ 0.1.0's scale-free form: (1 − a)·f(S)/n + a·Σ q̃(s)/b, q̃ min-max normalised."""
+    coverage = sim[:, chosen].max(axis=1).sum() if chosen else 0.0
+    q_norm = (q - q.min()) / (q.max() - q.min())
+    return (1 - share) * coverage / len(sim) + share * q_norm[chosen].sum() / b
+
+
+def naive_greedy(sim: np.ndarray, candidates: np.ndarray, b: int, value_of: Any) -> list[int]:
     """Plain greedy: at every step evaluate F(S ∪ {c}) from scratch for every candidate c."""
     chosen: list[int] = []
     for _ in range(b):
@@ -41,7 +48,7 @@ def naive_greedy(
         for c in candidates:
             if c in chosen:
                 continue
-            value = objective(sim, [*chosen, int(c)], q, alpha, b)
+            value = value_of([*chosen, int(c)])
             if value > best_value:
                 best, best_value = int(c), value
         chosen.append(best)
@@ -56,16 +63,60 @@ def test_lazy_greedy_matches_naive_greedy(alpha: float, n_neighbors: int, budget
     exclude = np.arange(0, n, 9)
     candidates = np.setdiff1d(np.arange(n), exclude)
     sim = knn_graph(x, n_neighbors, candidates=candidates).dense()
-    q = normalized_quality(quality, n)
     result = QDITSelector(alpha, n_neighbors=n_neighbors).select(
         x, budget, quality=quality, exclude=exclude
     )
-    expected = naive_greedy(sim, candidates, q, alpha, budget)
+    expected = naive_greedy(
+        sim, candidates, budget, lambda chosen: objective(sim, chosen, quality, alpha)
+    )
     assert result.indices.tolist() == expected
-    ours = objective(sim, result.indices.tolist(), q, alpha, budget)
-    assert ours == pytest.approx(objective(sim, expected, q, alpha, budget), rel=1e-12)
+    ours = objective(sim, result.indices.tolist(), quality, alpha)
+    assert ours == pytest.approx(objective(sim, expected, quality, alpha), rel=1e-12)
     assert result.scores.sum() == pytest.approx(ours, rel=1e-9, abs=1e-12)
     assert np.all(np.diff(result.scores) <= 1e-12)  # greedy gains never grow (submodular)
+
+
+def test_qdit_alpha_is_the_official_one_by_hand() -> None:
+    """Four unit vectors at 0°, 60°, 90° and 180°, quality [0, 0, 0, 0.8], α = 0.5, b = 2, a
+    dense graph. Clipped cosines: sim(0,1) = 0.5, sim(1,2) = cos 30° = 0.866, the rest 0 (or
+    negative, clipped). Step 1 gains (1 − α)·Δf + α·q: row 0: 0.5·1.5 = 0.75; row 1:
+    0.5·(0.5 + 1 + 0.866) = 1.183; row 2: 0.5·1.866 = 0.933; row 3: 0.5·1 + 0.5·0.8 = 0.9.
+    Row 1 wins; then row 3 gains 0.9 again, row 0 only 0.5·0.5 = 0.25, row 2 0.5·0.134.
+    The old rescaled α (quality min-max normalised to [0, 1], means over n and b) picked
+    row 3 first."""
+    angles = np.radians([0.0, 60.0, 90.0, 180.0])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    quality = np.array([0.0, 0.0, 0.0, 0.8])
+    result = QDITSelector(0.5, n_neighbors=4).select(x, 2, quality=quality)
+    assert result.indices.tolist() == [1, 3]
+    c30 = np.cos(np.radians(30.0))
+    assert result.scores == pytest.approx([0.5 * (1.5 + c30), 0.9], abs=1e-6)
+    coverage = 0.5 + 1.0 + c30 + 1.0
+    assert f"F(S) = {0.5 * coverage + 0.5 * 0.8:.4g}" in result.notes[0]
+
+
+def test_alpha_from_share_reproduces_the_old_scale_free_picks() -> None:
+    n, budget, share = 120, 40, 0.5
+    x, quality = X[:n], 3.0 + 5.0 * QUALITY[:n]  # a quality range of about 5
+    sim = knn_graph(x, 10).dense()
+    old = naive_greedy(
+        sim,
+        np.arange(n),
+        budget,
+        lambda chosen: share_objective(sim, chosen, quality, share, budget),
+    )
+    spread = float(quality.max() - quality.min())
+    alpha = alpha_from_share(share, n=n, budget=budget, quality_range=spread)
+    # by hand: α/(1 − α) = 0.5/0.5 · 120 / (40 · spread)
+    assert alpha / (1 - alpha) == pytest.approx(120 / (40 * spread))
+    assert (
+        QDITSelector(alpha, n_neighbors=10).select(x, budget, quality=quality).indices.tolist()
+        == old
+    )
+    assert alpha_from_share(0.0, n=n, budget=budget, quality_range=1.0) == 0.0
+    assert alpha_from_share(1.0, n=n, budget=budget, quality_range=1.0) == 1.0
+    with pytest.raises(KmqError, match=r"share must be in \[0, 1\], got 1.5"):
+        alpha_from_share(1.5, n=n, budget=budget, quality_range=1.0)
 
 
 def test_knn_graph_is_exact_and_clipped() -> None:
@@ -153,26 +204,52 @@ def test_qdit_rejects_bad_quality_and_neighbors() -> None:
 
 
 def naive_deita(x: np.ndarray, q: np.ndarray, threshold: float, budget: int) -> list[int]:
-    """Deita as written in the paper: one row at a time against every kept row."""
+    """Deita as the official code runs it: one row at a time, skipped when its squared L2
+    distance (faiss ``IndexFlatL2``) to the nearest kept row is below the threshold."""
     kept: list[int] = []
     for i in sorted(range(len(x)), key=lambda r: (-q[r], r)):
         if len(kept) == budget:
             break
-        d = np.linalg.norm(x[kept].astype(np.float64) - x[i], axis=1)
-        if not kept or d.min() > threshold:
+        d2 = ((x[kept].astype(np.float64) - x[i]) ** 2).sum(axis=1)
+        if not kept or d2.min() >= threshold:
             kept.append(i)
     return kept
 
 
 DEITA_X = unit_rows(150, 6, seed=3)
-DEITA_DIST = np.linalg.norm(
-    DEITA_X.astype(np.float64)[:, None] - DEITA_X.astype(np.float64)[None], axis=2
+DEITA_D2 = ((DEITA_X.astype(np.float64)[:, None] - DEITA_X.astype(np.float64)[None]) ** 2).sum(
+    axis=2
 )
+
+
+def test_deita_threshold_is_the_official_squared_distance() -> None:
+    """The documented 0.9 means what it means in Deita's official code: faiss's squared L2 on
+    unit vectors, a row kept only if it is >= 0.9 from every kept row (cos <= 0.55). The rule
+    is re-derived here from its definition; plain L2 > 0.9 (cos < 0.595) picks differently."""
+    x = unit_rows(300, 4, seed=11)
+    quality = np.random.default_rng(12).permutation(len(x)).astype(float)  # no ties
+    order = np.argsort(-quality)
+
+    def walk(keep: Any) -> list[int]:
+        kept: list[int] = []
+        for i in order:
+            if len(kept) == 60:
+                break
+            if all(keep(float(((x[i].astype(np.float64) - x[j]) ** 2).sum())) for j in kept):
+                kept.append(int(i))
+        return kept
+
+    official = walk(lambda d2: not d2 < 0.9)
+    plain_l2 = walk(lambda d2: np.sqrt(d2) > 0.9)
+    assert official != plain_l2  # the data separates the two readings
+    result = DeitaSelector(0.9).select(x, 60, quality=quality)
+    assert result.indices.tolist() == official
+    assert DeitaSelector().threshold == 0.9
 
 
 @settings(max_examples=40, deadline=None)
 @given(
-    threshold=st.floats(0.0, 1.9),
+    threshold=st.floats(0.0, 3.9),
     budget=st.integers(1, 150),
     quality_seed=st.integers(0, 2**16),
 )
@@ -181,13 +258,13 @@ def test_deita_properties(threshold: float, budget: int, quality_seed: int) -> N
     quality = rng.integers(0, 20, size=len(DEITA_X)).astype(float)  # many ties
     result = DeitaSelector(threshold).select(DEITA_X, budget, quality=quality)
     kept = result.indices
-    dist = DEITA_DIST[np.ix_(kept, kept)]
-    np.fill_diagonal(dist, np.inf)
-    assert dist.min() > threshold - 1e-5  # no two kept rows within the threshold
+    d2 = DEITA_D2[np.ix_(kept, kept)]
+    np.fill_diagonal(d2, np.inf)
+    assert d2.min() >= threshold - 1e-5  # no two kept rows within the threshold
     order = np.lexsort((kept, -quality[kept]))
     assert order.tolist() == list(range(len(kept)))  # kept in quality order, ties by index
     assert np.array_equal(result.scores, quality[kept])
-    if not np.any(np.abs(DEITA_DIST - threshold) < 1e-5):  # float32 vs float64 at the boundary
+    if not np.any(np.abs(DEITA_D2 - threshold) < 1e-5):  # float32 vs float64 at the boundary
         assert kept.tolist() == naive_deita(DEITA_X, quality, threshold, budget)
     assert len(result.reasons) == len(kept)
     if result.shortfall:
@@ -198,11 +275,11 @@ def test_deita_properties(threshold: float, budget: int, quality_seed: int) -> N
 
 
 def test_deita_reports_shortfall() -> None:
-    result = DeitaSelector(1.9).select(DEITA_X, 100, quality=np.arange(150.0))
+    result = DeitaSelector(3.6).select(DEITA_X, 100, quality=np.arange(150.0))
     assert 0 < len(result) < 100
     assert result.shortfall == 100 - len(result)
     assert result.reasons[0] == "rank 1 by quality 149; first kept row"
-    assert "nearest kept row at distance" in result.reasons[1]
+    assert "nearest kept row at squared distance" in result.reasons[1]
 
 
 def test_deita_exclusion_and_determinism() -> None:
@@ -216,8 +293,8 @@ def test_deita_exclusion_and_determinism() -> None:
 def test_deita_errors_name_values() -> None:
     with pytest.raises(KmqError, match="pass --quality or --quality-field"):
         DeitaSelector().select(DEITA_X, 5)
-    for bad in (-0.1, 2.0, float("nan")):
-        with pytest.raises(KmqError, match=r"\[0, 2\), got " + re.escape(repr(bad))):
+    for bad in (-0.1, 4.5, float("nan")):
+        with pytest.raises(KmqError, match=r"\[0, 4\], got " + re.escape(repr(bad))):
             DeitaSelector(bad)
     with pytest.raises(KmqError, match="budget must be a positive integer, got 0"):
         DeitaSelector().select(DEITA_X, 0, quality=QUALITY[:150])

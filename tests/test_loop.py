@@ -40,6 +40,7 @@ class FakeTrainer:
 
     def __init__(self, crash_on_generate: int | None = None) -> None:
         self.trained: list[list[str]] = []
+        self.generated_for: list[list[str]] = []
         self.inits: list[Path | None] = []
         self.crash_on_generate = crash_on_generate
         self.generate_calls = 0
@@ -60,6 +61,7 @@ class FakeTrainer:
         self.generate_calls += 1
         if self.crash_on_generate == self.generate_calls:
             raise RuntimeError("killed while generating")
+        self.generated_for.append([p[-1].content for p in prompts])
         return [fake_generation(p[-1].content) for p in prompts]
 
 
@@ -170,11 +172,26 @@ def test_full_loop_follows_algorithm_1(tmp_path: Path) -> None:
     assert state["finished"]
 
 
-def test_restart_mode_trains_the_base_model_on_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mode", "sizes"), [("continue", [10, 10, 10]), ("restart", [10, 20, 30])])
+def test_each_round_scores_exactly_what_it_trained_on(
+    tmp_path: Path, mode: str, sizes: list[int]
+) -> None:
+    """``restart`` trains the base model on every row so far and, as the official code and the
+    README say, generates for and scores all of them; ``continue`` the new rows only."""
     trainer = FakeTrainer()
-    run_loop(tmp_path, "run", trainer, trainer_options={"mode": "restart"})
-    assert trainer.inits == [None, None, None]
-    assert [len(t) for t in trainer.trained] == [10, 20, 30]
+    loop = run_loop(tmp_path, "run", trainer, trainer_options={"mode": mode})
+    assert trainer.inits[0] is None
+    assert all((init is None) == (mode == "restart") for init in trainer.inits[1:])
+    assert [len(t) for t in trainer.trained] == sizes
+    row_of = {ex.id: i for i, ex in enumerate(loop.pool.examples)}
+    for r, trained in enumerate(trainer.trained, start=1):
+        prompts = [loop.pool.examples[row_of[i]].prompt[-1].content for i in trained]
+        assert trainer.generated_for[r - 1] == prompts
+        feedback = loop.dir.read_jsonl("feedback.jsonl", r)
+        assert [row["id"] for row in feedback] == trained
+        assert [row["cluster"] for row in feedback] == [
+            int(loop.labels[row_of[i]]) for i in trained
+        ]
 
 
 def test_resume_after_a_crash_gives_the_same_selection(tmp_path: Path) -> None:

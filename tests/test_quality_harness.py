@@ -7,6 +7,7 @@ primitives themselves are tested in test_evaluation.py.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 from dataclasses import replace
@@ -18,6 +19,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path[:0] = [str(BENCH / "quality"), str(BENCH)]
 
+import harness  # noqa: E402
 from harness import (  # noqa: E402
     Grid,
     Job,
@@ -26,9 +28,10 @@ from harness import (  # noqa: E402
     flat_metrics,
     holdout_ids,
     metric_table,
-    paired,
-    verdict,
+    paired_differences,
 )
+
+from tests.conftest import FakeEncoder  # noqa: E402
 
 SOURCES = ("alpha", "beta", "gamma")
 
@@ -188,20 +191,62 @@ def test_metrics_aggregate_suites_and_holdout() -> None:
     assert metric_table([row, row | {"seed": 1}])["random"]["mean NLL"] == [1.5, 1.5]
 
 
-def test_paired_differences_and_verdicts() -> None:
-    def row(method: str, seed: int, nll: float) -> dict[str, Any]:
-        return {"method": method, "seed": seed, "suites": {"gsm8k": nll}, "seconds": {}}
+def nll_row(method: str, seed: int, nll: float) -> dict[str, Any]:
+    return {"method": method, "seed": seed, "suites": {"gsm8k": nll}, "seconds": {}}
 
-    results = [row("a", s, 1.0 + 0.01 * s) for s in range(3)]
-    results += [row("b", s, 1.2 + 0.011 * s) for s in range(3)]
-    mean, std, n = paired(results, "a", "b", "mean NLL")  # type: ignore[misc]
-    assert n == 3
-    assert mean == pytest.approx(-0.201)
-    assert std == pytest.approx(0.001)
-    assert verdict(mean, std, n, higher_is_better=False) == "holds"
-    assert verdict(-mean, std, n, higher_is_better=False) == "reversed"
-    assert verdict(0.001, 0.01, 3, higher_is_better=True) == "within noise"
-    assert paired(results, "a", "missing", "mean NLL") is None
+
+def test_paired_differences_are_per_shared_seed() -> None:
+    results = [nll_row("a", s, 1.0 + 0.01 * s) for s in range(3)]
+    results += [nll_row("b", s, 1.2 + 0.011 * s) for s in (0, 2, 5)]
+    diffs = paired_differences(results, "a", "b", "mean NLL")
+    assert diffs == pytest.approx([-0.2, -0.202])  # seeds 0 and 2 only
+    assert paired_differences(results, "a", "missing", "mean NLL") is None
+
+
+def test_ordering_table_holm_corrects_and_never_lets_zero_spread_hold() -> None:
+    from report import ordering_table
+
+    def rows(method: str, nll: list[float]) -> list[dict[str, Any]]:
+        return [nll_row(method, s, v) for s, v in enumerate(nll)]
+
+    results = (
+        rows("kmq-balanced", [1.0, 1.1, 1.2])
+        + rows("km-random-balanced", [1.1, 1.2, 1.3])  # kmq lower by exactly 0.1 every seed
+        + rows("random", [1.30, 1.41, 1.49])  # km-random lower by 0.2, 0.21, 0.19
+        + rows("kmq-proportional", [1.0])
+        + rows("km-random-proportional", [1.0])
+    )
+    table, verdicts = ordering_table(results, {r["method"] for r in results})
+    assert "kmq-balanced > km-random-balanced on mean NLL: n/a (zero spread)" in verdicts
+    assert "kmq-proportional > km-random-proportional on mean NLL: n/a (one seed)" in verdicts
+    # the only testable cell, so Holm leaves its p alone: t = −0.2 / (0.01 / √3) = −√1200 on
+    # 2 df, where P(|T| > |t|) = 1 − |t| / √(2 + t²) = 1 − √(1200 / 1202); d_z = −0.2 / 0.01
+    assert "km-random-balanced > random on mean NLL: holds" in verdicts
+    assert f"p_Holm {1 - math.sqrt(1200 / 1202):.3g} (n=3)" in table
+    assert "d_z -20.00" in table
+    assert "km-random-balanced > random on held-out NLL" not in " ".join(verdicts)
+
+
+def test_real_select_stage_records_k_and_stage_timings(
+    protocol: Protocol, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The select stage reads the manifest's real keys (``clusters.k`` and ``timings_s``)."""
+    real_config = harness._select_config
+
+    def offline(job: Job, grid: Grid, out: Path) -> Any:
+        return replace(real_config(job, grid, out), encoder=FakeEncoder())
+
+    monkeypatch.setattr(harness, "_select_config", offline)
+    protocol = replace(protocol, k=3, quality="length")
+    grid = make_grid(protocol, tmp_path / "out", FakeStages())
+    jobs = {job.name: job for job in grid.jobs()}
+    ids, info = harness._select(jobs["kmq-balanced seed 0"], grid)
+    assert len(ids) == protocol.budget
+    assert info["k"] == 3
+    assert {"load", "embed", "cluster", "select"} <= set(info["stages"])
+    assert all(isinstance(v, float) for v in info["stages"].values())
+    _, random_info = harness._select(jobs["random seed 0"], grid)
+    assert random_info["k"] is None and random_info["stages"]
 
 
 def test_report_of_a_partial_grid_names_the_grid_command_and_its_compute(

@@ -77,9 +77,6 @@ ORDERING: tuple[tuple[str, str], ...] = (
 )
 """The paper's claimed ordering, pair by pair (first should beat second)."""
 
-T_CRITICAL_ONE_SIDED_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895}
-"""Student t, one-sided 95 %, by degrees of freedom (seeds − 1)."""
-
 
 @dataclass(frozen=True)
 class Protocol:
@@ -413,7 +410,14 @@ def _select(job: Job, grid: Grid) -> tuple[list[str], dict[str, Any]]:
     out = job.folder / f"select-{job.select_key}"
     run = select_file(_select_config(job, grid, out))
     ids = [run.pool.examples[i].id for i in run.result.indices]
-    return ids, {"k": run.manifest.get("k"), "stages": run.manifest.get("timings")}
+    return ids, selection_info(run.manifest)
+
+
+def selection_info(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a job records of ``kmq select``'s manifest: the k it clustered with (None for a
+    method without clusters) and the seconds of each of its stages."""
+    clusters = manifest["clusters"]
+    return {"k": None if clusters is None else clusters["k"], "stages": manifest["timings_s"]}
 
 
 def _trainer(grid: Grid) -> Any:
@@ -510,10 +514,10 @@ def summarise(values: Sequence[float]) -> Cell:
     return Cell(float(arr.mean()), std, len(arr))
 
 
-def paired(
+def paired_differences(
     results: Sequence[dict[str, Any]], first: str, second: str, metric: str
-) -> tuple[float, float, int] | None:
-    """Mean and std of ``first − second`` on ``metric`` over the seeds both have."""
+) -> np.ndarray | None:
+    """``first − second`` on ``metric`` per seed, over the seeds both have (None if none)."""
     by_seed: dict[str, dict[int, float]] = {first: {}, second: {}}
     for row in results:
         if row["method"] in by_seed:
@@ -523,24 +527,4 @@ def paired(
     seeds = sorted(set(by_seed[first]) & set(by_seed[second]))
     if not seeds:
         return None
-    diffs = np.array([by_seed[first][s] - by_seed[second][s] for s in seeds])
-    std = float(diffs.std(ddof=1)) if len(diffs) > 1 else math.nan
-    return float(diffs.mean()), std, len(diffs)
-
-
-def verdict(mean: float, std: float, n: int, higher_is_better: bool) -> str:
-    """``holds`` / ``reversed`` (one-sided paired t-test at 95 % over seeds) / ``within noise``."""
-    if n < 2:
-        return "n/a (one seed)"
-    if not std > 0:
-        if mean == 0:
-            return "within noise"
-        return "holds" if (mean > 0) == higher_is_better else "reversed"
-    t = mean / (std / math.sqrt(n))
-    critical = T_CRITICAL_ONE_SIDED_95.get(n - 1, 1.645)
-    signed = t if higher_is_better else -t
-    if signed > critical:
-        return "holds"
-    if signed < -critical:
-        return "reversed"
-    return "within noise"
+    return np.array([by_seed[first][s] - by_seed[second][s] for s in seeds])

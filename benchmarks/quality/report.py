@@ -15,10 +15,10 @@ from harness import (
     Grid,
     flat_metrics,
     metric_table,
-    paired,
+    paired_differences,
     summarise,
-    verdict,
 )
+from stats import ALPHA, LEVEL, PairedTest, Verdict, judge, paired_test
 
 AGGREGATES = (("mean NLL", False), ("mean acc", True), ("held-out NLL", False))
 """The three summary metrics and whether higher is better."""
@@ -99,26 +99,47 @@ def holdout_table(table: dict[str, dict[str, list[float]]]) -> str:
 
 
 def ordering_table(results: list[dict[str, Any]], methods: set[str]) -> tuple[str, list[str]]:
+    """The claimed ordering judged as one family: every (claim, metric) cell with at least two
+    seeds is tested and Holm-corrected together (see :mod:`stats`)."""
     headers = ["claim (first beats second)"] + [
         f"{name} ({'higher' if up else 'lower'} is better)" for name, up in AGGREGATES
     ]
-    rows = []
-    verdicts = []
-    for first, second in ORDERING:
-        if first not in methods or second not in methods:
-            continue
-        row = [f"{first} > {second}"]
+    claims = [(a, b) for a, b in ORDERING if a in methods and b in methods]
+    cells: list[tuple[str, str, str]] = []
+    tests: list[PairedTest] = []
+    signs: list[int] = []
+    for first, second in claims:
         for metric, up in AGGREGATES:
-            stats = paired(results, first, second, metric)
-            if stats is None:
-                row.append("—")
-                continue
-            mean, std, n = stats
-            v = verdict(mean, std, n, up)
-            row.append(f"{mean:+.4f} ± {std:.4f} (n={n}): **{v}**")
-            verdicts.append(f"{first} > {second} on {metric}: {v}")
-        rows.append(row)
+            diffs = paired_differences(results, first, second, metric)
+            if diffs is not None:
+                cells.append((first, second, metric))
+                tests.append(paired_test(diffs))
+                signs.append(1 if up else -1)
+    judged = dict(zip(cells, judge(tests, signs), strict=True))
+    rows = [
+        [f"{first} > {second}"]
+        + [
+            verdict_cell(judged[first, second, metric])
+            if (first, second, metric) in judged
+            else "—"
+            for metric, _ in AGGREGATES
+        ]
+        for first, second in claims
+    ]
+    verdicts = [f"{a} > {b} on {metric}: {v.verdict}" for (a, b, metric), v in judged.items()]
     return markdown_table(headers, rows), verdicts
+
+
+def verdict_cell(v: Verdict) -> str:
+    """Mean difference [95 % CI]; d_z [95 % CI]; Holm-adjusted p (n): **verdict**."""
+    t = v.test
+    if t.undefined is not None:
+        return f"{t.mean:+.4f} (n={t.n}): **{v.verdict}**"
+    d_z_ci = "n/a" if math.isnan(t.d_z_ci[0]) else f"{t.d_z_ci[0]:+.2f}, {t.d_z_ci[1]:+.2f}"
+    return (
+        f"{t.mean:+.4f} [{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]; d_z {t.d_z:+.2f} [{d_z_ci}]; "
+        f"p_Holm {v.p_holm:.3g} (n={t.n}): **{v.verdict}**"
+    )
 
 
 def plot(table: dict[str, dict[str, list[float]]], out: Path) -> Path | None:
@@ -190,8 +211,13 @@ shared the machine each count in full).
 
 ## Claimed ordering, seed-paired
 
-Difference first − second per seed, mean ± std; **holds** / **reversed** when a one-sided
-paired t-test over seeds clears 95 %, else **within noise**.
+Difference first − second per seed (same seed on both sides): its mean with a
+{LEVEL:.0%} t interval, Cohen's d_z (mean / sd of the differences) with a {LEVEL:.0%}
+interval from the noncentral t, and the two-sided paired t-test's p-value (exact Student t
+with seeds − 1 degrees of freedom) after Holm's correction over every cell of this table (one
+family). **holds** / **reversed**: Holm-adjusted p ≤ {ALPHA:g} with the difference on the
+claimed / the other side; **within noise**: not significant after the correction; **n/a**: one
+seed, or differences all equal (zero spread), which are not tested and not counted in the family.
 
 {ordering}
 

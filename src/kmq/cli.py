@@ -157,13 +157,15 @@ def add_select(sub: Any) -> None:
         "--deita-threshold",
         type=float,
         default=0.9,
-        help="deita: keep a row only if its L2 distance to every kept row exceeds this",
+        help="deita: keep a row only if its squared L2 distance (unit vectors, [0, 4]) to "
+        "every kept row is >= this (default 0.9, the official rule: cosine <= 0.55)",
     )
     b.add_argument(
         "--qdit-alpha",
         type=float,
         default=0.5,
-        help="qdit: weight of quality vs facility-location coverage, in [0, 1]",
+        help="qdit: alpha in [0, 1] of QDIT's (1 - alpha) * coverage + alpha * summed quality "
+        "(the official definition; coverage = summed cosine of every row to its nearest pick)",
     )
     b.add_argument(
         "--knn",

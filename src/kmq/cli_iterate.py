@@ -35,7 +35,8 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
         "--positive",
         choices=POSITIVE_MAPS,
         default="shift",
-        help="map negative cluster means before Eq. 6: shift (default) or exp",
+        help="make cluster means positive for Eq. 6: shift (default; adds max(0, 0.05*spread "
+        "- min) to every mean, continuous and monotone) or exp (exp(mean / temperature))",
     )
     g.add_argument("--reweight-temperature", type=float, default=1.0)
     g.add_argument(
@@ -63,7 +64,8 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
         choices=["continue", "restart"],
         default="continue",
         help="continue: train the last round's model on the new rows (the paper); "
-        "restart: the base model on every row so far (the official code)",
+        "restart: the base model on every row so far (the official code). Each round "
+        "generates for and scores the rows it trained on",
     )
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--learning-rate", type=float)

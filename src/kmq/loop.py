@@ -271,16 +271,23 @@ class IterativeSelection:
         )
         self.dir.mark_done("select", r, seconds=round(time.perf_counter() - started, 3))
 
+    def trained_rows(self, r: int) -> np.ndarray:
+        """The rows round ``r`` trains on, and so generates answers for and scores: the rows new
+        this round (``continue``, the paper), or every row picked so far (``restart``, the
+        official code, which also scores its whole cumulative set)."""
+        if self.config.trainer_options.get("mode", "continue") == "restart":
+            return np.concatenate([self.picked_before(r), self.picked(r)])
+        return self.picked(r)
+
     def training_set(self, r: int) -> tuple[np.ndarray, Path | None]:
         """Rows to train on and the checkpoint to start from: ``continue`` (the paper) trains the
         previous round's model on the new rows; ``restart`` (the official code) trains the base
         model on every row picked so far."""
         mode = self.config.trainer_options.get("mode", "continue")
         if mode == "restart" or r == 1:
-            rows = np.concatenate([self.picked_before(r), self.picked(r)])
-            return (rows if mode == "restart" else self.picked(r)), None
+            return self.trained_rows(r), None
         previous = Path(self.dir.marker("train", r - 1)["checkpoint"])
-        return self.picked(r), previous
+        return self.trained_rows(r), previous
 
     def train(self, r: int) -> None:
         if self.dir.done("train", r):
@@ -301,7 +308,7 @@ class IterativeSelection:
         if self.dir.done("generate", r):
             return
         started = time.perf_counter()
-        examples = self.examples(self.picked(r))
+        examples = self.examples(self.trained_rows(r))
         checkpoint = Path(self.dir.marker("train", r)["checkpoint"])
         outputs = self.trainer.generate(
             checkpoint, [ex.prompt for ex in examples], seed=self.seed(r, 2)
@@ -318,7 +325,7 @@ class IterativeSelection:
         if self.dir.done("score", r):
             return
         started = time.perf_counter()
-        examples = self.examples(self.picked(r))
+        examples = self.examples(self.trained_rows(r))
         if generations is None:
             saved = self.dir.read_jsonl("generations.jsonl", r)
             generations = {row["id"]: row["generation"] for row in saved}
@@ -340,7 +347,7 @@ class IterativeSelection:
         labels = self.labels
         rows = [
             {"id": ex.id, "cluster": int(labels[i]), "score": None if np.isnan(s) else float(s)}
-            for ex, i, s in zip(examples, self.picked(r), scores, strict=True)
+            for ex, i, s in zip(examples, self.trained_rows(r), scores, strict=True)
         ]
         self.dir.write_jsonl("feedback.jsonl", rows, r)
         self.dir.mark_done(
@@ -404,7 +411,7 @@ class IterativeSelection:
         """``kmq iterate feedback ROUND --scores``: ready-made feedback per id."""
         if self.dir.done("score", r):
             raise KmqError(f"round {r} already has its feedback")
-        examples = self.examples(self.picked(r))
+        examples = self.examples(self.trained_rows(r))
         missing = [ex.id for ex in examples if ex.id not in scores]
         if missing:
             raise KmqError(f"no score for {len(missing)} rows of round {r}, e.g. {missing[:3]}")

@@ -6,9 +6,13 @@ Each round the loop has, per cluster j, the mean feedback score s_j of the rows 
 
 - ``paper`` (default): Eq. 6, w_j ← w_j · s̃_j / Σ_c s̃_c, renormalised. Eq. 6 is only defined
   for positive scores, so the means are first mapped to positive values ``s̃`` by ``positive``:
-  ``shift`` (default) subtracts the smallest mean when any is ≤ 0 and adds ``epsilon`` times the
-  spread (all-positive means pass unchanged: plain Eq. 6); ``exp`` uses s̃ = exp(s / temperature)
-  (a multiplicative-weights / Hedge step, smooth in s).
+  ``shift`` (default) adds one offset to every mean, max(0, ε·spread − min), with ε =
+  ``epsilon`` and spread = max − min: means whose smallest is at least ε·spread pass unchanged
+  (plain Eq. 6), otherwise the smallest becomes ε·spread (computed in units of the spread,
+  which Eq. 6's normalisation cancels). The offset is continuous in the means,
+  and a cluster's weight never falls when its own mean rises (a slightly negative mean never
+  beats a slightly positive one); equal means leave the weights as they are. ``exp`` uses
+  s̃ = exp(s / temperature) (a multiplicative-weights / Hedge step, smooth in s).
 - ``softmax``: the official code, w_j = softmax(s / temperature); it replaces the old weights.
 
 Clusters with no feedback this round (none of their rows were trained on) get the mean of
@@ -57,10 +61,13 @@ def to_positive(
         return np.exp((means - means.max()) / temperature)
     if positive != "shift":
         raise KmqError(f"positive must be one of {', '.join(POSITIVE_MAPS)}; got {positive!r}")
-    if means.min() > 0:
-        return means
     spread = float(means.max() - means.min())
-    return means - means.min() + epsilon * (spread if spread > 0 else 1.0)
+    if spread == 0:
+        return np.ones_like(means)
+    # in units of the spread (Eq. 6 renormalises, so a common factor changes nothing): the
+    # smallest value is then >= epsilon even when the spread is a subnormal float
+    scaled = means / spread
+    return scaled + max(0.0, epsilon - float(scaled.min()))
 
 
 def update(

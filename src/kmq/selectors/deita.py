@@ -17,10 +17,13 @@ class DeitaSelector:
     """Deita's score-first, diversity-aware selection.
 
     Rows are ranked by quality (descending, ties by row index) — pass Deita's quality ×
-    complexity score, or any other — and walked in that order: a row is kept only if its L2
-    distance to every kept row (on L2-normalised vectors, so in [0, 2]) is ``> threshold``,
-    until the budget is filled. The official code uses 0.9 (cosine < 0.595). If the ranking
-    runs out first the selection falls short of the budget and a note says by how much.
+    complexity score, or any other — and walked in that order: a row is kept only if its
+    *squared* L2 distance to every kept row (on L2-normalised vectors, so in [0, 4]) is
+    ``>= threshold``, until the budget is filled. This is the official code's rule: faiss's
+    ``IndexFlatL2`` returns squared distances, and a row is skipped when the nearest kept one
+    is ``< threshold``. On unit vectors ‖a − b‖² = 2 − 2 cos, so the default 0.9 keeps a row
+    only if its cosine to every kept row is ≤ 0.55. If the ranking runs out first the
+    selection falls short of the budget and a note says by how much.
 
     The score of a pick is its quality; excluded rows are neither walked nor compared against.
     The walk is blocked (see :func:`kmq.dedup.threshold_walk`), O(rows walked × budget × d).
@@ -33,11 +36,11 @@ class DeitaSelector:
         if (
             isinstance(threshold, bool)
             or not isinstance(threshold, int | float)
-            or not 0 <= threshold < 2
+            or not 0 <= threshold <= 4
         ):
             raise KmqError(
-                "threshold is an L2 distance between unit vectors and must be in [0, 2), "
-                f"got {threshold!r}"
+                "threshold is a squared L2 distance between unit vectors and must be in "
+                f"[0, 4], got {threshold!r}"
             )
         self.threshold = float(threshold)
         self.show_progress = show_progress
@@ -64,17 +67,17 @@ class DeitaSelector:
         candidates = np.flatnonzero(available_mask(n, exclude))
         check_budget(budget, len(candidates))
         ranking = candidates[np.lexsort((candidates, -q[candidates]))]
-        # distance > t  <=>  2 - 2 cos > t²  <=>  cos < 1 - t²/2: drop when cos >= the bound
+        # keep iff squared distance >= t  <=>  2 - 2 cos >= t  <=>  cos <= 1 - t/2
         walk = threshold_walk(
             normalize(embeddings),
             ranking,
-            1.0 - self.threshold**2 / 2.0,
-            inclusive=True,
+            1.0 - self.threshold / 2.0,
+            inclusive=False,
             limit=int(budget),
             show_progress=self.show_progress,
         )
         indices = ranking[walk.kept]
-        distance = np.sqrt(np.maximum(2.0 - 2.0 * walk.nearest, 0.0))
+        distance = np.maximum(2.0 - 2.0 * walk.nearest, 0.0)
         return SelectionResult(
             method=self.name,
             budget=int(budget),
@@ -83,7 +86,11 @@ class DeitaSelector:
             score_name=self.score_name,
             reasons=[
                 f"rank {r + 1} by quality {q[i]:.4g}; "
-                + (f"nearest kept row at distance {d:.4f}" if np.isfinite(d) else "first kept row")
+                + (
+                    f"nearest kept row at squared distance {d:.4f}"
+                    if np.isfinite(d)
+                    else "first kept row"
+                )
                 for r, i, d in zip(walk.kept, indices, distance, strict=True)
             ],
             labels=labels,
@@ -95,6 +102,6 @@ class DeitaSelector:
             return [f"deita walked {walked} rows of the quality ranking to keep {picked}"]
         return [
             f"deita picked {picked} of the budget of {budget} rows: every other row is within "
-            f"L2 distance {self.threshold:g} of a kept row; lower the threshold to fill"
+            f"squared L2 distance {self.threshold:g} of a kept row; lower the threshold to fill"
             " the budget"
         ]

@@ -1,21 +1,24 @@
 """QDIT (Bukharin & Zhao 2023) and plain facility location: lazy greedy on a k-NN graph.
 
-QDIT maximises
+QDIT maximises, over subsets of ``b`` = budget rows,
 
-    F(S) = (1 − α) · f(S) / n + α · Σ_{s ∈ S} q̃(s) / b,    f(S) = Σ_{x ∈ D} max_{s ∈ S} sim(x, s)
+    F(S) = (1 − α) · f(S) + α · Σ_{s ∈ S} q(s),    f(S) = Σ_{x ∈ D} max_{s ∈ S} sim(x, s)
 
-over subsets of ``b`` = budget rows. Both terms are means in [0, 1]: f(S)/n is how well the
-average pool row is covered by its most similar selected row, Σ q̃ / b the average normalised
-quality of the selection, so ``α`` trades like for like (``α = 0``: facility location only;
-``α = 1``: the top-``b`` rows by quality). ``b`` is fixed during a run, so this is the paper's
-(1 − α)·f + α·Σq with the two terms put on one scale.
+which is QDIT's definition and the official code's (``qd_score = (1 − alpha) ·
+diversity + alpha · quality``, one greedy step at a time): ``f`` is the facility-location
+*sum* over the n pool rows and ``q`` the quality score as given. Each greedy step picks the row
+with the largest (1 − α)·Δf + α·q. ``α = 0`` is facility location, ``α = 1`` the top-``b``
+rows by quality. The two terms keep their own units, so the balance α strikes depends on the
+scale of ``q`` and on n (a first pick covers up to n rows); that is the official behaviour.
+
+Scale-free "share" form: kmq up to 0.1.0 took ``--qdit-alpha`` as a share ``a`` of
+(1 − a)·f(S)/n + a·Σ q̃(s)/b with q̃ = (q − min q)/(max q − min q). Both pick the same rows when
+α/(1 − α) = a/(1 − a) · n / (b · (max q − min q)); :func:`alpha_from_share` converts.
 
 - ``sim(x, s)`` is the cosine of the L2-normalised embeddings, clipped at 0, if ``s`` is among
   the ``n_neighbors`` candidates most similar to ``x``, and 0 otherwise (see :mod:`kmq.knn`;
   the graph is exact, directed and not symmetrised). With ``n_neighbors >= n`` it is the dense
-  clipped-cosine facility location.
-- ``q̃ = (q − min q) / (max q − min q)`` over the whole pool (excluded rows included, so a row's
-  q̃ does not change between rounds); a constant quality gives q̃ = 1 everywhere.
+  clipped-cosine facility location (the official code does not clip negative cosines).
 - Excluded rows are not candidates but still count as points to cover: the selection covers the
   whole pool, including rows picked in earlier rounds.
 
@@ -38,27 +41,43 @@ from kmq.selectors.base import SelectionResult, available_mask, check_budget
 from kmq.selectors.submodular import GreedyRun, lazy_greedy
 
 
-def normalized_quality(quality: np.ndarray | Sequence[float], n: int) -> np.ndarray:
-    """``q̃ = (q − min) / (max − min)`` in [0, 1] over all ``n`` rows (all ones if constant)."""
+def checked_quality(quality: np.ndarray | Sequence[float], n: int) -> np.ndarray:
+    """``quality`` as float64, one finite value per row."""
     q = np.asarray(quality, dtype=np.float64)
     if q.shape != (n,):
         raise KmqError(f"quality must have one entry per row ({n}), got shape {q.shape}")
     if not np.isfinite(q).all():
         bad = int(np.flatnonzero(~np.isfinite(q))[0])
         raise KmqError(f"quality must be finite; row {bad} has {q[bad]}")
-    lo, hi = q.min(), q.max()
-    if hi == lo:
-        return np.ones(n, dtype=np.float64)
-    return (q - lo) / (hi - lo)
+    return q
+
+
+def alpha_from_share(share: float, *, n: int, budget: int, quality_range: float) -> float:
+    """QDIT's α that picks the same rows as the scale-free ``share`` a of
+    (1 − a)·f(S)/n + a·Σ q̃(s)/b (kmq ≤ 0.1.0's ``--qdit-alpha``), for a pool of ``n`` rows, a
+    budget ``b`` and a quality spread ``max q − min q`` (1.0 for a quality already in [0, 1]):
+    α/(1 − α) = a/(1 − a) · n / (b · quality_range)."""
+    if not 0 <= share <= 1:
+        raise KmqError(f"share must be in [0, 1], got {share!r}")
+    if n < 1 or budget < 1 or not quality_range > 0:
+        raise KmqError(
+            f"n and budget must be >= 1 and quality_range > 0, got n={n}, budget={budget}, "
+            f"quality_range={quality_range}"
+        )
+    if share == 1:
+        return 1.0
+    ratio = share / (1 - share) * n / (budget * quality_range)
+    return ratio / (1 + ratio)
 
 
 class QDITSelector:
     """Quality-diversity greedy selection (QDIT): maximises the F(S) of :mod:`this module
-    <kmq.selectors.qdit>` with lazy greedy on an exact ``n_neighbors``-NN cosine graph.
+    <kmq.selectors.qdit>`, (1 − α)·f(S) + α·Σ q, with lazy greedy on an exact
+    ``n_neighbors``-NN cosine graph.
 
-    The score of a pick is its marginal gain of F (in F's units: ≤ (1 − α)·max coverage
-    gain + α/b); the reason gives the coverage part as the rise of mean coverage f/n and the
-    pick's normalised quality q̃.
+    The score of a pick is its marginal gain of F, (1 − α)·Δf + α·q; the reason gives the
+    coverage part Δf (how much the pool's summed similarity to its nearest pick rises) and the
+    pick's quality.
     """
 
     name = "qdit"
@@ -92,18 +111,18 @@ class QDITSelector:
                 f"{self.name} with alpha={self.alpha} weighs quality: pass --quality or "
                 "--quality-field (or use alpha=0 for pure facility location)"
             )
-        q = None if quality is None else normalized_quality(quality, n)
+        q = None if quality is None else checked_quality(quality, n)
         candidates = np.flatnonzero(available_mask(n, exclude))
         check_budget(budget, len(candidates))
         graph = knn_graph(
             embeddings, self.n_neighbors, candidates=candidates, show_progress=self.show_progress
         )
-        bonus = np.zeros(n) if q is None else (self.alpha / int(budget)) * q
+        bonus = np.zeros(n) if q is None else self.alpha * q
         run = lazy_greedy(
             graph.reverse(),
             candidates,
             int(budget),
-            coverage_weight=(1.0 - self.alpha) / n,
+            coverage_weight=1.0 - self.alpha,
             bonus=bonus,
             show_progress=self.show_progress,
             desc=self.name,
@@ -114,31 +133,31 @@ class QDITSelector:
             indices=run.picks,
             scores=run.gains,
             score_name=self.score_name,
-            reasons=self.reasons(run, q, n),
+            reasons=self.reasons(run, q),
             labels=labels,
             notes=[self.summary(run, q, n)],
         )
 
-    def reasons(self, run: GreedyRun, q: np.ndarray | None, n: int) -> list[str]:
+    def reasons(self, run: GreedyRun, q: np.ndarray | None) -> list[str]:
         quality = (
-            [""] * len(run.picks) if q is None else [f", quality {v:.3g}" for v in q[run.picks]]
+            [""] * len(run.picks) if q is None else [f", quality {v:.4g}" for v in q[run.picks]]
         )
         return [
-            f"greedy step {r + 1}: marginal gain {g:.4g} (coverage +{c / n:.4g}{qs})"
+            f"greedy step {r + 1}: marginal gain {g:.4g} (coverage +{c:.4g}{qs})"
             for r, (g, c, qs) in enumerate(zip(run.gains, run.coverage_gains, quality, strict=True))
         ]
 
     def summary(self, run: GreedyRun, q: np.ndarray | None, n: int) -> str:
-        coverage = run.coverage / n
-        objective = (1 - self.alpha) * coverage
+        objective = (1 - self.alpha) * run.coverage
         quality = ""
         if q is not None:
-            mean_q = float(q[run.picks].mean())
-            objective += self.alpha * mean_q
-            quality = f", mean normalised quality {mean_q:.4f}"
+            total_q = float(q[run.picks].sum())
+            objective += self.alpha * total_q
+            quality = f", summed quality {total_q:.4g}"
         return (
-            f"{self.name}: F(S) = {objective:.4f} with alpha={self.alpha:g} (mean coverage "
-            f"f(S)/n = {coverage:.4f} on a {self.n_neighbors}-NN graph{quality}); "
+            f"{self.name}: F(S) = {objective:.4g} with alpha={self.alpha:g} (coverage f(S) = "
+            f"{run.coverage:.4g} of {n} rows, mean {run.coverage / n:.4f}, on a "
+            f"{self.n_neighbors}-NN graph{quality}); "
             f"{run.evaluations} lazy gain evaluations for {len(run.picks)} picks"
         )
 
