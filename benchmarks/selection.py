@@ -13,9 +13,10 @@ pool with planted noise (``benchmarks/noise.py``), measure the selection itself:
 
 Each (pool, method, seed) selection is cached atomically by a hash of its inputs, so an
 interrupted or widened run (``--seeds``, ``--methods``) computes only what is missing. Methods
-are compared with random seed by seed (paired; the seed fixes the k-means and the draw): mean
-difference, 95 % t interval, and a two-sided paired t-test Holm-corrected over every
-(method, metric, pool) comparison. Writes ``results/selection.md`` and ``selection.png``.
+are compared with random seed by seed (paired; the seed fixes the k-means and the draw) with
+``quality/stats.py``: mean difference, 95 % t interval, and a two-sided paired t-test
+Holm-corrected over every (method, metric, pool) comparison. Writes ``results/selection.md``
+and ``selection.png``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from _common import (
     write_report,
 )
 from noise import NoiseSpec, plant, read_records, write_outputs
-from scipy import stats
+from quality.stats import PairedTest, holm, paired_test
 from tqdm import tqdm
 
 from kmq.atomic import write_json
@@ -132,31 +133,6 @@ def measure(
         out["noisy share"] = share
         out["noise ratio"] = share / float(noisy[pool_rows].mean())
     return out
-
-
-def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Mean of a − b, its 95 % t interval and the two-sided paired t-test p (NaN: no spread)."""
-    d = a - b
-    n = len(d)
-    mean, sd = float(d.mean()), float(d.std(ddof=1)) if n > 1 else 0.0
-    if n < 2 or sd == 0:
-        return {"mean": mean, "lo": math.nan, "hi": math.nan, "p": math.nan, "n": n}
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "p": p, "n": n}
-
-
-def holm(pvalues: Sequence[float], alpha: float = 0.05) -> list[bool]:
-    """Holm's step-down rejections (NaN p-values are never rejected and not counted)."""
-    valid = [(p, i) for i, p in enumerate(pvalues) if not math.isnan(p)]
-    valid.sort()
-    reject = [False] * len(pvalues)
-    m = len(valid)
-    for rank, (p, i) in enumerate(valid):
-        if p > alpha / (m - rank):
-            break
-        reject[i] = True
-    return reject
 
 
 def main() -> None:
@@ -283,7 +259,7 @@ def report(
         return np.array([r[metric] for r in sorted(got, key=lambda r: r["seed"])])
 
     sections = []
-    comparisons: list[tuple[str, str, str, dict[str, float]]] = []
+    comparisons: list[tuple[str, str, str, PairedTest]] = []
     for pool in ("clean", "noisy"):
         metrics = [m for m in METRICS if pool == "noisy" or m not in ("noisy share", "noise ratio")]
         table = []
@@ -294,26 +270,31 @@ def report(
                 cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
                 if method != "random":
                     comparisons.append(
-                        (pool, method, metric, paired(v, values(pool, "random", metric)))
+                        (pool, method, metric, paired_test(v - values(pool, "random", metric)))
                     )
             table.append(cells)
         sections.append(
             f"### {pool} pool (mean ± seed std over {args.seeds} seeds)\n\n"
             + markdown_table(["method", *metrics], table)
         )
-    rejected = holm([c[3]["p"] for c in comparisons])
-    diff_rows = [
-        [
-            pool,
-            method,
-            metric,
-            f"{c['mean']:+.4f}",
-            "n/a (no spread)" if math.isnan(c["lo"]) else f"[{c['lo']:+.4f}, {c['hi']:+.4f}]",
-            "n/a" if math.isnan(c["p"]) else f"{c['p']:.2g}",
-            "yes" if r else "no",
-        ]
-        for (pool, method, metric, c), r in zip(comparisons, rejected, strict=True)
-    ]
+    tested = [i for i, c in enumerate(comparisons) if c[3].undefined is None]
+    adjusted = dict(zip(tested, holm([comparisons[i][3].p for i in tested]), strict=True))
+    diff_rows = []
+    for i, (pool, method, metric, t) in enumerate(comparisons):
+        ci = "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]"
+        p_holm = adjusted.get(i, math.nan)
+        diff_rows.append(
+            [
+                pool,
+                method,
+                metric,
+                f"{t.mean:+.4f}",
+                ci,
+                f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
+                "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}",
+                "yes" if p_holm <= 0.05 else "no",
+            ]
+        )
     noise_lines = "; ".join(
         f"{s['kind']} ({s['where']}): {s['noisy']} rows" for s in noise_summary["specs"]
     )
@@ -325,10 +306,11 @@ def report(
         f"({noise_summary['noisy'] / noise_summary['rows']:.1%}) — {noise_lines}.\n\n"
         + "\n\n".join(sections)
         + "\n\n### Each method − random, paired by seed\n\n95 % t interval of the mean "
-        "difference; p from a two-sided paired t-test; 'Holm' = significant at 5 % after Holm's "
-        f"correction over all {len(comparisons)} comparisons.\n\n"
+        "difference; p from a two-sided paired t-test (exact t); 'p (Holm)' adjusted over all "
+        f"{len(comparisons)} comparisons; significant = Holm-adjusted p ≤ 0.05.\n\n"
         + markdown_table(
-            ["pool", "method", "metric", "mean diff", "95 % CI", "p", "Holm"], diff_rows
+            ["pool", "method", "metric", "mean diff", "95 % CI", "p", "p (Holm)", "significant"],
+            diff_rows,
         )
     )
     plot(args.out / "selection.png", rows, methods)
