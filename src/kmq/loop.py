@@ -216,6 +216,16 @@ class IterativeSelection:
     def picked(self, r: int) -> np.ndarray:
         return np.asarray(self.dir.read("picked.json", r)["indices"], dtype=np.int64)
 
+    def require_drawn(self, r: int) -> None:
+        """Refuse feedback for a round that is out of range or whose rows were never drawn."""
+        if not 1 <= r <= self.config.rounds:
+            raise KmqError(f"round must be in 1..{self.config.rounds}, got {r}")
+        if not self.dir.done("select", r):
+            raise KmqError(
+                f"round {r} of {self.dir.path} has not been drawn yet: run "
+                f"`kmq iterate next --run {self.dir.path}` to draw it"
+            )
+
     def picked_before(self, r: int) -> np.ndarray:
         parts = [self.picked(q) for q in range(1, r)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -317,6 +327,7 @@ class IterativeSelection:
         """Feedback per row from the generations (the built-in trainer's, or ``generations``)."""
         if self.dir.done("score", r):
             return
+        self.require_drawn(r)
         started = time.perf_counter()
         examples = self.examples(self.picked(r))
         if generations is None:
@@ -397,13 +408,13 @@ class IterativeSelection:
     def start_external(self) -> Path:
         """``kmq iterate init``: prepare and write round 1's rows for an outside trainer."""
         self.init()
-        self.select(1)
-        return self.dir.round_dir(1) / self.dir.read("picked.json", 1)["rows_file"]
+        return self.draw(1)
 
     def take_scores(self, r: int, scores: dict[str, float]) -> None:
         """``kmq iterate feedback ROUND --scores``: ready-made feedback per id."""
         if self.dir.done("score", r):
             raise KmqError(f"round {r} already has its feedback")
+        self.require_drawn(r)
         examples = self.examples(self.picked(r))
         missing = [ex.id for ex in examples if ex.id not in scores]
         if missing:
@@ -416,19 +427,30 @@ class IterativeSelection:
 
         Returns the next round's rows file, or None when the last round is done (the final
         selection is then written).
+
+        Reweighting round r and drawing round r + 1 are one step: when a stop (a kill, Ctrl-C,
+        an unreadable pool) came between them, the next call draws round r + 1 first (and
+        likewise finishes an ``init`` that stopped before round 1 was drawn).
         """
         r = self.next_round()
         if r is None:
             self.finalize()
             return None
+        if not self.dir.done("select", r):
+            self.prepare()
+            return self.draw(r)
         if not self.dir.done("score", r):
             raise KmqError(f"round {r} has no feedback yet: run `kmq iterate feedback {r}` first")
         self.reweight(r)
         if r == self.config.rounds:
             self.finalize()
             return None
-        self.select(r + 1)
-        return self.dir.round_dir(r + 1) / self.dir.read("picked.json", r + 1)["rows_file"]
+        return self.draw(r + 1)
+
+    def draw(self, r: int) -> Path:
+        """Round ``r``'s picks (drawn unless done), as the path of its rows file."""
+        self.select(r)
+        return self.dir.round_dir(r) / self.dir.read("picked.json", r)["rows_file"]
 
     def finalize(self) -> SelectionResult:
         """The union of every round's picks, in pick order, written like ``kmq select``'s output."""
