@@ -14,6 +14,7 @@ let any other training stack drive it (see :class:`IterativeSelection`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +32,7 @@ from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
 from kmq.pipeline import (
     CLUSTERS,
     SelectConfig,
+    check_feasible,
     cluster,
     embed_pool,
     exclusion,
@@ -111,13 +113,19 @@ class IterativeSelection:
 
     def init(self) -> None:
         """Write the config (or check it matches) and prepare the pool's clusters."""
+        self.config.pool.validate()
         path = self.dir.path / "config.json"
-        wanted = self.config.to_dict() | {"version": __version__}
+        wanted = absolute_paths(self.config.to_dict()) | {"version": __version__}
         if path.exists():
             self.dir.sweep()
             saved = self.dir.read("config.json")
-            if selection_settings(saved) != selection_settings(self.config.to_dict()):
-                raise KmqError(f"{self.dir.path} holds a run with another configuration")
+            differences = config_differences(saved, wanted)
+            if differences:
+                raise KmqError(
+                    f"{self.dir.path} holds a run with another configuration: "
+                    + "; ".join(differences)
+                    + " (start a new --run, or give the run's settings)"
+                )
         else:
             self.dir.path.mkdir(parents=True, exist_ok=True)
             self.dir.write("config.json", wanted)
@@ -179,6 +187,7 @@ class IterativeSelection:
         started = time.perf_counter()
         cfg = self.config.pool
         round_sizes(self.budget, self.config.rounds)
+        check_feasible(cfg, len(self.pool.examples), self.budget, len(self.excluded))
         fitted, silhouette = cluster(
             self.embeddings,
             cfg.k,
@@ -323,8 +332,9 @@ class IterativeSelection:
         )
         self.dir.mark_done("generate", r, seconds=round(time.perf_counter() - started, 3))
 
-    def score(self, r: int, generations: dict[str, str] | None = None) -> None:
-        """Feedback per row from the generations (the built-in trainer's, or ``generations``)."""
+    def score(self, r: int, generations: dict[str, str | None] | None = None) -> None:
+        """Feedback per row from the generations (the built-in trainer's, or ``generations``);
+        a row whose generation is None (null) gets no score, recorded as null."""
         if self.dir.done("score", r):
             return
         self.require_drawn(r)
@@ -338,27 +348,44 @@ class IterativeSelection:
             raise KmqError(
                 f"no generation for {len(missing)} rows of round {r}, e.g. {missing[:3]}"
             )
-        scores = self.feedback.score(
-            [ex.prompt for ex in examples],
-            [ex.response for ex in examples],
-            [generations[ex.id] for ex in examples],
-        )
-        self.save_feedback(r, examples, np.asarray(scores, dtype=np.float64), started)
+        texts = [generations[ex.id] for ex in examples]
+        given = [i for i, text in enumerate(texts) if text is not None]
+        scores = np.full(len(examples), np.nan)
+        if given:
+            scores[given] = self.feedback.score(
+                [examples[i].prompt for i in given],
+                [examples[i].response for i in given],
+                [text for text in texts if text is not None],
+            )
+        self.save_feedback(r, examples, scores, started)
 
     def save_feedback(
         self, r: int, examples: list[Example], scores: np.ndarray, started: float
     ) -> None:
+        """``feedback.jsonl`` and the step's marker. A score that is not finite (NaN, inf, or no
+        generation) is recorded as null, counted as ``missing`` and left out of its cluster's
+        mean."""
         labels = self.labels
+        finite = np.isfinite(scores)
         rows = [
-            {"id": ex.id, "cluster": int(labels[i]), "score": None if np.isnan(s) else float(s)}
-            for ex, i, s in zip(examples, self.picked(r), scores, strict=True)
+            {"id": ex.id, "cluster": int(labels[i]), "score": float(s) if ok else None}
+            for ex, i, s, ok in zip(examples, self.picked(r), scores, finite, strict=True)
         ]
+        missing = int((~finite).sum())
+        if missing:
+            log.warning(
+                "%d of %d rows of round %d have no finite feedback score (NaN, inf or no "
+                "generation): recorded as null, left out of their cluster's mean",
+                missing,
+                len(rows),
+                r,
+            )
         self.dir.write_jsonl("feedback.jsonl", rows, r)
         self.dir.mark_done(
             "score",
             r,
             scorer=self.config.feedback,
-            missing=int(np.isnan(scores).sum()),
+            missing=missing,
             seconds=round(time.perf_counter() - started, 3),
         )
 
@@ -420,6 +447,12 @@ class IterativeSelection:
         if missing:
             raise KmqError(f"no score for {len(missing)} rows of round {r}, e.g. {missing[:3]}")
         values = np.array([scores[ex.id] for ex in examples], dtype=np.float64)
+        bad = [ex.id for ex, value in zip(examples, values, strict=True) if not np.isfinite(value)]
+        if bad:
+            raise KmqError(
+                f"round {r}: {len(bad)} scores are not finite numbers (NaN or inf), e.g. id "
+                f"{bad[0]!r}; give a finite score for every row"
+            )
         self.save_feedback(r, examples, values, time.perf_counter())
 
     def advance(self) -> Path | None:
@@ -546,11 +579,51 @@ class IterativeSelection:
         return int(sequence.generate_state(1)[0])
 
 
+PATH_SETTINGS = ("input", "exclude")
+# Pool settings that cannot change the selection: where it runs (every engine selects the same
+# rows), where the cache lives (keyed by content) and whether progress bars show.
+NOT_SELECTION = ("engine", "engine_options", "cache_dir", "progress")
+
+
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the pool's input and exclude files as absolute paths (when they are
+    files or folders here; a hub name stays as given), so a run resumes from any folder."""
+    pool = dict(config["pool"])
+    for key in PATH_SETTINGS:
+        value = pool.get(key)
+        if isinstance(value, str) and Path(value).exists():
+            pool[key] = str(Path(value).resolve())
+    return config | {"pool": pool}
+
+
 def selection_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's saved config without what cannot change its selection: the kmq version, and
-    where it runs (every engine selects the same rows), so a run may go on elsewhere."""
-    pool = {k: v for k, v in config["pool"].items() if k not in ("engine", "engine_options")}
-    return {k: v for k, v in config.items() if k != "version"} | {"pool": pool}
+    """A run's saved config without what cannot change its selection: the kmq version, the
+    settings in :data:`NOT_SELECTION`, the trainer's progress bars; paths made absolute."""
+    config = absolute_paths(config)
+    pool = {k: v for k, v in config["pool"].items() if k not in NOT_SELECTION}
+    trainer = {k: v for k, v in config["trainer_options"].items() if k != "show_progress"}
+    rest = {k: v for k, v in config.items() if k != "version"}
+    return rest | {"pool": pool, "trainer_options": trainer}
+
+
+def config_differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """``"pool.seed: 0 in the run, 1 given"`` for every setting that would change the selection."""
+    old, new = flatten(selection_settings(saved)), flatten(selection_settings(given))
+    return [
+        f"{key}: {json.dumps(old.get(key))} in the run, {json.dumps(new.get(key))} given"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def cluster_sources(pool: LoadedPool, labels: np.ndarray, k: int) -> dict[str, list[int]] | None:
