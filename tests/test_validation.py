@@ -88,7 +88,7 @@ SELECT_CASES = [
     (
         "exclude JSON object",
         ["--exclude", "object.json"],
-        'object.json: a JSON dict, expected an array of ids (["a", "b"]) or of objects',
+        'object.json: a JSON object, expected an array of ids (["a", "b"]) or of objects',
     ),
     ("exclude bool id", ["--exclude", "number.json"], "number.json, item 3: expected an id"),
     ("exclude latin-1", ["--exclude", "latin1.txt"], "latin1.txt: not UTF-8 text (byte 3)"),

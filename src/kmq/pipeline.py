@@ -315,7 +315,7 @@ def read_exclude(path: Path) -> list[str]:
             ) from None
         if not isinstance(items, list):
             raise KmqError(
-                f"--exclude {path}: a JSON {type(items).__name__}, expected an array of ids "
+                f"--exclude {path}: a JSON {json_kind(items)}, expected an array of ids "
                 '(["a", "b"]) or of objects with an "id"'
             )
         return exclude_ids(path, "item", list(enumerate(items, start=1)))
@@ -332,6 +332,12 @@ def read_exclude(path: Path) -> list[str]:
                 ) from None
         return exclude_ids(path, "line", lines)
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls the type of a parsed ``value``."""
+    kinds = {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}
+    return kinds.get(type(value), "null" if value is None else type(value).__name__)
 
 
 def exclude_ids(path: Path, unit: str, items: list[tuple[int, Any]]) -> list[str]:
