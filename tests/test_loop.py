@@ -226,8 +226,32 @@ def test_a_changed_config_is_refused(tmp_path: Path) -> None:
         trainer=FakeTrainer(),
         feedback=WordOverlapFeedback(),
     )
-    with pytest.raises(KmqError, match="another configuration"):
+    with pytest.raises(KmqError, match=r"another configuration: rounds: 3 in the run, 2 given"):
         other.run()
+
+
+def test_init_accepts_a_config_that_cannot_change_the_selection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--no-progress, a relative vs absolute path, an equal cache dir: the same run."""
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    run = tmp_path / "run"
+    IterativeSelection(run, make_config(tmp_path, pool, external=True)).start_external()
+    monkeypatch.chdir(tmp_path)
+    same = make_config(tmp_path, Path("pool.jsonl"), external=True)
+    same.pool.progress = True
+    same.pool.cache_dir = str(Path("cache"))
+    IterativeSelection(run, same).start_external()
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["pool"]["input"] == str(pool.resolve())
+    other = make_config(tmp_path, Path("pool.jsonl"), external=True, rule="softmax")
+    other.pool.seed = 4
+    with pytest.raises(KmqError) as refused:
+        IterativeSelection(run, other).start_external()
+    assert 'pool.seed: 3 in the run, 4 given; rule: "paper" in the run, "softmax" given' in str(
+        refused.value
+    )
 
 
 def test_external_trainer_mode_matches_the_built_in_loop(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -30,7 +30,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (read without changing it for longer than a call)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

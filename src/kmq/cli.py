@@ -22,6 +22,7 @@ from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
 from kmq.formats import FORMATS, FieldMap
 from kmq.loop import IterativeSelection
+from kmq.outdir import not_an_output
 from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
 from kmq.quality import QUALITY_SCORERS
 from kmq.report import write_report
@@ -433,7 +434,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         return 0
     path = out / MANIFEST
     if not path.exists():
-        raise KmqError(f"{out} holds no {MANIFEST}: is it a kmq select output folder?")
+        raise KmqError(not_an_output(out))
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if args.json:
         ids = pq.read_table(out / TABLE, columns=["id"]).column("id").to_pylist()

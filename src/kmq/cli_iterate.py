@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -204,19 +205,31 @@ def read_jsonl(path: str, value: str) -> dict[str, Any]:
 def run_feedback(args: argparse.Namespace) -> int:
     loop = IterativeSelection(args.run)
     if args.generations:
-        loop.score(
-            args.round, {k: str(v) for k, v in read_jsonl(args.generations, "generation").items()}
-        )
+        generations = read_jsonl(args.generations, "generation")
+        bad = [k for k, v in generations.items() if v is not None and not isinstance(v, str)]
+        if bad:
+            raise KmqError(
+                f"{args.generations}: the generation of id {bad[0]!r} is "
+                f"{json.dumps(generations[bad[0]])[:60]}, not a string (or null for none)"
+            )
+        loop.score(args.round, generations)
     else:
         scores = read_jsonl(args.scores, "score")
-        bad = [k for k, v in scores.items() if not isinstance(v, int | float)]
+        bad = [k for k, v in scores.items() if not is_finite_number(v)]
         if bad:
-            raise KmqError(f"{args.scores}: score of id {bad[0]!r} is not a number")
+            raise KmqError(
+                f"{args.scores}: the score of id {bad[0]!r} is {scores[bad[0]]!r}, "
+                "not a finite number"
+            )
         loop.take_scores(args.round, {k: float(v) for k, v in scores.items()})
     stdout.print(
         f"round {args.round}: feedback recorded; now run `kmq iterate next --run {args.run}`"
     )
     return 0
+
+
+def is_finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def run_next(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ let any other training stack drive it (see :class:`IterativeSelection`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +32,7 @@ from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
 from kmq.pipeline import (
     CLUSTERS,
     SelectConfig,
+    check_feasible,
     cluster,
     embed_pool,
     exclusion,
@@ -111,13 +113,19 @@ class IterativeSelection:
 
     def init(self) -> None:
         """Write the config (or check it matches) and prepare the pool's clusters."""
+        self.config.pool.validate()
         path = self.dir.path / "config.json"
-        wanted = self.config.to_dict() | {"version": __version__}
+        wanted = absolute_paths(self.config.to_dict()) | {"version": __version__}
         if path.exists():
             self.dir.sweep()
             saved = self.dir.read("config.json")
-            if selection_settings(saved) != selection_settings(self.config.to_dict()):
-                raise KmqError(f"{self.dir.path} holds a run with another configuration")
+            differences = config_differences(saved, wanted)
+            if differences:
+                raise KmqError(
+                    f"{self.dir.path} holds a run with another configuration: "
+                    + "; ".join(differences)
+                    + " (start a new --run, or give the run's settings)"
+                )
         else:
             self.dir.path.mkdir(parents=True, exist_ok=True)
             self.dir.write("config.json", wanted)
@@ -179,6 +187,7 @@ class IterativeSelection:
         started = time.perf_counter()
         cfg = self.config.pool
         round_sizes(self.budget, self.config.rounds)
+        check_feasible(cfg, len(self.pool.examples), self.budget, len(self.excluded))
         fitted, silhouette = cluster(
             self.embeddings,
             cfg.k,
@@ -215,6 +224,16 @@ class IterativeSelection:
 
     def picked(self, r: int) -> np.ndarray:
         return np.asarray(self.dir.read("picked.json", r)["indices"], dtype=np.int64)
+
+    def require_drawn(self, r: int) -> None:
+        """Refuse feedback for a round that is out of range or whose rows were never drawn."""
+        if not 1 <= r <= self.config.rounds:
+            raise KmqError(f"round must be in 1..{self.config.rounds}, got {r}")
+        if not self.dir.done("select", r):
+            raise KmqError(
+                f"round {r} of {self.dir.path} has not been drawn yet: run "
+                f"`kmq iterate next --run {self.dir.path}` to draw it"
+            )
 
     def picked_before(self, r: int) -> np.ndarray:
         parts = [self.picked(q) for q in range(1, r)]
@@ -320,10 +339,12 @@ class IterativeSelection:
         )
         self.dir.mark_done("generate", r, seconds=round(time.perf_counter() - started, 3))
 
-    def score(self, r: int, generations: dict[str, str] | None = None) -> None:
-        """Feedback per row from the generations (the built-in trainer's, or ``generations``)."""
+    def score(self, r: int, generations: dict[str, str | None] | None = None) -> None:
+        """Feedback per row from the generations (the built-in trainer's, or ``generations``);
+        a row whose generation is None (null) gets no score, recorded as null."""
         if self.dir.done("score", r):
             return
+        self.require_drawn(r)
         started = time.perf_counter()
         examples = self.examples(self.trained_rows(r))
         if generations is None:
@@ -334,27 +355,44 @@ class IterativeSelection:
             raise KmqError(
                 f"no generation for {len(missing)} rows of round {r}, e.g. {missing[:3]}"
             )
-        scores = self.feedback.score(
-            [ex.prompt for ex in examples],
-            [ex.response for ex in examples],
-            [generations[ex.id] for ex in examples],
-        )
-        self.save_feedback(r, examples, np.asarray(scores, dtype=np.float64), started)
+        texts = [generations[ex.id] for ex in examples]
+        given = [i for i, text in enumerate(texts) if text is not None]
+        scores = np.full(len(examples), np.nan)
+        if given:
+            scores[given] = self.feedback.score(
+                [examples[i].prompt for i in given],
+                [examples[i].response for i in given],
+                [text for text in texts if text is not None],
+            )
+        self.save_feedback(r, examples, scores, started)
 
     def save_feedback(
         self, r: int, examples: list[Example], scores: np.ndarray, started: float
     ) -> None:
+        """``feedback.jsonl`` and the step's marker. A score that is not finite (NaN, inf, or no
+        generation) is recorded as null, counted as ``missing`` and left out of its cluster's
+        mean."""
         labels = self.labels
+        finite = np.isfinite(scores)
         rows = [
-            {"id": ex.id, "cluster": int(labels[i]), "score": None if np.isnan(s) else float(s)}
-            for ex, i, s in zip(examples, self.trained_rows(r), scores, strict=True)
+            {"id": ex.id, "cluster": int(labels[i]), "score": float(s) if ok else None}
+            for ex, i, s, ok in zip(examples, self.trained_rows(r), scores, finite, strict=True)
         ]
+        missing = int((~finite).sum())
+        if missing:
+            log.warning(
+                "%d of %d rows of round %d have no finite feedback score (NaN, inf or no "
+                "generation): recorded as null, left out of their cluster's mean",
+                missing,
+                len(rows),
+                r,
+            )
         self.dir.write_jsonl("feedback.jsonl", rows, r)
         self.dir.mark_done(
             "score",
             r,
             scorer=self.config.feedback,
-            missing=int(np.isnan(scores).sum()),
+            missing=missing,
             seconds=round(time.perf_counter() - started, 3),
         )
 
@@ -404,18 +442,24 @@ class IterativeSelection:
     def start_external(self) -> Path:
         """``kmq iterate init``: prepare and write round 1's rows for an outside trainer."""
         self.init()
-        self.select(1)
-        return self.dir.round_dir(1) / self.dir.read("picked.json", 1)["rows_file"]
+        return self.draw(1)
 
     def take_scores(self, r: int, scores: dict[str, float]) -> None:
         """``kmq iterate feedback ROUND --scores``: ready-made feedback per id."""
         if self.dir.done("score", r):
             raise KmqError(f"round {r} already has its feedback")
+        self.require_drawn(r)
         examples = self.examples(self.trained_rows(r))
         missing = [ex.id for ex in examples if ex.id not in scores]
         if missing:
             raise KmqError(f"no score for {len(missing)} rows of round {r}, e.g. {missing[:3]}")
         values = np.array([scores[ex.id] for ex in examples], dtype=np.float64)
+        bad = [ex.id for ex, value in zip(examples, values, strict=True) if not np.isfinite(value)]
+        if bad:
+            raise KmqError(
+                f"round {r}: {len(bad)} scores are not finite numbers (NaN or inf), e.g. id "
+                f"{bad[0]!r}; give a finite score for every row"
+            )
         self.save_feedback(r, examples, values, time.perf_counter())
 
     def advance(self) -> Path | None:
@@ -423,19 +467,30 @@ class IterativeSelection:
 
         Returns the next round's rows file, or None when the last round is done (the final
         selection is then written).
+
+        Reweighting round r and drawing round r + 1 are one step: when a stop (a kill, Ctrl-C,
+        an unreadable pool) came between them, the next call draws round r + 1 first (and
+        likewise finishes an ``init`` that stopped before round 1 was drawn).
         """
         r = self.next_round()
         if r is None:
             self.finalize()
             return None
+        if not self.dir.done("select", r):
+            self.prepare()
+            return self.draw(r)
         if not self.dir.done("score", r):
             raise KmqError(f"round {r} has no feedback yet: run `kmq iterate feedback {r}` first")
         self.reweight(r)
         if r == self.config.rounds:
             self.finalize()
             return None
-        self.select(r + 1)
-        return self.dir.round_dir(r + 1) / self.dir.read("picked.json", r + 1)["rows_file"]
+        return self.draw(r + 1)
+
+    def draw(self, r: int) -> Path:
+        """Round ``r``'s picks (drawn unless done), as the path of its rows file."""
+        self.select(r)
+        return self.dir.round_dir(r) / self.dir.read("picked.json", r)["rows_file"]
 
     def finalize(self) -> SelectionResult:
         """The union of every round's picks, in pick order, written like ``kmq select``'s output."""
@@ -531,11 +586,51 @@ class IterativeSelection:
         return int(sequence.generate_state(1)[0])
 
 
+PATH_SETTINGS = ("input", "exclude")
+# Pool settings that cannot change the selection: where it runs (every engine selects the same
+# rows), where the cache lives (keyed by content) and whether progress bars show.
+NOT_SELECTION = ("engine", "engine_options", "cache_dir", "progress")
+
+
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the pool's input and exclude files as absolute paths (when they are
+    files or folders here; a hub name stays as given), so a run resumes from any folder."""
+    pool = dict(config["pool"])
+    for key in PATH_SETTINGS:
+        value = pool.get(key)
+        if isinstance(value, str) and Path(value).exists():
+            pool[key] = str(Path(value).resolve())
+    return config | {"pool": pool}
+
+
 def selection_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's saved config without what cannot change its selection: the kmq version, and
-    where it runs (every engine selects the same rows), so a run may go on elsewhere."""
-    pool = {k: v for k, v in config["pool"].items() if k not in ("engine", "engine_options")}
-    return {k: v for k, v in config.items() if k != "version"} | {"pool": pool}
+    """A run's saved config without what cannot change its selection: the kmq version, the
+    settings in :data:`NOT_SELECTION`, the trainer's progress bars; paths made absolute."""
+    config = absolute_paths(config)
+    pool = {k: v for k, v in config["pool"].items() if k not in NOT_SELECTION}
+    trainer = {k: v for k, v in config["trainer_options"].items() if k != "show_progress"}
+    rest = {k: v for k, v in config.items() if k != "version"}
+    return rest | {"pool": pool, "trainer_options": trainer}
+
+
+def config_differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """``"pool.seed: 0 in the run, 1 given"`` for every setting that would change the selection."""
+    old, new = flatten(selection_settings(saved)), flatten(selection_settings(given))
+    return [
+        f"{key}: {json.dumps(old.get(key))} in the run, {json.dumps(new.get(key))} given"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key)
+    ]
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def cluster_sources(pool: LoadedPool, labels: np.ndarray, k: int) -> dict[str, list[int]] | None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +30,7 @@ from kmq.clustering import (
 from kmq.dedup import DedupResult, semdedup
 from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from kmq.engines import Engine, get_engine
-from kmq.errors import KmqError
+from kmq.errors import KmqError, Reject
 from kmq.examples import TEXT_VIEWS
 from kmq.formats import (
     FieldMap,
@@ -40,6 +40,7 @@ from kmq.formats import (
     write_rejects,
     write_selected,
 )
+from kmq.outdir import check_out, staged
 from kmq.random import SeedLike
 from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import CLUSTERED, SELECTORS, SelectionResult, Selector, get_selector
@@ -54,6 +55,9 @@ TABLE = "selection.parquet"
 REJECTS = "rejects.jsonl"
 CLUSTERS = "clusters.npz"
 DEDUP = "dedup.jsonl"
+# Characters of a row's text that are embedded at most (about 12,500 tokens, ~50 MiniLM
+# windows); the longest row of the 71k-row mix pool has 26,253.
+EMBED_MAX_CHARS = 50_000
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -233,11 +237,18 @@ class SelectConfig:
             raise KmqError(
                 f"--embedding-dtype must be float16 or float32, got {self.embedding_dtype!r}"
             )
-        for name in ("kmeans_sample", "output_shard_rows"):
+        for name in ("kmeans_sample", "output_shard_rows", "max_length"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 flag = "--" + name.replace("_", "-")
                 raise KmqError(f"{flag} must be a positive integer, got {value!r}")
+        for name, low in (("niter", 1), ("batch_size", 1), ("silhouette_sample", 2), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                flag = "--" + name.replace("_", "-")
+                raise KmqError(f"{flag} must be an integer >= {low}, got {value!r}")
+        if self.k_grid is not None and (not self.k_grid or min(self.k_grid) < 2):
+            raise KmqError(f"--k-grid must list integers >= 2, got {self.k_grid!r}")
         make_engine(self)
         if self.engine != "local" and self.is_streaming():
             raise KmqError(f"--engine {self.engine} does not run --streaming selections")
@@ -273,25 +284,71 @@ class Timer:
 
 
 def read_exclude(path: Path) -> list[str]:
-    """Ids never to pick: a selection table (Parquet), JSON(L) records with an ``id`` (or bare
-    strings), or plain text with one id per line."""
+    """Ids never to pick: a selection table (Parquet), a JSON array or JSONL of ids or of
+    objects with an ``id``, or plain text with one id per line. A JSON object is refused (it
+    holds no list of ids kmq could read without guessing)."""
     if not path.exists():
         raise KmqError(f"--exclude file not found: {path}")
+    if not path.is_file():
+        raise KmqError(f"--exclude {path} is a folder; give a file of ids")
     if path.suffix == ".parquet":
-        return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        items = json.loads(text)
-    elif path.suffix == ".jsonl":
-        items = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        return [line.strip() for line in text.splitlines() if line.strip()]
-    ids = []
-    for number, item in enumerate(items, start=1):
-        value = item.get("id") if isinstance(item, dict) else item
-        if not isinstance(value, str | int):
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise KmqError(f"--exclude {path}: not a readable Parquet file ({exc})") from None
+        if "id" not in names:
             raise KmqError(
-                f"{path}, item {number}: expected an id (a string, or an object with 'id')"
+                f"--exclude {path}: no 'id' column (it has {', '.join(names) or 'none'})"
+            )
+        return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KmqError(f"--exclude {path}: not UTF-8 text (byte {exc.start})") from None
+    if path.suffix == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise KmqError(
+                f"--exclude {path}, line {exc.lineno} column {exc.colno}: not valid JSON "
+                f"({exc.msg})"
+            ) from None
+        if not isinstance(items, list):
+            raise KmqError(
+                f"--exclude {path}: a JSON {json_kind(items)}, expected an array of ids "
+                '(["a", "b"]) or of objects with an "id"'
+            )
+        return exclude_ids(path, "item", list(enumerate(items, start=1)))
+    if path.suffix == ".jsonl":
+        lines = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                lines.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise KmqError(
+                    f"--exclude {path}, line {number}: not valid JSON ({exc.msg})"
+                ) from None
+        return exclude_ids(path, "line", lines)
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls the type of a parsed ``value``."""
+    kinds = {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}
+    return kinds.get(type(value), "null" if value is None else type(value).__name__)
+
+
+def exclude_ids(path: Path, unit: str, items: list[tuple[int, Any]]) -> list[str]:
+    """The id of every (number, item): the item itself or its ``id`` field."""
+    ids = []
+    for number, item in items:
+        value = item.get("id") if isinstance(item, dict) else item
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise KmqError(
+                f"--exclude {path}, {unit} {number}: expected an id (a string, or an object "
+                f"with 'id'), got {json.dumps(item)[:80]}"
             )
         ids.append(str(value))
     return ids
@@ -304,6 +361,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     :func:`kmq.streaming.select_streaming`.
     """
     config.validate()
+    check_out(config.out)
     if config.is_streaming():
         from kmq.streaming import select_streaming  # it builds on this module
 
@@ -328,9 +386,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         )
     n = len(pool.examples)
     if n == 0:
-        raise KmqError(
-            f"{config.input}: no valid rows to select from ({len(pool.rejects)} rejected)"
-        )
+        nothing_valid(config, pool.rejects)
     log.info(
         "loaded %d rows of %s (%s, %s), %d rejected",
         n,
@@ -342,6 +398,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
+    check_feasible(config, n, budget, int(exclude_mask.sum()))
     with timer.stage("quality"):
         quality, quality_info = pool_quality(pool, config)
     with timer.stage("embed"):
@@ -389,35 +446,76 @@ def select_file(config: SelectConfig) -> SelectRun:
         quality_info["weighting"] = f"{selector.rule_} (temperature {config.temperature})"
     for note in result.notes:
         log.warning(note)
-    with timer.stage("write"):
-        out.mkdir(parents=True, exist_ok=True)
-        data_path = write_selected(pool, [pool.examples[i].row for i in result.indices], out)
-        write_table(out / TABLE, pool, result, quality)
-        if fitted is not None:
-            write_clusters(out / CLUSTERS, fitted)
-        if pool.rejects:
-            write_rejects(pool.rejects, out / REJECTS)
-        if dedup is not None:
-            write_dedup(out / DEDUP, pool, dedup)
-    summary = PoolSummary(
-        input={
-            "path": str(pool.path.resolve() if pool.path.exists() else pool.path),
-            "sha256": pool.sha256,
-            "kind": pool.file_kind,
-            "compressed": pool.compressed,
-            "format": pool.format,
-        },
-        records=pool.n_records,
-        valid=len(pool.examples),
-        rejected=len(pool.rejects),
-        sources=source_counts(pool),
-        selected_sources=source_counts(pool, result.indices),
-    )
-    manifest = build_manifest(
-        config, summary, result, fitted, embedding, quality_info, excluded, timer, data_path.name
-    )
-    write_json(out / MANIFEST, manifest)
+    with staged(out) as folder:
+        with timer.stage("write"):
+            rows = [pool.examples[i].row for i in result.indices]
+            data_path = write_selected(pool, rows, folder)
+            write_table(folder / TABLE, pool, result, quality)
+            if fitted is not None:
+                write_clusters(folder / CLUSTERS, fitted)
+            if pool.rejects:
+                write_rejects(pool.rejects, folder / REJECTS)
+            if dedup is not None:
+                write_dedup(folder / DEDUP, pool, dedup)
+        summary = PoolSummary(
+            input={
+                "path": str(pool.path.resolve() if pool.path.exists() else pool.path),
+                "sha256": pool.sha256,
+                "kind": pool.file_kind,
+                "compressed": pool.compressed,
+                "format": pool.format,
+            },
+            records=pool.n_records,
+            valid=len(pool.examples),
+            rejected=len(pool.rejects),
+            sources=source_counts(pool),
+            selected_sources=source_counts(pool, result.indices),
+        )
+        manifest = build_manifest(
+            config,
+            summary,
+            result,
+            fitted,
+            embedding,
+            quality_info,
+            excluded,
+            timer,
+            data_path.name,
+        )
+        write_json(folder / MANIFEST, manifest)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def nothing_valid(config: SelectConfig, rejects: Sequence[Reject]) -> NoReturn:
+    """Stop a run whose input has no valid row; with rejects, ``--out`` holds only
+    ``rejects.jsonl`` (every row and why), which the error names."""
+    if not rejects:
+        raise KmqError(f"{config.input}: no valid rows to select from")
+    with staged(config.out) as folder:
+        write_rejects(rejects, folder / REJECTS)
+    raise KmqError(
+        f"{config.input}: every row was rejected ({len(rejects)}), nothing to select; "
+        f"each row and its reason are in {Path(config.out) / REJECTS}"
+    )
+
+
+def check_feasible(config: SelectConfig, n: int, budget: int, excluded: int) -> None:
+    """Before any embedding: the budget fits the rows left, and k (or the k grid) the pool."""
+    left = n - excluded
+    if left == 0:
+        raise KmqError(
+            f"--exclude {config.exclude} names every one of the {n} valid rows: "
+            "nothing is left to select"
+        )
+    if budget > left:
+        named = f" ({excluded} excluded by --exclude {config.exclude})" if excluded else ""
+        raise KmqError(f"--budget {budget} exceeds the {left} rows left to select of {n}{named}")
+    if not (config.method in CLUSTERED or config.k != "auto" or config.dedup is not None):
+        return
+    if config.k != "auto" and config.k > n:
+        raise KmqError(f"--k {config.k} exceeds the {n} valid rows (k-means needs k <= rows)")
+    if config.k == "auto" and config.k_grid and max(config.k_grid) > n:
+        raise KmqError(f"--k-grid {config.k_grid} has a k above the {n} valid rows")
 
 
 def make_selector(config: SelectConfig, **options: Any) -> Selector:
@@ -479,6 +577,7 @@ def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict
         return np.empty((len(pool.examples), 0), dtype=np.float32), None
     encoder = make_encoder(config)
     texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]
+    texts = cap_texts(texts, [ex.id for ex in pool.examples])
     embeddings, cache_hit = make_engine(config).embed(
         texts,
         encoder,
@@ -486,6 +585,7 @@ def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict
         cache_dir=Path(config.cache_dir) if config.cache_dir else None,
         show_progress=config.progress,
     )
+    check_vectors(embeddings, encoder.name, config.cache_dir)
     log.info("embeddings %s from %s", embeddings.shape, "cache" if cache_hit else encoder.name)
     info = {
         "encoder": encoder.name,
@@ -494,6 +594,45 @@ def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict
         "cache_hit": cache_hit,
     }
     return embeddings, info
+
+
+def cap_texts(texts: list[str], ids: Sequence[str]) -> list[str]:
+    """``texts`` with each cut to its first :data:`EMBED_MAX_CHARS` characters (a warning names
+    how many were cut and the longest), so one huge row cannot take hours and gigabytes."""
+    long = [i for i, text in enumerate(texts) if len(text) > EMBED_MAX_CHARS]
+    if not long:
+        return texts
+    longest = max(long, key=lambda i: len(texts[i]))
+    log.warning(
+        "%d rows are longer than %s characters: only their first %s are embedded "
+        "(the longest: id %s, %s characters)",
+        len(long),
+        f"{EMBED_MAX_CHARS:,}",
+        f"{EMBED_MAX_CHARS:,}",
+        ids[longest],
+        f"{len(texts[longest]):,}",
+    )
+    return [text[:EMBED_MAX_CHARS] for text in texts]
+
+
+def check_vectors(vectors: np.ndarray, encoder: str, cache_dir: str | None) -> None:
+    """Refuse vectors that cannot be clustered: any NaN/inf, or every row all-zero (an API
+    that answers zeros); a few all-zero rows only warn (e.g. a static model that knows none of
+    a text's tokens)."""
+    n = len(vectors)
+    where = f"--cache-dir {cache_dir}" if cache_dir else "the kmq cache ($KMQ_CACHE_DIR)"
+    fix = f"; they may be cached in {where}: remove that entry or give another --cache-dir"
+    broken = n - int(np.isfinite(vectors).all(axis=1).sum())
+    if broken:
+        raise KmqError(f"the encoder {encoder} returned {broken} of {n} vectors with NaN/inf{fix}")
+    zero = int((~np.any(vectors != 0, axis=1)).sum())
+    if zero == n:
+        raise KmqError(
+            f"the encoder {encoder} returned an all-zero vector for every one of the {n} rows: "
+            f"nothing to cluster{fix}"
+        )
+    if zero:
+        log.warning("the encoder %s returned %d all-zero vectors of %d", encoder, zero, n)
 
 
 def exclusion(ids: list[str], path: str | None) -> tuple[np.ndarray, int]:

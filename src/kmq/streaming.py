@@ -48,6 +48,7 @@ from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids
 from kmq.errors import KmqError, Reject
 from kmq.examples import Example
 from kmq.formats import ExampleStream, write_rejects, write_selected_shards
+from kmq.outdir import check_out, staged
 from kmq.pipeline import (
     CLUSTERS,
     MANIFEST,
@@ -58,10 +59,14 @@ from kmq.pipeline import (
     SelectRun,
     Timer,
     build_manifest,
+    cap_texts,
+    check_feasible,
+    check_vectors,
     column_quality_info,
     exclusion,
     make_encoder,
     make_selector,
+    nothing_valid,
     resolve_budget,
     resolve_k,
     write_clusters,
@@ -205,7 +210,8 @@ class _Texts:
         for _ in islice(self.examples, start - self.next_row):
             pass
         self.next_row = stop
-        return [_text(example, self.view) for example, _ in islice(self.examples, stop - start)]
+        rows = [example for example, _ in islice(self.examples, stop - start)]
+        return cap_texts([_text(ex, self.view) for ex in rows], [ex.id for ex in rows])
 
 
 def _text(example: Example, view: str) -> str:
@@ -272,6 +278,8 @@ def cluster_stream(
         )
     with timer.stage("sample"):
         sample = kmeans_sample(embeddings, size, seed=config.seed, show_progress=config.progress)
+    encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
+    check_vectors(sample, f"{encoder} (in the k-means sample)", config.cache_dir)
     with timer.stage("fit"):
         k, silhouette = resolve_k(
             sample,
@@ -384,6 +392,7 @@ def summarize(pool: StreamedPool, result: SelectionResult) -> PoolSummary:
 def select_streaming(config: SelectConfig) -> SelectRun:
     """Read → embed (cached memory map) → sample + fit → assign → select → write, in a stream."""
     config.validate()
+    check_out(config.out)
     check_supported(config)
     timer = Timer()
     out = Path(config.out)
@@ -391,9 +400,7 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         pool = read_pool(config)
     n = len(pool)
     if n == 0:
-        raise KmqError(
-            f"{config.input}: no valid rows to select from ({len(pool.rejects)} rejected)"
-        )
+        nothing_valid(config, pool.rejects)
     log.info(
         "read %d rows of %s (%s, %d file(s), streaming), %d rejected",
         n,
@@ -410,6 +417,7 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         )
     budget = resolve_budget(config.budget, n)
     exclude_mask, unknown_excluded = exclusion(pool.ids, config.exclude)
+    check_feasible(config, n, budget, int(exclude_mask.sum()))
     clustered = config.method in CLUSTERED or config.k != "auto"
     embeddings, embedding = None, None
     if clustered or config.method in IN_MEMORY_METHODS:
@@ -426,31 +434,32 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         quality_info["weighting"] = f"{selector.rule_} (temperature {config.temperature})"
     for note in result.notes:
         log.warning(note)
-    with timer.stage("write"):
-        files = write_outputs(out, pool, result, clusters, config)
-    excluded = {
-        "excluded": int(exclude_mask.sum()),
-        "excluded_not_in_pool": unknown_excluded,
-        "deduplicated": 0,
-    }
-    streaming = {
-        "input_files": len(pool.stream.files),
-        "kmeans_sample": None if clusters is None else clusters.sample_size,
-        "embedding_dtype": None if embedding is None else embedding["dtype"],
-        "chunk_rows": CHUNK_ROWS,
-        "output_shard_rows": config.output_shard_rows or OUTPUT_SHARD_ROWS,
-    }
-    manifest = build_manifest(
-        config,
-        summarize(pool, result),
-        result,
-        None if clusters is None else clusters.fitted,
-        embedding,
-        quality_info,
-        excluded,
-        timer,
-        [path.name for path in files],
-        streaming,
-    )
-    write_json(out / MANIFEST, manifest)
+    with staged(out) as folder:
+        with timer.stage("write"):
+            files = write_outputs(folder, pool, result, clusters, config)
+        excluded = {
+            "excluded": int(exclude_mask.sum()),
+            "excluded_not_in_pool": unknown_excluded,
+            "deduplicated": 0,
+        }
+        streaming = {
+            "input_files": len(pool.stream.files),
+            "kmeans_sample": None if clusters is None else clusters.sample_size,
+            "embedding_dtype": None if embedding is None else embedding["dtype"],
+            "chunk_rows": CHUNK_ROWS,
+            "output_shard_rows": config.output_shard_rows or OUTPUT_SHARD_ROWS,
+        }
+        manifest = build_manifest(
+            config,
+            summarize(pool, result),
+            result,
+            None if clusters is None else clusters.fitted,
+            embedding,
+            quality_info,
+            excluded,
+            timer,
+            [path.name for path in files],
+            streaming,
+        )
+        write_json(folder / MANIFEST, manifest)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
