@@ -113,12 +113,14 @@ def test_interrupted_embedding_keeps_every_finished_shard(tmp_path: Path) -> Non
     with pytest.raises(RuntimeError, match="killed"):
         embed(TEXTS, crashing, tmp_path, shard_rows=10)
     assert crashing.seen == TEXTS[:20]
+    killed_writer = pool_segment(tmp_path, TEXTS).parent / ".tmp-killed"
+    killed_writer.mkdir()  # what a writer killed mid-segment leaves
     resumed = CrashingEncoder(fail_on=0)
     out = embed(TEXTS, resumed, tmp_path, shard_rows=10)
     assert resumed.seen == TEXTS[20:]  # only the missing shard was encoded
     assert np.allclose(out, FakeEncoder().encode(TEXTS))
     segments = sorted(p.name.split("-")[0] for p in pool_segment(tmp_path, TEXTS).parent.iterdir())
-    assert segments == ["pool"]  # the finished shards were folded into the pool's segment
+    assert segments == ["pool"]  # shards folded into the pool's segment, the temp folder gone
 
 
 def corrupt_values(segment: Path, change: str) -> None:

@@ -19,8 +19,9 @@ they finish: an interrupted pass keeps them); ``merged-<unique>`` parts compacte
 Every segment read is checked against its ``meta.json`` (shape, dtype, checksums of the blocks
 read); a mismatch raises :class:`CacheCorrupt` naming the segment and how to clear it.
 Concurrent writers are safe: segment names are unique or content-determined and committed by
-one rename that never replaces an existing segment; compaction runs only when no other pass
-holds the lock.
+one rename that never replaces an existing segment; every writer holds the lock shared, and
+compaction (which also removes the temp folders of killed writers) runs only when it can take
+it exclusively.
 """
 
 from __future__ import annotations
@@ -434,6 +435,10 @@ class RowStore:
     def write_pool(self, name: str, keys: np.ndarray, located: Located) -> Segment:
         """A segment ``name`` of the rows of ``keys`` in their order (each of them stored),
         written chunk by chunk; the existing one if another process wrote it first."""
+        with self.locked():
+            return self._write_pool(name, keys, located)
+
+    def _write_pool(self, name: str, keys: np.ndarray, located: Located) -> Segment:
         seg = self.segment(name)
         if seg is not None:
             return seg
@@ -459,22 +464,26 @@ class RowStore:
         """A segment ``name`` holding ``values`` (one row per key, e.g. an earlier version's
         cache file), copied chunk by chunk."""
         self._check_settings()
-        writer = SegmentWriter(self.segment_dir, len(keys), values.shape[1:], values.dtype)
-        try:
-            for start in range(0, len(keys), GATHER_ROWS):
-                writer.write(values[start : start + GATHER_ROWS])
-        except BaseException:
-            writer.abort()
-            raise
-        writer.commit(name, keys)
-        return self.segment(name)
+        with self.locked():
+            writer = SegmentWriter(self.segment_dir, len(keys), values.shape[1:], values.dtype)
+            try:
+                for start in range(0, len(keys), GATHER_ROWS):
+                    writer.write(values[start : start + GATHER_ROWS])
+            except BaseException:
+                writer.abort()
+                raise
+            writer.commit(name, keys)
+            return self.segment(name)
 
     def compact(self) -> None:
         """Merge every ``part-``/``merged-`` segment into one, leaving out rows a ``pool-``
-        segment holds; skipped while another pass holds the lock."""
+        segment holds, and remove the temp folders of writers that were killed; skipped while
+        another pass holds the lock (every writer holds it)."""
         with self.locked(exclusive=True, wait=False) as got:
             if not got:
                 return
+            for stale in self.segment_dir.glob(".tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             segments = self.segments()
             pools = [s for s in segments if s.name.startswith("pool-")]
             loose = [s for s in segments if not s.name.startswith("pool-")]
