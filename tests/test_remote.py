@@ -155,6 +155,16 @@ def test_an_all_500_judge_is_declared_down_after_a_few_rows(stub: OpenAIStub) ->
     assert len(stub.requests) < 2 * 20  # 2 attempts per row, a few rows, not 200
 
 
+def test_a_judge_failing_on_some_rows_is_not_declared_down(stub: OpenAIStub) -> None:
+    stub.script = lambda request, seen: (
+        Reply({"error": "internal"}, status=500, delay=0.05)  # failed rows finish last
+        if row_of(request) % 4 == 0
+        else logprob_reply({"3": 1.0})
+    )
+    scores = judge(stub, max_concurrency=2).score(examples(40))
+    assert np.isnan(scores).nonzero()[0].tolist() == list(range(0, 40, 4))
+
+
 # --------------------------------------------------------------------------- waits and deadlines
 
 

@@ -63,7 +63,7 @@ MIN_CHARS = 100
 TOP_LOGPROBS = 20
 ENDPOINT_STATUSES = (401, 403, 404)  # the endpoint, not the row, is at fault: no retry
 ENDPOINT_FAULTS = ("connection", "endpoint")  # failure kinds that say the endpoint is unusable
-DOWN_AFTER_FAILURES = 8  # consecutive failed rows of any kind (at least max_concurrency)
+DOWN_AFTER_FAILURES = 8  # failed rows of any kind, none judged (at least max_concurrency)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,8 +478,8 @@ class HttpJudgeBackend:
     server that trickles its reply is cut off), a ``Retry-After`` is capped at
     :data:`kmq.http.MAX_RETRY_AFTER` seconds, and Ctrl-C aborts the requests in flight. When
     ``min(rows, max_concurrency)`` consecutive rows fail with connection errors (after their
-    retries) or HTTP 401/403/404, or ``max(max_concurrency, DOWN_AFTER_FAILURES)`` consecutive
-    rows fail in any way (5xx, timeouts, garbage), the endpoint is taken to be down or
+    retries) or HTTP 401/403/404, or the first ``max(max_concurrency, DOWN_AFTER_FAILURES)``
+    rows all fail in any way (5xx, timeouts, garbage), the endpoint is taken to be down or
     misconfigured: the remaining requests are dropped and a :class:`KmqError` naming the URL
     is raised (a dead server costs seconds, not a NaN per row).
 
@@ -521,7 +521,7 @@ class HttpJudgeBackend:
         verdicts: dict[int, Verdict] = {}
         down_after = min(len(texts), self.max_concurrency)
         failing_after = max(self.max_concurrency, DOWN_AFTER_FAILURES)
-        faults = failures = 0
+        faults = failures = judged = 0
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
         try:
@@ -536,8 +536,9 @@ class HttpJudgeBackend:
                     verdict = verdicts[futures[future]] = future.result()
                     bar.update(1)
                     faults = faults + 1 if verdict.kind in ENDPOINT_FAULTS else 0
-                    failures = failures + 1 if verdict.error is not None else 0
-                    if faults >= down_after or failures >= failing_after:
+                    failures += verdict.error is not None
+                    judged += verdict.error is None
+                    if faults >= down_after or (failures >= failing_after and not judged):
                         raise KmqError(
                             f"the judge endpoint {self.url} cannot be used: the last "
                             f"{max(faults, failures)} rows all failed ({verdict.error}; "
