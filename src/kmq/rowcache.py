@@ -384,10 +384,11 @@ class RowStore:
         each saved as a segment as soon as it is done (under the shared lock: an interrupted
         pass keeps every finished shard).
 
-        ``shape`` is the expected row shape (None: whatever the first stored or computed rows
-        have); ``keep(values)`` marks the rows worth storing (default: all), the others are
-        returned but not stored. Returns where every stored row is, the values of computed
-        rows that were not stored (by row), and how many rows were computed.
+        ``shape`` is the expected row shape (None: whatever the first stored or computed
+        rows have; when this pass's own rows disagree, the parts it saved are removed);
+        ``keep(values)`` marks the rows worth storing (default: all), the others are returned
+        but not stored. Returns where every stored row is, the values of computed rows that
+        were not stored (by row), and how many rows were computed.
         """
         self._check_settings()
         with self.locked():
@@ -399,6 +400,7 @@ class RowStore:
             expected = shape if shape is not None else (stored[0] if stored else None)
             shards = [missing[i : i + shard_rows] for i in range(0, len(missing), shard_rows)]
             unkept: dict[int, np.ndarray] = {}
+            written: list[Path] = []
             with tqdm(
                 total=len(keys),
                 initial=len(keys) - len(missing),
@@ -414,6 +416,14 @@ class RowStore:
                     if len(values) != len(shard):
                         raise KmqError(f"{desc}: {len(values)} results for {len(shard)} rows")
                     if expected is not None and values.shape[1:] != tuple(expected):
+                        if not stored and shape is None:
+                            for part in written:  # which shape is right cannot be told
+                                shutil.rmtree(part, ignore_errors=True)
+                            raise KmqError(
+                                f"{desc}: the model gave rows of shape {tuple(expected)}, then "
+                                f"{values.shape[1:]}; nothing from this pass is kept in the "
+                                f"cache {self.folder}"
+                            )
                         raise KmqError(
                             f"{desc}: rows of shape {values.shape[1:]} where the cache "
                             f"{self.folder} holds {tuple(expected)} for the same settings; "
@@ -428,7 +438,9 @@ class RowStore:
                             self.segment_dir, int(good.sum()), values.shape[1:], dtype
                         )
                         writer.write(values[good])
-                        writer.commit(f"part-{uuid.uuid4().hex}", keys[shard[good]])
+                        name = f"part-{uuid.uuid4().hex}"
+                        writer.commit(name, keys[shard[good]])
+                        written.append(self.segment_dir / name)
                     advance.finish_shard(len(shard))
             return self.locate(keys), unkept, len(missing)
 
