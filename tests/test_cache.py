@@ -302,3 +302,18 @@ def test_an_earlier_versions_whole_list_entry_is_taken_over(tmp_path: Path) -> N
     assert hit and enc.seen == [] and np.array_equal(got, vectors)
     embed(TEXTS[:3], enc, tmp_path)
     assert enc.seen == []  # its rows now serve other pools too
+
+
+def test_keys_whose_first_word_collides_are_told_apart(tmp_path: Path) -> None:
+    store = RowStore(tmp_path / "store", {"kind": "test"})
+    stored = np.array([[5, 1], [5, 2], [5, 3], [7, 1]], dtype=np.uint64)
+
+    def compute(shards: list[np.ndarray]):  # type: ignore[no-untyped-def]
+        for number, rows in enumerate(shards):
+            yield number, rows.astype(np.float64)
+
+    store.compute(stored, compute, shape=(), dtype=np.dtype(np.float64), shard_rows=10)
+    asked = np.array([[5, 3], [5, 2], [5, 4], [7, 1], [6, 1]], dtype=np.uint64)
+    located = store.locate(asked)
+    assert located.row.tolist()[:2] == [2, 1] and located.row[3] == 3
+    assert located.segment.tolist() == [0, 0, -1, 0, -1]

@@ -91,7 +91,7 @@ class Segment:
     values: np.ndarray
     meta: dict[str, Any]
     _checked: set[int] = field(default_factory=set)
-    _index: tuple[np.ndarray, np.ndarray] | None = None
+    _index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def name(self) -> str:
@@ -100,11 +100,12 @@ class Segment:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def index(self) -> tuple[np.ndarray, np.ndarray]:
-        """The keys' first words sorted, and the row of each (for searchsorted look-ups)."""
+    def index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The keys sorted by their first word: first words, second words, and the row of
+        each (for searchsorted look-ups)."""
         if self._index is None:
             order = np.argsort(self.keys[:, 0], kind="stable")
-            self._index = (self.keys[order, 0], order)
+            self._index = (self.keys[order, 0], self.keys[order, 1], order)
         return self._index
 
     def check_rows(self, rows: np.ndarray) -> None:
@@ -353,15 +354,16 @@ class RowStore:
             todo = np.flatnonzero(where < 0)
             if not len(todo) or not len(seg):
                 continue
-            first, order = seg.index()
+            first, second, order = seg.index()
             wanted = keys[todo]
+            ascending = np.argsort(wanted[:, 0], kind="stable")  # sorted needles: cache-friendly
+            todo, wanted = todo[ascending], wanted[ascending]
             pos = np.searchsorted(first, wanted[:, 0])
             for _ in range(8):  # rows whose first key word collides: try the next equal word
-                inside = pos < len(first)
-                cand = order[np.minimum(pos, len(first) - 1)]
-                same_first = inside & (first[np.minimum(pos, len(first) - 1)] == wanted[:, 0])
-                hit = same_first & (seg.keys[cand, 1] == wanted[:, 1])
-                where[todo[hit]], rows[todo[hit]] = s, cand[hit]
+                at = np.minimum(pos, len(first) - 1)
+                same_first = (pos < len(first)) & (first[at] == wanted[:, 0])
+                hit = same_first & (second[at] == wanted[:, 1])
+                where[todo[hit]], rows[todo[hit]] = s, order[at[hit]]
                 again = same_first & ~hit
                 if not again.any():
                     break
