@@ -238,18 +238,23 @@ def test_a_cancelled_request_stops_at_once() -> None:
 def test_ctrl_c_stops_the_api_encoder_promptly_and_saves_nothing_half_done(
     stub: OpenAIStub, tmp_path: Path
 ) -> None:
-    stub.script = lambda request, seen: (
-        Reply(embedding_reply([vector(t) for t in request["input"]]).body, delay=30)
-        if "text number 9" in request["input"]
-        else embedding_reply([vector(t) for t in request["input"]])
-    )
-    interrupt = threading.Timer(
-        1.0, signal.pthread_kill, args=(threading.main_thread().ident, signal.SIGINT)
-    )
+    def interrupt_on_the_last_batch(request: dict[str, Any], seen: int) -> Reply:
+        reply = embedding_reply([vector(t) for t in request["input"]])
+        if "text number 9" not in request["input"]:
+            return reply
+        main = threading.main_thread().ident
+        threading.Timer(0.3, signal.pthread_kill, args=(main, signal.SIGINT)).start()
+        return Reply(reply.body, delay=30)
+
+    stub.script = interrupt_on_the_last_batch
     start = time.monotonic()
-    interrupt.start()
     with pytest.raises(KeyboardInterrupt):
-        embed_cached(TEXTS, api_encoder(stub, timeout=60), view="user", cache_dir=tmp_path)
+        embed_cached(
+            TEXTS,
+            api_encoder(stub, timeout=60, max_concurrency=1),  # batches in order
+            view="user",
+            cache_dir=tmp_path,
+        )
     assert time.monotonic() - start < 15  # the last request alone would hold it for 30 s
     stub.requests.clear()
     embed_cached(TEXTS[:9], api_encoder(stub), view="user", cache_dir=tmp_path)
