@@ -145,16 +145,17 @@ def real_vectors(pool: Path) -> Path | None:
         return None
     with gzip.open(pool, "rb") as fh:
         lines = sum(1 for line in fh if line.strip())
-    for meta in sorted((DEFAULT_CACHE / "embeddings").glob("*.json")):
-        info = json.loads(meta.read_text())
-        vectors = meta.with_suffix(".npy")
-        if (
-            info.get("rows") == lines
-            and str(info.get("encoder", "")).startswith("all-MiniLM-L6-v2")
+    for settings in sorted((DEFAULT_CACHE / "embeddings").glob("*/settings.json")):
+        info = json.loads(settings.read_text())
+        if not (
+            str(info.get("encoder", "")).startswith("all-MiniLM-L6-v2")
             and info.get("view") == "user"
-            and vectors.exists()
+            and info.get("dtype") == "float32"
         ):
-            return vectors
+            continue
+        for meta in sorted(settings.parent.glob("segments/pool-*/meta.json")):
+            if json.loads(meta.read_text()).get("rows") == lines:
+                return meta.parent / "values.npy"
     return None
 
 

@@ -127,19 +127,19 @@ def entropy(counts: dict[str, int]) -> float:
 def minilm_cache_state(
     texts: list[str], encoder: Any, cache_dir: Path
 ) -> tuple[bool, Path, str | None]:
-    """Whether MiniLM's embeddings of ``texts`` are cached; the file; progress of a partial
-    fill (shards done), if one is under way."""
-    from kmq.cache import SHARD_ROWS, content_hash, embedding_store
+    """Whether MiniLM's embeddings of ``texts`` are cached as one pool segment; its folder;
+    how many of the rows the per-row cache already holds, if some but not the pool's segment."""
+    from kmq.cache import embedding_store
+    from kmq.rowcache import keys_digest, row_keys
 
-    folder, key, _ = embedding_store(content_hash(texts), encoder, view=VIEW, cache_dir=cache_dir)
-    final = folder / f"{key}.npy"
-    parts = folder / f"{key}.parts"
+    store = embedding_store(encoder, view=VIEW, cache_dir=cache_dir)
+    keys = row_keys(texts)
+    final = store.segment_dir / f"pool-{keys_digest(keys)}"
     partial = None
-    if parts.is_dir():
-        done = len(list(parts.glob("*.npy")))
-        total = -(-len(texts) // SHARD_ROWS)
-        partial = f"{done} of {total} shards of {SHARD_ROWS} rows in {parts.name}/"
-    return final.exists(), final, partial
+    if not final.is_dir() and store.segment_dir.is_dir():
+        held = len(texts) - len(store.locate(keys).missing)
+        partial = f"{held:,} of {len(texts):,} rows in {store.folder.name}/"
+    return final.is_dir(), final, partial
 
 
 def throughput(

@@ -267,21 +267,22 @@ def test_api_names_the_batch_that_failed_and_resumes_from_the_answered_ones(
 
     stub.script = broken_batch
     with pytest.raises(KmqError) as failed:
-        api_encoder(stub, tmp_path, {"max_retries": 2}).encode(WORDS)
+        embed_cached(
+            WORDS, api_encoder(stub, tmp_path, {"max_retries": 2}), view="user", cache_dir=tmp_path
+        )
     message = str(failed.value)
-    assert "batch 2 of 4 (texts 3..5) after 3 attempts: HTTP 500" in message
+    assert "batch 2 (3 texts) after 3 attempts: HTTP 500" in message
     assert "a rerun requests only the others" in message
     assert sum("text number 4" in r.body["input"] for r in stub.requests) == 3
 
     stub.script = answer
     stub.requests.clear()
-    np.testing.assert_allclose(
-        api_encoder(stub, tmp_path).encode(WORDS), expected_for(WORDS), atol=1e-6
-    )
+    vectors, _ = embed_cached(WORDS, api_encoder(stub, tmp_path), view="user", cache_dir=tmp_path)
+    np.testing.assert_allclose(vectors, expected_for(WORDS), atol=1e-6)
     assert [r.body["input"] for r in stub.requests] == [WORDS[3:6]]
 
     stub.requests.clear()
-    api_encoder(stub, tmp_path).encode(WORDS)
+    embed_cached(WORDS, api_encoder(stub, tmp_path), view="user", cache_dir=tmp_path)
     assert stub.requests == []
 
 
@@ -313,7 +314,7 @@ def test_api_bad_replies_fail_at_once_with_the_reason(
     stub: OpenAIStub, tmp_path: Path, reply: Reply, reason: str
 ) -> None:
     stub.script = lambda request, seen: reply
-    with pytest.raises(KmqError, match=f"batch 1 of 1 .* after 1 attempts: .*{reason}"):
+    with pytest.raises(KmqError, match=rf"batch 1 \(3 texts\) after 1 attempts: .*{reason}"):
         api_encoder(stub, tmp_path).encode(WORDS[:3])
     assert len(stub.requests) == 1
 

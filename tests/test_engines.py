@@ -89,7 +89,9 @@ def run_select(folder: Path, pool: Path, method: str, **engine: object) -> Path:
 
 def cached_embeddings(out: Path) -> dict[str, bytes]:
     folder = out.parent / "cache" / "embeddings"
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -156,7 +156,7 @@ def test_same_seed_same_selection_with_float16_and_a_sample(tmp_path: Path) -> N
     assert a.manifest["streaming"]["kmeans_sample"] == 150
     assert b.manifest["embedding"]["cache_hit"]
     cache = tmp_path / "cache" / "embeddings"
-    stored = [np.load(p, mmap_mode="r") for p in cache.glob("*.npy")]
+    stored = [np.load(p, mmap_mode="r") for p in cache.glob("*/segments/*/values.npy")]
     assert [s.dtype for s in stored] == [np.float16]
     clusters = np.load(tmp_path / "a" / "clusters.npz")
     assert clusters["labels"].dtype == np.int32 and clusters["distances"].dtype == np.float32

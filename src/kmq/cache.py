@@ -1,25 +1,32 @@
-"""On-disk embedding cache: keyed by content, encoder and text settings; memory-mapped; resumable.
+"""The embedding cache: vectors found per row, by the hash of each row's text and the encoder's
+settings; memory-mapped; resumable.
 
-The key is a sha256 over the encoder's ``name`` (model and weights), the text view, the
-length settings and the sha256 of every text in order, so a changed row, model, view or
-window never reuses stale vectors. Encoding runs in shards that are saved as they finish: an
-interrupted run resumes at the first missing shard.
+A store (see :mod:`kmq.rowcache`) holds the vectors of one encoder (its ``name``: model and
+weights), text view, window, chunking rule and storage dtype; inside it a row's vector is found
+by the sha256 of its text. A subset, a superset or an appended pool so embeds only the rows
+never embedded before, and a changed row re-embeds that row only. A pool's vectors, in its
+order, are kept as one segment named by the digest of its row keys: a rerun on the same pool
+memory-maps it at once (after checking it against its checksums). Missing rows are embedded in
+shards that are saved as they finish: an interrupted run keeps them.
+
+Vectors cached by earlier versions (one ``<key>.npy`` per whole list of texts, keyed by a
+:class:`ContentHash` of the texts) are taken over once as the pool's segment when the caller
+passes that hash, so an existing cache is not recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from kmq.atomic import atomic_path, write_json, write_npy
 from kmq.encoders import Encoder
+from kmq.rowcache import Compute, RowStore, keys_digest, row_keys
 
 SHARD_ROWS = 4096
 CHUNKING = "token-windows/mean-by-tokens/v2"
@@ -32,7 +39,8 @@ def default_cache_dir() -> Path:
 
 
 class ContentHash:
-    """sha256 over texts in order, each prefixed by its length (fed one text at a time)."""
+    """sha256 over texts in order, each prefixed by its length (the key of the whole-list
+    cache of earlier versions; fed one text at a time)."""
 
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
@@ -53,71 +61,103 @@ def content_hash(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(texts: Sequence[str], encoder_name: str, view: str, max_length: int | None) -> str:
-    return embedding_key(content_hash(texts), encoder_name, view, max_length)
-
-
-def embedding_key(
-    text_hash: str, encoder_name: str, view: str, max_length: int | None, dtype: str = "float32"
-) -> str:
-    """The cache key of embeddings of the texts with ``text_hash`` (see :class:`ContentHash`);
-    float32 (what :func:`embed_cached` stores) keeps the key it always had."""
-    parts = [encoder_name, view, f"max_length={max_length}", CHUNKING, text_hash]
-    if dtype != "float32":
+def legacy_entry(
+    root: Path, text_hash: str, encoder: Encoder, *, view: str, dtype: str
+) -> Path | None:
+    """The whole-list ``.npy`` an earlier version cached for the texts with ``text_hash``."""
+    max_length = getattr(encoder, "max_length", None)
+    parts = [encoder.name, view, f"max_length={max_length}", CHUNKING, text_hash]
+    if np.dtype(dtype) != np.float32:
         parts.append(f"dtype={dtype}")
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+    key = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+    path = root / "embeddings" / f"{key}.npy"
+    return path if path.is_file() and path.with_suffix(".json").is_file() else None
 
 
-def compute_sharded(
-    folder: Path,
-    key: str,
-    n: int,
-    compute: Callable[[int, int], np.ndarray],
+def store_key(settings: dict[str, Any]) -> str:
+    """The folder name of the store for ``settings``."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def embedding_store(
+    encoder: Encoder, *, view: str, dtype: str = "float32", cache_dir: Path | None = None
+) -> RowStore:
+    """The store of ``encoder``'s vectors of texts in ``view``, kept as ``dtype``; every engine
+    that embeds uses it, so they share the cache."""
+    settings = {
+        "kind": "embeddings",
+        "encoder": encoder.name,
+        "view": view,
+        "max_length": getattr(encoder, "max_length", None),
+        "chunking": CHUNKING,
+        "dtype": str(np.dtype(dtype)),
+    }
+    root = cache_dir or default_cache_dir()
+    return RowStore(root / "embeddings" / store_key(settings), settings)
+
+
+def encode_shards(texts: Callable[[np.ndarray], list[str]], encoder: Encoder) -> Compute:
+    """A :data:`~kmq.rowcache.Compute` that encodes each shard's texts in one ``encode`` call,
+    in order (or hands them all to the encoder's ``encode_batches``, which may run them
+    concurrently); ``texts(rows)`` hands out the texts of the (increasing) row indices."""
+
+    def compute(shards: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        concurrent = getattr(encoder, "encode_batches", None)
+        if concurrent is not None:
+            yield from concurrent(texts(rows) for rows in shards)
+            return
+        for number, rows in enumerate(shards):
+            yield number, np.asarray(encoder.encode(texts(rows)), dtype=np.float32)
+
+    return compute
+
+
+def embed_rows(
+    keys: np.ndarray,
+    compute: Compute,
+    encoder: Encoder,
     *,
-    meta: dict[str, Any],
-    shard_rows: int = SHARD_ROWS,
-    desc: str = "computing",
+    view: str,
+    dtype: str = "float32",
+    cache_dir: Path | None = None,
+    shard_rows: int | None = None,
     show_progress: bool = True,
+    legacy_hash: str | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """Rows ``0..n`` of ``compute(start, stop)``, cached as ``folder/<key>.npy`` (memory-mapped).
-
-    Shards are saved atomically as they finish, so an interrupted run resumes at the first
-    missing shard. Returns the array and whether it came whole from the cache.
-    """
-    final = folder / f"{key}.npy"
-    if final.exists():
-        return np.load(final, mmap_mode="r"), True
-    parts = folder / f"{key}.parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    spans = [(start, min(start + shard_rows, n)) for start in range(0, n, shard_rows)]
-    with tqdm(total=n, desc=desc, unit="row", disable=not show_progress) as bar:
-        for start, stop in spans:
-            shard = parts / f"{start:012d}-{stop:012d}.npy"
-            if not shard.exists():
-                write_npy(shard, compute(start, stop))
-            bar.update(stop - start)
-    shape = join_shards(final, [parts / f"{start:012d}-{stop:012d}.npy" for start, stop in spans])
-    write_json(folder / f"{key}.json", meta | {"rows": n, "shape": list(shape)})
-    shutil.rmtree(parts, ignore_errors=True)
-    return np.load(final, mmap_mode="r"), False
-
-
-def join_shards(final: Path, shards: Sequence[Path]) -> tuple[int, ...]:
-    """The shards one after another in one ``.npy`` file (as ``np.save`` writes it), written
-    atomically with plain writes, a shard at a time: neither the array nor a mapping of it is
-    ever held in memory. Returns its shape."""
-    if not shards:
-        write_npy(final, np.zeros((0,), np.float32))
-        return (0,)
-    first = np.load(shards[0], mmap_mode="r")
-    rows = sum(len(np.load(shard, mmap_mode="r")) for shard in shards)
-    shape = (rows, *first.shape[1:])
-    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False}
-    with atomic_path(final) as tmp, tmp.open("wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, header | {"shape": shape})
-        for shard in shards:
-            fh.write(np.ascontiguousarray(np.load(shard)).tobytes())
-    return shape
+    """The vectors of the rows with ``keys`` (see :func:`kmq.rowcache.row_keys`), in order,
+    stored as ``dtype`` and memory-mapped read-only, and whether every row came from the cache.
+    Rows the store lacks are computed by ``compute`` in shards of ``shard_rows`` (default: the
+    encoder's ``shard_rows`` if it has one, else :data:`SHARD_ROWS`). ``legacy_hash``, the
+    :class:`ContentHash` of the texts, lets an earlier version's cache entry be taken over."""
+    if not len(keys):
+        return np.zeros((0,), dtype=np.float32), True
+    store = embedding_store(encoder, view=view, dtype=dtype, cache_dir=cache_dir)
+    name = f"pool-{keys_digest(keys)}"
+    pool = store.segment(name)
+    legacy = None
+    if pool is None and legacy_hash is not None:
+        root = cache_dir or default_cache_dir()
+        legacy = legacy_entry(root, legacy_hash, encoder, view=view, dtype=dtype)
+    if legacy is not None:
+        old = np.load(legacy, mmap_mode="r")
+        if len(old) == len(keys) and old.dtype == np.dtype(dtype):
+            pool = store.adopt(name, keys, old)
+    if pool is not None:
+        pool.check_all()
+        return pool.values, True
+    located, _, computed = store.compute(
+        keys,
+        compute,
+        shape=None,
+        dtype=np.dtype(dtype),
+        shard_rows=shard_rows or int(getattr(encoder, "shard_rows", SHARD_ROWS)),
+        desc="embedding",
+        show_progress=show_progress,
+    )
+    pool = store.write_pool(name, keys, located)
+    store.compact()
+    return pool.values, computed == 0
 
 
 def embed_cached(
@@ -126,70 +166,17 @@ def embed_cached(
     *,
     view: str,
     cache_dir: Path | None = None,
-    shard_rows: int = SHARD_ROWS,
+    shard_rows: int | None = None,
     show_progress: bool = True,
 ) -> tuple[np.ndarray, bool]:
     """Embeddings of ``texts`` (memory-mapped, read-only) and whether they came from the cache."""
-    return embed_sharded(
-        lambda start, stop: list(texts[start:stop]),
-        len(texts),
-        content_hash(texts),
+    return embed_rows(
+        row_keys(texts),
+        encode_shards(lambda rows: [texts[i] for i in rows.tolist()], encoder),
         encoder,
         view=view,
         cache_dir=cache_dir,
         shard_rows=shard_rows,
         show_progress=show_progress,
+        legacy_hash=content_hash(texts),
     )
-
-
-def embed_sharded(
-    texts: Callable[[int, int], list[str]],
-    n: int,
-    text_hash: str,
-    encoder: Encoder,
-    *,
-    view: str,
-    dtype: str = "float32",
-    cache_dir: Path | None = None,
-    shard_rows: int = SHARD_ROWS,
-    show_progress: bool = True,
-) -> tuple[np.ndarray, bool]:
-    """Embeddings of ``n`` texts that ``texts(start, stop)`` hands out (asked for in increasing
-    order) and whose :class:`ContentHash` is ``text_hash``, stored as ``dtype`` (memory-mapped,
-    read-only), and whether they came from the cache. Resumes like :func:`compute_sharded`."""
-
-    def encode(start: int, stop: int) -> np.ndarray:
-        return np.asarray(encoder.encode(texts(start, stop)), dtype=np.float32).astype(
-            dtype, copy=False
-        )
-
-    folder, key, meta = embedding_store(
-        text_hash, encoder, view=view, dtype=dtype, cache_dir=cache_dir
-    )
-    return compute_sharded(
-        folder,
-        key,
-        n,
-        encode,
-        meta=meta,
-        shard_rows=shard_rows,
-        desc="embedding",
-        show_progress=show_progress,
-    )
-
-
-def embedding_store(
-    text_hash: str,
-    encoder: Encoder,
-    *,
-    view: str,
-    dtype: str = "float32",
-    cache_dir: Path | None = None,
-) -> tuple[Path, str, dict[str, Any]]:
-    """The folder, key and metadata (what :func:`compute_sharded` takes) under which the
-    embeddings by ``encoder`` of the texts with ``text_hash`` are cached; every engine that
-    embeds stores them here, so they share the cache."""
-    max_length = getattr(encoder, "max_length", None)
-    meta = {"encoder": encoder.name, "view": view, "max_length": max_length, "chunking": CHUNKING}
-    key = embedding_key(text_hash, encoder.name, view, max_length, dtype)
-    return (cache_dir or default_cache_dir()) / "embeddings", key, meta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -24,6 +25,7 @@ from kmq.formats import FORMATS, FieldMap
 from kmq.loop import IterativeSelection
 from kmq.outdir import not_an_output
 from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
+from kmq.progress import quiet_libraries
 from kmq.quality import QUALITY_SCORERS
 from kmq.report import write_report
 from kmq.scoring import ScoreConfig, score_file
@@ -87,7 +89,11 @@ def add_input_args(p: argparse.ArgumentParser, *, optional: bool = False) -> Non
             f"--{name}-field", dest=f"{name}_field", default=None, help=f"field holding the {name}"
         )
     p.add_argument("--cache-dir", help="embedding/score cache ($KMQ_CACHE_DIR or ~/.cache/kmq)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars (kmq's and those of the libraries that load models)",
+    )
 
 
 def field_map(args: argparse.Namespace) -> FieldMap:
@@ -499,16 +505,27 @@ def composition_table(manifest: dict[str, Any]) -> Table:
     return table
 
 
+QUIET_HELP = (
+    "only warnings and errors; hides the progress bars of the libraries that load models "
+    "(--no-progress hides kmq's bars too)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kmq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"kmq {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     add_select(sub)
     add_score(sub)
     add_iterate(sub)
     add_inspect(sub)
     add_report(sub)
+    for command in sub.choices.values():
+        # after the subcommand too (SUPPRESS: an absent -q there keeps the one given before)
+        command.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP
+        )
     return parser
 
 
@@ -523,8 +540,10 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(console=console, show_time=False, show_path=False)],
         force=True,
     )
+    quiet = args.quiet or getattr(args, "no_progress", False)
     try:
-        return int(args.handler(args))
+        with quiet_libraries() if quiet else contextlib.nullcontext():
+            return int(args.handler(args))
     except KmqError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

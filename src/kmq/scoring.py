@@ -80,8 +80,20 @@ def compute_quality(
         cache_hit=hit,
     )
     missing = scores.summary()["missing"]
+    if missing and missing == len(examples):
+        failures = getattr(scorer, "failure_summary", None)
+        detail = f": {failures()}" if failures is not None else ""
+        raise KmqError(
+            f"--quality {name}: none of the {len(examples)} rows could be scored{detail}. "
+            "Nothing was cached; fix the scorer (or its endpoint) and rerun"
+        )
     if missing:
-        log.warning("%s: %d of %d rows could not be scored (NaN)", name, missing, len(examples))
+        log.warning(
+            "%s: %d of %d rows could not be scored (NaN; not cached, tried again on the next run)",
+            name,
+            missing,
+            len(examples),
+        )
     return scores
 
 

@@ -6,10 +6,11 @@ and every embedding as float32. The streaming path keeps per row only what selec
 
 1. **read**: one pass over the input (a JSONL/Parquet file, or a folder of shards in name
    order), parsed and checked exactly as :func:`kmq.formats.load_pool` does, hashing the
-   embedded text of every row for the cache key on the way.
-2. **embed**: on a cache miss, a second pass feeds the encoder shard by shard into the embedding
-   cache, stored as ``--embedding-dtype`` (float16 by default: 768 bytes a row at 384 dims) and
-   memory-mapped; an interrupted run resumes at the first missing shard.
+   embedded text of every row (its key in the per-row embedding cache) on the way.
+2. **embed**: when rows are missing from the cache, a second pass feeds their texts to the
+   encoder shard by shard into the embedding cache, stored as ``--embedding-dtype`` (float16 by
+   default: 768 bytes a row at 384 dims) and memory-mapped; an interrupted run keeps every
+   finished shard.
 3. **sample** + **fit**: k-means (and ``--k auto``) is fitted on ``--kmeans-sample`` rows drawn
    with the run seed (default ``max(256·k, 100,000)``, all rows for smaller pools; faiss fits
    on at most 256 rows per centre anyway, so a larger sample only costs memory).
@@ -42,7 +43,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kmq.atomic import write_json
-from kmq.cache import ContentHash, embed_sharded
+from kmq.cache import ContentHash, embed_rows, encode_shards
 from kmq.chunks import CHUNK_ROWS, take_rows
 from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids
 from kmq.errors import KmqError, Reject
@@ -73,6 +74,7 @@ from kmq.pipeline import (
     write_selection_table,
 )
 from kmq.random import make_rng
+from kmq.rowcache import keys_array, row_key
 from kmq.selectors import CLUSTERED, SelectionResult, Selector
 
 log = logging.getLogger("kmq")
@@ -91,7 +93,8 @@ class StreamedPool:
 
     ``rows`` holds each valid row's record index in the input; ``sources`` an index into
     ``source_names`` (-1: none); ``quality`` the ``--quality-field`` values (float64);
-    ``text_hash`` the :class:`~kmq.cache.ContentHash` of the embedded texts, in row order.
+    ``keys`` the per-row cache keys of the embedded texts (:func:`kmq.rowcache.row_keys`);
+    ``text_hash`` their :class:`~kmq.cache.ContentHash` (to take over an older cache entry).
     """
 
     stream: ExampleStream
@@ -101,6 +104,7 @@ class StreamedPool:
     sources: np.ndarray
     source_names: list[str]
     quality: np.ndarray | None
+    keys: np.ndarray
     text_hash: str
 
     def __len__(self) -> int:
@@ -141,6 +145,7 @@ def read_pool(config: SelectConfig) -> StreamedPool:
     rows, codes, quality = array("q"), array("i"), array("d")
     ids: list[str] = []
     names: dict[str, int] = {}
+    keys = bytearray()
     text_hash = ContentHash()
     with tqdm(desc="reading", unit="row", disable=not config.progress) as bar:
         for example, score in stream:
@@ -150,7 +155,9 @@ def read_pool(config: SelectConfig) -> StreamedPool:
             codes.append(-1 if source is None else names.setdefault(source, len(names)))
             if score is not None:
                 quality.append(score)
-            text_hash.update(_text(example, config.view))
+            text = _text(example, config.view)
+            keys += row_key(text)
+            text_hash.update(text)
             bar.update()
     return StreamedPool(
         stream=stream,
@@ -160,24 +167,26 @@ def read_pool(config: SelectConfig) -> StreamedPool:
         sources=np.frombuffer(codes, dtype=np.int32).copy(),
         source_names=list(names),
         quality=np.frombuffer(quality, dtype=np.float64).copy() if config.quality_field else None,
+        keys=keys_array(bytes(keys)),
         text_hash=text_hash.hexdigest(),
     )
 
 
 def embed_stream(pool: StreamedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """The pool's embeddings as a read-only memory map of ``--embedding-dtype`` (cached; on a
-    miss the input is read again and encoded shard by shard), and what made them."""
+    miss the input is read again and its missing rows encoded shard by shard), and what made
+    them."""
     encoder = make_encoder(config)
     dtype = config.embedding_dtype or DEFAULT_DTYPE
-    embeddings, cache_hit = embed_sharded(
-        _Texts(pool.stream, config.view),
-        len(pool),
-        pool.text_hash,
+    embeddings, cache_hit = embed_rows(
+        pool.keys,
+        encode_shards(_Texts(pool.stream, config.view), encoder),
         encoder,
         view=config.view,
         dtype=dtype,
         cache_dir=Path(config.cache_dir) if config.cache_dir else None,
         show_progress=config.progress,
+        legacy_hash=pool.text_hash,
     )
     log.info(
         "embeddings %s %s from %s", embeddings.shape, dtype, "cache" if cache_hit else encoder.name
@@ -193,8 +202,8 @@ def embed_stream(pool: StreamedPool, config: SelectConfig) -> tuple[np.ndarray, 
 
 
 class _Texts:
-    """The embedded texts of the valid rows, handed out for increasing row ranges as the cache
-    asks for them (rows before a range, already cached, are read and skipped)."""
+    """The embedded texts of the valid rows, handed out for increasing row indices as the cache
+    asks for them (rows in between, already cached, are read and skipped)."""
 
     def __init__(self, stream: ExampleStream, view: str) -> None:
         self.stream = stream
@@ -202,16 +211,19 @@ class _Texts:
         self.examples: Iterator[tuple[Example, float | None]] | None = None
         self.next_row = 0
 
-    def __call__(self, start: int, stop: int) -> list[str]:
+    def __call__(self, rows: np.ndarray) -> list[str]:
         if self.examples is None:
             self.examples = iter(self.stream)
-        if start < self.next_row:
-            raise KmqError(f"rows {start}:{stop} asked for after row {self.next_row}")
-        for _ in islice(self.examples, start - self.next_row):
-            pass
-        self.next_row = stop
-        rows = [example for example, _ in islice(self.examples, stop - start)]
-        return cap_texts([_text(ex, self.view) for ex in rows], [ex.id for ex in rows])
+        picked = []
+        for row in rows.tolist():
+            if row < self.next_row:
+                raise KmqError(f"row {row} asked for after row {self.next_row}")
+            for _ in islice(self.examples, row - self.next_row):
+                pass
+            example, _ = next(self.examples)
+            picked.append(example)
+            self.next_row = row + 1
+        return cap_texts([_text(ex, self.view) for ex in picked], [ex.id for ex in picked])
 
 
 def _text(example: Example, view: str) -> str:

@@ -112,7 +112,7 @@ def get_encoder(
     ``static``: tokens kept, default all; ``causal``: tokens kept, default 512; not accepted
     by ``api``). ``device`` is the torch device (not accepted by ``static`` and ``api``).
     ``cache_dir`` (default :func:`kmq.cache.default_cache_dir`) holds the distilled static
-    model and the answered ``api`` batches.
+    model.
     """
     if not isinstance(spec, str):
         return spec
@@ -154,13 +154,7 @@ def get_encoder(
             )
         from kmq.encoders.openai_api import OpenAIEmbeddingEncoder
 
-        return OpenAIEmbeddingEncoder(
-            model,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            show_progress=show_progress,
-            **options,
-        )
+        return OpenAIEmbeddingEncoder(model, batch_size=batch_size, **options)
     from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder(

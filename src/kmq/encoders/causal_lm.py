@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from kmq import progress
 from kmq._imports import require
 from kmq.errors import KmqError
 
@@ -135,13 +136,14 @@ class CausalLMEncoder:
                 total=len(ids),
                 desc="embedding (causal-lm)",
                 unit="row",
-                disable=not self.show_progress,
+                disable=not self.show_progress or progress.reporting_active(),
             ) as bar,
         ):
             for start in range(0, len(ids), self.batch_size):
                 rows = order[start : start + self.batch_size]
                 out[rows] = self._batch([ids[i] for i in rows])
                 bar.update(len(rows))
+                progress.advance(len(rows))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 

@@ -3,32 +3,31 @@
 Texts go in batches of ``batch_size`` to ``POST {base_url}/embeddings`` as
 ``{"model": ..., "input": [...]}``, at most ``max_concurrency`` requests at once (standard
 library only). Timeouts, connection errors, 429 and 5xx are retried up to ``max_retries`` times
-with exponential backoff (``backoff`` · 2^k seconds, jittered) or the server's ``Retry-After``;
-other 4xx and malformed replies fail the batch at once. A failed batch stops the run with a
-:class:`KmqError` naming it.
+with exponential backoff (``backoff`` · 2^k seconds, jittered) or the server's ``Retry-After``
+(capped at :data:`kmq.http.MAX_RETRY_AFTER`); ``timeout`` bounds each request as a whole; other
+4xx and malformed replies fail the batch at once. A failed batch stops the run with a
+:class:`KmqError` naming it; Ctrl-C aborts the requests in flight and stops at once.
 
-Every answered batch is saved at once under ``<cache>/api-embeddings/`` keyed by the endpoint,
-the model and the batch's texts, so a rerun after an interruption or a failure requests only
-the batches that were not answered. The API key is read from the environment variable
-``api_key_env`` (sent as ``Authorization: Bearer``, omitted when unset); it never appears in
-the encoder's name, errors or logs.
+Through the embedding cache (:mod:`kmq.cache`) every batch is a shard of the per-row cache,
+saved as soon as it is answered and checked first (one vector per text, finite, the dimension
+the cache holds), so a rerun after an interruption or a failure requests only the batches that
+were not answered, and a bad reply is never kept. The API key is read from the environment
+variable ``api_key_env`` (sent as ``Authorization: Bearer``, omitted when unset); it never
+appears in the encoder's name, errors or logs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from itertools import islice
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from kmq.atomic import write_npy
-from kmq.cache import content_hash, default_cache_dir
+from kmq import progress
 from kmq.errors import KmqError
 from kmq.http import ERROR_SNIPPET, RequestError, backoff_delay, post_json, redact
 
@@ -98,8 +97,6 @@ class OpenAIEmbeddingEncoder:
         timeout: float = 60.0,
         max_retries: int = 4,
         backoff: float = 0.5,
-        cache_dir: str | Path | None = None,
-        show_progress: bool = True,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise KmqError(f"base_url must start with http:// or https://; got {base_url!r}")
@@ -124,8 +121,6 @@ class OpenAIEmbeddingEncoder:
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
-        self.cache_dir = cache_dir
-        self.show_progress = show_progress
         self.name = f"api:{self.base_url}/{model}"
         self.dim_: int | None = None
 
@@ -134,55 +129,54 @@ class OpenAIEmbeddingEncoder:
         return f"{self.base_url}/embeddings"
 
     @property
-    def batch_folder(self) -> Path:
-        """Where answered batches are kept."""
-        root = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
-        return root / "api-embeddings"
-
-    def batch_path(self, texts: Sequence[str]) -> Path:
-        """The file an answered batch of ``texts`` is saved to."""
-        key = f"{self.name}\x1f{content_hash(texts)}"
-        return self.batch_folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+    def shard_rows(self) -> int:
+        """Rows per shard of the embedding cache: one request each, saved when answered."""
+        return self.batch_size
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        spans = [
-            (s, min(s + self.batch_size, len(texts))) for s in range(0, len(texts), self.batch_size)
-        ]
-        paths = [self.batch_path(texts[s:e]) for s, e in spans]
-        answers = {b: np.load(path) for b, path in enumerate(paths) if path.is_file()}
-        todo = [b for b in range(len(spans)) if b not in answers]
+        batches = [texts[s : s + self.batch_size] for s in range(0, len(texts), self.batch_size)]
+        answers = dict(self.encode_batches(batches))
+        return self._assemble([answers[b] for b in range(len(batches))])
+
+    def encode_batches(self, batches: Iterable[Sequence[str]]) -> Iterator[tuple[int, np.ndarray]]:
+        """``(number, L2-normalised vectors)`` of each batch, one request each, as they are
+        answered (at most ``max_concurrency`` in flight; batches are taken from ``batches``
+        only as requests are sent). Raises :class:`KmqError` on the first batch that fails;
+        an interruption (Ctrl-C, the consumer stopping) aborts the requests in flight."""
         api_key = os.environ.get(self.api_key_env) or None
         stop = threading.Event()
-        with (
-            ThreadPoolExecutor(max_workers=self.max_concurrency) as pool,
-            tqdm(
-                total=len(texts),
-                initial=sum(len(a) for a in answers.values()),
-                desc="embedding (api)",
-                unit="row",
-                disable=not self.show_progress,
-            ) as bar,
-        ):
-            futures: dict[Future[np.ndarray], int] = {
-                pool.submit(self._fetch, texts[slice(*spans[b])], paths[b], api_key, stop): b
-                for b in todo
-            }
-            for future in as_completed(futures):
-                b = futures[future]
-                try:
-                    answers[b] = future.result()
-                except BatchFailure as exc:
-                    stop.set()
-                    pool.shutdown(wait=True, cancel_futures=True)  # requests in flight are saved
-                    start, end = spans[b]
+        todo = enumerate(batches)
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
+        futures: dict[Future[np.ndarray], tuple[int, int]] = {}
+        try:
+            while True:
+                for number, texts in islice(todo, self.max_concurrency - len(futures)):
+                    future = pool.submit(self._fetch, texts, api_key, stop)
+                    futures[future] = (number, len(texts))
+                if not futures:
+                    return
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                failed: tuple[int, int, BatchFailure] | None = None
+                for future in sorted(done, key=lambda f: futures[f][0]):
+                    number, size = futures.pop(future)
+                    try:
+                        vectors = future.result()
+                    except BatchFailure as failure:
+                        failed = failed or (number, size, failure)
+                        continue
+                    progress.advance(size)
+                    yield number, _unit(vectors)  # answered batches first: they are kept
+                if failed is not None:
+                    number, size, error = failed
                     raise KmqError(
-                        f"the embeddings endpoint {self.url} failed on batch {b + 1} of "
-                        f"{len(spans)} (texts {start}..{end - 1}) after {exc.attempts} "
-                        f"attempts: {exc}. Answered batches are kept in {self.batch_folder}; "
-                        "a rerun requests only the others."
-                    ) from None
-                bar.update(len(answers[b]))
-        return self._assemble([answers[b] for b in range(len(spans))])
+                        f"the embeddings endpoint {self.url} failed on batch {number + 1} "
+                        f"({size} texts) after {error.attempts} attempts: {error}. Batches "
+                        "already answered are kept in the embedding cache; a rerun "
+                        "requests only the others."
+                    )
+        finally:
+            stop.set()  # aborts requests in flight and backoff waits
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _assemble(self, batches: list[np.ndarray]) -> np.ndarray:
         for b, batch in enumerate(batches):
@@ -196,21 +190,21 @@ class OpenAIEmbeddingEncoder:
                 )
         if not batches:
             return np.zeros((0, self.dim_ or 0), dtype=np.float32)
-        vectors = np.concatenate(batches).astype(np.float64)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+        return np.concatenate(batches)
 
     def _fetch(
-        self, texts: Sequence[str], path: Path, api_key: str | None, stop: threading.Event
+        self, texts: Sequence[str], api_key: str | None, stop: threading.Event
     ) -> np.ndarray:
-        """One batch's embeddings, saved to ``path``; :class:`BatchFailure` when it fails."""
+        """One batch's embeddings; :class:`BatchFailure` when it fails."""
         payload = json.dumps({"model": self.model, "input": list(texts)}).encode()
         attempts = 0
         while True:
             attempts += 1
             try:
-                body = post_json(self.url, payload, api_key=api_key, timeout=self.timeout)
-                vectors = parse_embeddings(body, len(texts))
+                body = post_json(
+                    self.url, payload, api_key=api_key, timeout=self.timeout, cancel=stop
+                )
+                return parse_embeddings(body, len(texts))
             except RequestError as exc:
                 last_try = not exc.retryable or attempts > self.max_retries
                 if last_try or stop.wait(backoff_delay(self.backoff, attempts, exc.retry_after)):
@@ -219,6 +213,10 @@ class OpenAIEmbeddingEncoder:
                 raise BatchFailure(
                     f"malformed reply: {redact(str(exc), api_key)}", attempts
                 ) from None
-            else:
-                write_npy(path, vectors)
-                return vectors
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (all-zero rows stay zero), as float32."""
+    wide = vectors.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    return (wide / np.where(norms == 0, 1.0, norms)).astype(np.float32)

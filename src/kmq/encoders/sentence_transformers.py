@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from kmq import progress
 from kmq._imports import require
 from kmq.errors import KmqError
 
@@ -138,13 +139,7 @@ class SentenceTransformerEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         pieces, owners, counts = self.split(texts)
-        vectors = self.st.encode(
-            pieces,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=self.show_progress,
-        ).astype(np.float64)
+        vectors = self._encode_pieces(pieces, rows_per_piece=len(texts) / max(len(pieces), 1))
         if len(pieces) == len(texts):
             pooled = vectors
         else:
@@ -152,3 +147,33 @@ class SentenceTransformerEncoder:
             np.add.at(pooled, owners, vectors * counts[:, None])
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+    def _encode_pieces(self, pieces: list[str], *, rows_per_piece: float) -> np.ndarray:
+        """Unit vectors of ``pieces`` (float64), in the batches sentence-transformers forms
+        (longest first), one ``encode`` call per batch so that each finished batch is reported
+        to the running pass's progress bar (:func:`kmq.progress.advance`)."""
+        if not progress.reporting_active():
+            return np.asarray(self._st_encode(pieces, self.show_progress), dtype=np.float64)
+        order = np.argsort([-len(piece) for piece in pieces])
+        out: np.ndarray | None = None
+        for start in range(0, len(pieces), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            vectors = self._st_encode([pieces[i] for i in rows], False)
+            if out is None:
+                out = np.empty((len(pieces), vectors.shape[1]), dtype=np.float64)
+            out[rows] = vectors
+            progress.advance(len(rows) * rows_per_piece)
+        if out is None:
+            return np.asarray(self._st_encode(pieces, False), dtype=np.float64)
+        return out
+
+    def _st_encode(self, pieces: list[str], show_progress: bool) -> np.ndarray:
+        return np.asarray(
+            self.st.encode(
+                pieces,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=show_progress,
+            )
+        )

@@ -3,11 +3,12 @@ here only).
 
 What runs where (the driver is the process running kmq):
 
-- embedding: a Ray Data pipeline over the embedding cache's shards (the 4096-text shards the
-  local engine encodes one after another, each with one ``encode`` call), mapped by a fixed
-  pool of encoder replicas (one GPU each when the cluster has GPUs, else one CPU each). The
-  driver saves every shard as it arrives, under the local engine's cache key: local and Ray
-  runs share the cache, and an interrupted run resumes at the first missing shard;
+- embedding: a Ray Data pipeline over the shards of rows the embedding cache lacks (the
+  4096-text shards the local engine encodes one after another, each with one ``encode``
+  call), mapped by a fixed pool of encoder replicas (one GPU each when the cluster has GPUs,
+  else one CPU each). The driver saves every shard as it arrives, in the local engine's
+  per-row cache: local and Ray runs share the cache, and an interrupted run keeps every
+  finished shard;
 - k-means: the centres are fitted on the driver exactly as the local engine fits them; Ray
   tasks assign the rows to them, one task per 65 536-row chunk (the local engine's chunks);
 - selection: the quotas, every cluster's members and the seed are fixed on the driver
@@ -31,12 +32,13 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import ray
 
-from kmq.cache import SHARD_ROWS, compute_sharded, content_hash, embedding_store
+from kmq.cache import content_hash, embed_rows
 from kmq.chunks import read_rows, spans
 from kmq.clustering import DEFAULT_NITER, Clustering, assign, fit_centroids
 from kmq.encoders import Encoder
 from kmq.errors import KmqError
 from kmq.random import SeedLike
+from kmq.rowcache import row_keys
 from kmq.selectors import ClusterSelector, SelectionResult, Selector
 from kmq.selectors.base import ClusterPicks
 
@@ -97,29 +99,31 @@ class RayEngine:
         cache_dir: Path | None = None,
         show_progress: bool = True,
     ) -> tuple[np.ndarray, bool]:
-        folder, key, meta = embedding_store(
-            content_hash(texts), encoder, view=view, cache_dir=cache_dir
-        )
-        return compute_sharded(
-            folder,
-            key,
-            len(texts),
-            ShardStream(self, texts, encoder),
-            meta=meta,
-            shard_rows=SHARD_ROWS,
-            desc="embedding on ray",
+        def compute(shards: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+            return self.encode_shards(texts, shards, encoder)
+
+        return embed_rows(
+            row_keys(texts),
+            compute,
+            encoder,
+            view=view,
+            cache_dir=cache_dir,
             show_progress=show_progress,
+            legacy_hash=content_hash(texts),
         )
 
     def encode_shards(
-        self, texts: Sequence[str], shards: list[tuple[int, int]], encoder: Encoder
+        self, texts: Sequence[str], shards: list[np.ndarray], encoder: Encoder
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, vectors)`` of each ``(start, stop)`` shard of ``texts``, as replicas of
+        """``(number, vectors)`` of each shard (row indices into ``texts``), as replicas of
         ``encoder`` finish them (in any order)."""
         workers = self.connect()
         gpus = int(ray.cluster_resources().get("GPU", 0))
         replicas = max(1, min(workers, gpus or workers, len(shards)))
-        items = [{"start": start, "texts": list(texts[start:stop])} for start, stop in shards]
+        items = [
+            {"number": number, "texts": [texts[i] for i in rows.tolist()]}
+            for number, rows in enumerate(shards)
+        ]
         vectors = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             EncoderReplica,
             fn_constructor_kwargs={"encoder": encoder},
@@ -128,7 +132,7 @@ class RayEngine:
             num_gpus=1 if gpus else 0,
         )
         for row in vectors.iter_rows():
-            yield int(row["start"]), np.asarray(row["vectors"], dtype=np.float32)
+            yield int(row["number"]), np.asarray(row["vectors"], dtype=np.float32)
 
     def kmeans(
         self, embeddings: np.ndarray, k: int, *, seed: SeedLike = 0, niter: int = DEFAULT_NITER
@@ -211,28 +215,6 @@ class RayEngine:
         return selector.assemble(plan, picks, quality)
 
 
-class ShardStream:
-    """``compute(start, stop)`` for :func:`~kmq.cache.compute_sharded`: the missing shards'
-    embeddings from one Ray Data pipeline, started at the first shard asked for (shards are
-    asked for in increasing order, and those before the first missing one are cached)."""
-
-    def __init__(self, engine: RayEngine, texts: Sequence[str], encoder: Encoder) -> None:
-        self.engine = engine
-        self.texts = texts
-        self.encoder = encoder
-        self._results: Iterator[tuple[int, np.ndarray]] | None = None
-        self._ready: dict[int, np.ndarray] = {}
-
-    def __call__(self, start: int, stop: int) -> np.ndarray:
-        if self._results is None:
-            todo = [span for span in spans(len(self.texts), SHARD_ROWS) if span[0] >= start]
-            self._results = self.engine.encode_shards(self.texts, todo, self.encoder)
-        while start not in self._ready:
-            done, vectors = next(self._results)
-            self._ready[done] = vectors
-        return self._ready.pop(start)
-
-
 class EncoderReplica:
     """One copy of the encoder on a Ray worker, on the worker's GPU when it was given one
     (torch encoders whose ``device`` was left unset)."""
@@ -246,7 +228,7 @@ class EncoderReplica:
         """One shard (``batch_size=1``) in one ``encode`` call, as the local engine does."""
         (texts,) = batch["texts"]
         vectors = np.asarray(self.encoder.encode([str(t) for t in texts]), dtype=np.float32)
-        return {"start": batch["start"], "vectors": vectors[None]}
+        return {"number": batch["number"], "vectors": vectors[None]}
 
 
 def bounded(

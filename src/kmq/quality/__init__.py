@@ -1,8 +1,8 @@
 """Quality scorers for kMQ: one float per example, higher = better, documented range.
 
 A scorer's output column is ``<name>_score``. Scores are cached by content and scorer
-fingerprint (see :func:`kmq.quality.cache.score_cached`); rows a scorer could not score are NaN
-and are listed in the scorer's ``failures_`` after ``score``.
+fingerprint, per row (see :func:`kmq.quality.cache.score_cached`); rows a scorer could not score
+are NaN, are listed in the scorer's ``failures_`` after ``score``, and are never cached.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class QualityScorer(Protocol):
 
     ``name`` names the output column (``<name>_score``); ``direction`` says in words what a
     high score means and the range; ``fingerprint()`` identifies the model and every setting
-    that changes a score (it keys the cache).
+    that changes a score (it keys the cache). A scorer may set ``cacheable = False`` when its
+    score does not follow from the conversation (the score cache then leaves it out).
     """
 
     name: str

@@ -28,9 +28,14 @@ class LengthScorer:
 
 
 class ColumnScorer:
-    """``column_score``: a numeric field of each input record, as given (higher = better)."""
+    """``column_score``: a numeric field of each input record, as given (higher = better).
+
+    Not cached (``cacheable``): the value lives in the record, not in the conversation the
+    score cache is keyed by, and reading it costs nothing.
+    """
 
     name = "column"
+    cacheable = False
 
     def __init__(self, *, field: str) -> None:
         if not field:

@@ -63,6 +63,7 @@ MIN_CHARS = 100
 TOP_LOGPROBS = 20
 ENDPOINT_STATUSES = (401, 403, 404)  # the endpoint, not the row, is at fault: no retry
 ENDPOINT_FAULTS = ("connection", "endpoint")  # failure kinds that say the endpoint is unusable
+DOWN_AFTER_FAILURES = 8  # failed rows of any kind, none judged (at least max_concurrency)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,11 +474,14 @@ class HttpJudgeBackend:
     reply is used. At most ``max_concurrency`` requests are in flight. Timeouts, connection
     errors, 429 and 5xx are retried up to ``max_retries`` times with exponential backoff
     (``backoff`` · 2^k seconds, jittered) or the server's ``Retry-After``; other 4xx and
-    malformed replies fail the row at once. When ``min(rows, max_concurrency)`` consecutive
-    rows fail with connection errors (after their retries) or HTTP 401/403/404, the endpoint
-    is taken to be down or misconfigured: the remaining requests are dropped and a
-    :class:`KmqError` naming the URL is raised (a dead server costs seconds, not a NaN per
-    row).
+    malformed replies fail the row at once. ``timeout`` bounds each request as a whole (a
+    server that trickles its reply is cut off), a ``Retry-After`` is capped at
+    :data:`kmq.http.MAX_RETRY_AFTER` seconds, and Ctrl-C aborts the requests in flight. When
+    ``min(rows, max_concurrency)`` consecutive rows fail with connection errors (after their
+    retries) or HTTP 401/403/404, or the first ``max(max_concurrency, DOWN_AFTER_FAILURES)``
+    rows all fail in any way (5xx, timeouts, garbage), the endpoint is taken to be down or
+    misconfigured: the remaining requests are dropped and a :class:`KmqError` naming the URL
+    is raised (a dead server costs seconds, not a NaN per row).
 
     The API key is read from the environment variable ``api_key_env`` (sent as
     ``Authorization: Bearer``, omitted when unset); it never appears in the fingerprint,
@@ -516,30 +520,36 @@ class HttpJudgeBackend:
         api_key = os.environ.get(self.api_key_env) or None
         verdicts: dict[int, Verdict] = {}
         down_after = min(len(texts), self.max_concurrency)
-        streak = 0
+        failing_after = max(self.max_concurrency, DOWN_AFTER_FAILURES)
+        faults = failures = judged = 0
         stop = threading.Event()
-        with (
-            ThreadPoolExecutor(max_workers=self.max_concurrency) as pool,
-            tqdm(
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
+        try:
+            with tqdm(
                 total=len(texts), desc="judging (http)", unit="row", disable=not self.show_progress
-            ) as bar,
-        ):
-            futures: dict[Future[Verdict], int] = {
-                pool.submit(self._judge_one, text, api_key, stop): i for i, text in enumerate(texts)
-            }
-            for future in as_completed(futures):
-                verdict = verdicts[futures[future]] = future.result()
-                bar.update(1)
-                streak = streak + 1 if verdict.kind in ENDPOINT_FAULTS else 0
-                if streak >= down_after:
-                    stop.set()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise KmqError(
-                        f"the judge endpoint {self.url} cannot be used: the last {streak} rows "
-                        f"all failed ({verdict.error}; {verdict.attempts} attempts). Check that "
-                        f"the server is running, the model name {self.model!r} and the API key "
-                        f"in ${self.api_key_env}."
-                    )
+            ) as bar:
+                futures: dict[Future[Verdict], int] = {
+                    pool.submit(self._judge_one, text, api_key, stop): i
+                    for i, text in enumerate(texts)
+                }
+                for future in as_completed(futures):
+                    verdict = verdicts[futures[future]] = future.result()
+                    bar.update(1)
+                    faults = faults + 1 if verdict.kind in ENDPOINT_FAULTS else 0
+                    failures += verdict.error is not None
+                    judged += verdict.error is None
+                    if faults >= down_after or (failures >= failing_after and not judged):
+                        raise KmqError(
+                            f"the judge endpoint {self.url} cannot be used: the last "
+                            f"{max(faults, failures)} rows all failed ({verdict.error}; "
+                            f"{verdict.attempts} attempts). Check that the server is running "
+                            f"and healthy, the model name {self.model!r} and the API key in "
+                            f"${self.api_key_env}. Nothing failed is cached: a rerun scores "
+                            "those rows again."
+                        )
+        finally:
+            stop.set()  # aborts requests in flight and backoff waits (also on Ctrl-C)
+            pool.shutdown(wait=True, cancel_futures=True)
         return [verdicts[i] for i in range(len(texts))]
 
     def _judge_one(self, text: str, api_key: str | None, stop: threading.Event) -> Verdict:
@@ -563,6 +573,7 @@ class HttpJudgeBackend:
                     api_key=api_key,
                     timeout=self.timeout,
                     endpoint_statuses=ENDPOINT_STATUSES,
+                    cancel=stop,
                 )
                 verdict = parse_reply(body)
             except RequestError as exc:
