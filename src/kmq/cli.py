@@ -30,7 +30,7 @@ from kmq.quality import QUALITY_SCORERS
 from kmq.report import write_report
 from kmq.scoring import ScoreConfig, score_file
 from kmq.selectors import SELECTORS
-from kmq.selectors.kmq import WEIGHTINGS
+from kmq.selectors.kmq import DEFAULT_CANDIDATES, WEIGHTINGS
 from kmq.streaming import IN_MEMORY_LIMIT, OUTPUT_SHARD_ROWS, SAMPLE_FLOOR, SAMPLE_PER_CENTROID
 
 console = Console(stderr=True)
@@ -58,6 +58,21 @@ def k_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer or 'auto', got {text!r}"
         ) from None
+
+
+def candidates_arg(text: str) -> int | str:
+    """``--quality-candidates``: M >= 1, or 0 / 'all' (score every row)."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer M, or 0 / 'all' (score every row); got {text!r}"
+        )
+    return value
 
 
 def grid_arg(text: str) -> list[int]:
@@ -261,6 +276,15 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
         help="draw ∝ q^(1/T) (linear), ∝ exp(q/T) (softmax); auto: linear if every q >= 0",
     )
     q.add_argument("--temperature", type=float, default=1.0, help="quality weighting temperature")
+    q.add_argument(
+        "--quality-candidates",
+        type=candidates_arg,
+        default=DEFAULT_CANDIDATES,
+        metavar="M",
+        help=f"kmq with a --quality scorer: score only M × quota uniformly drawn candidates per "
+        f"cluster and draw the quota among them (default {DEFAULT_CANDIDATES}; 0 or 'all': "
+        "score every row)",
+    )
     add_scorer_args(p, required=False)
     e = p.add_argument_group("embedding")
     e.add_argument(
@@ -332,6 +356,7 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
         quality_options=scorer_options(args),
         quality_weighting=args.quality_weighting,
         temperature=args.temperature,
+        quality_candidates=args.quality_candidates,
         encoder=args.encoder,
         view=args.view,
         batch_size=args.batch_size,
@@ -469,6 +494,17 @@ def print_summary(manifest: dict[str, Any], out: Path) -> None:
         lines.append(f"[yellow]shortfall: {counts['shortfall']} rows under budget[/]")
     for note in manifest.get("notes", []):
         lines.append(f"[yellow]note: {note}[/]")
+    quality = manifest.get("quality") or {}
+    if "rows_scored" in quality:
+        how = (
+            f"{quality['candidates']} × quota candidates per cluster"
+            if quality.get("candidates")
+            else "every row"
+        )
+        lines.append(
+            f"quality {quality['column']}: {quality['rows_scored']} of {quality['rows']} rows "
+            f"scored ({how})"
+        )
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest["timings_s"].items())
     lines.append(f"time: {timings}; peak memory {manifest['peak_rss_mb']:.0f} MB")
     for line in lines:

@@ -256,6 +256,7 @@ def print_state(state: dict[str, Any]) -> None:
     for col in (
         "round",
         "rows",
+        "quality scored",
         "steps done",
         "seconds (select/train/gen/score/reweight)",
         "weight by source after",
@@ -270,6 +271,7 @@ def print_state(state: dict[str, Any]) -> None:
         table.add_row(
             str(entry["round"]),
             str(entry.get("size", "-")),
+            str(entry.get("quality_scored") or "-"),
             ",".join(entry["done"]),
             seconds,
             sources or "-",

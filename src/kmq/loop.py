@@ -38,6 +38,7 @@ from kmq.pipeline import (
     exclusion,
     make_engine,
     pool_quality,
+    quality_multiple,
     resolve_budget,
     write_clusters,
     write_table,
@@ -75,6 +76,7 @@ class IterateConfig:
     def from_dict(cls, data: dict[str, Any]) -> IterateConfig:
         pool = dict(data["pool"])
         pool["fields"] = FieldMap(**pool["fields"])
+        pool.setdefault("quality_candidates", None)  # runs saved before it scored every row
         known = {f.name for f in fields(SelectConfig)}
         rest = {k: v for k, v in data.items() if k not in ("pool", "version")}
         return cls(pool=SelectConfig(**{k: v for k, v in pool.items() if k in known}), **rest)
@@ -259,16 +261,34 @@ class IterativeSelection:
         weights = self.weights_before(r)
         excluded = np.union1d(self.picked_before(r), self.excluded)
         size = round_sizes(self.budget, self.config.rounds)[r - 1]
-        selector = KMQSelector(weighting=cfg.quality_weighting, temperature=cfg.temperature)
+        multiple = quality_multiple(cfg)
+        selector = KMQSelector(
+            weighting=cfg.quality_weighting, temperature=cfg.temperature, candidates=multiple
+        )
+        seed = np.random.SeedSequence(cfg.seed, spawn_key=(r,))
+        if multiple is None:
+            quality = self.quality
+            scored = None if quality is None else len(quality)
+        else:
+            rows = selector.candidate_rows(
+                len(self.pool.examples),
+                size,
+                labels=self.labels,
+                weights=weights,
+                exclude=excluded,
+                seed=seed,
+            )
+            quality, _ = pool_quality(self.pool, cfg, rows=rows)
+            scored = len(rows)
         result = self.engine.select(
             selector,
             self.embeddings,
             size,
             labels=self.labels,
-            quality=self.quality,
+            quality=quality,
             weights=weights,
             exclude=excluded,
-            seed=np.random.SeedSequence(cfg.seed, spawn_key=(r,)),
+            seed=seed,
         )
         self.dir.round_dir(r).mkdir(parents=True, exist_ok=True)
         rows_path = write_selected(
@@ -285,6 +305,8 @@ class IterativeSelection:
                 "weights_before": weights.tolist(),
                 "rows_file": rows_path.name,
                 "reasons": result.reasons,
+                "quality": None if quality is None else quality[result.indices].tolist(),
+                "quality_scored": scored,
             },
             r,
         )
@@ -516,10 +538,23 @@ class IterativeSelection:
             out = self.dir.path / "final"
             out.mkdir(exist_ok=True)
             write_selected(self.pool, [self.pool.examples[i].row for i in indices], out)
-            write_table(out / "selection.parquet", self.pool, result, self.quality)
+            write_table(out / "selection.parquet", self.pool, result, self.picked_quality())
             self.dir.write("state.json", self.state())
             self.dir.mark_done("final")
         return result
+
+    def picked_quality(self) -> np.ndarray | None:
+        """Quality of every pool row as the rounds read it, NaN for rows never picked (with
+        candidate-only scoring no round scores the whole pool)."""
+        rounds = [self.dir.read("picked.json", r) for r in range(1, self.config.rounds + 1)]
+        if any("quality" not in picked for picked in rounds):
+            return self.quality  # a run from before candidate-only scoring
+        if any(picked["quality"] is None for picked in rounds):
+            return None
+        quality = np.full(len(self.pool.examples), np.nan)
+        for picked in rounds:
+            quality[picked["indices"]] = picked["quality"]
+        return quality
 
     def state(self) -> dict[str, Any]:
         """The whole run as one JSON-able dict (``kmq inspect RUN --json``)."""
@@ -541,6 +576,7 @@ class IterativeSelection:
                     "picked_ids": picked["ids"],
                     "quotas": picked["quotas"],
                     "weights_before": picked["weights_before"],
+                    "quality_scored": picked.get("quality_scored"),
                 }
             if self.dir.done("reweight", r):
                 weights = self.dir.read("weights.json", r)
@@ -608,6 +644,7 @@ def selection_settings(config: dict[str, Any]) -> dict[str, Any]:
     settings in :data:`NOT_SELECTION`, the trainer's progress bars; paths made absolute."""
     config = absolute_paths(config)
     pool = {k: v for k, v in config["pool"].items() if k not in NOT_SELECTION}
+    pool = {"quality_candidates": None} | pool  # runs saved before it scored every row
     trainer = {k: v for k, v in config["trainer_options"].items() if k != "show_progress"}
     rest = {k: v for k, v in config.items() if k != "version"}
     return rest | {"pool": pool, "trainer_options": trainer}

@@ -8,7 +8,7 @@ import platform
 import resource
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,9 +41,10 @@ from kmq.formats import (
     write_selected,
 )
 from kmq.outdir import check_out, staged
-from kmq.random import SeedLike
+from kmq.random import SeedLike, seed_sequence
 from kmq.scoring import compute_quality, fill_missing
-from kmq.selectors import CLUSTERED, SELECTORS, SelectionResult, Selector, get_selector
+from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, Selector, get_selector
+from kmq.selectors.kmq import DEFAULT_CANDIDATES, candidate_multiple
 
 if TYPE_CHECKING:
     from kmq.streaming import StreamedPool
@@ -143,7 +144,8 @@ def select(
     method: str = "kmq",
     k: int | Literal["auto"] = "auto",
     labels: np.ndarray | None = None,
-    quality: np.ndarray | None = None,
+    quality: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
+    quality_candidates: int | str | None = None,
     allocation: str = "balanced",
     quality_weighting: str = "auto",
     temperature: float = 1.0,
@@ -159,12 +161,24 @@ def select(
     when a method fell back (e.g. kMQ without quality is kM-Random). ``engine`` (a name or an
     :class:`~kmq.engines.Engine`) assigns the rows and draws the per-cluster picks; every
     engine gives the same selection.
+
+    ``quality`` is one score per row, or a function called once with the (ascending) rows
+    whose scores the selection needs, returning their scores. ``quality_candidates`` = M
+    (kmq only; None, 0 or ``"all"``: every row) draws each cluster's quota among M × quota
+    uniformly drawn candidates, so only those rows need a score (see
+    :class:`~kmq.selectors.KMQSelector`).
     """
     runner = get_engine(engine) if isinstance(engine, str) else engine
     n = len(embeddings)
     n_budget = resolve_budget(budget, n)
     if method not in SELECTORS:
         raise KmqError(f"method must be one of {', '.join(SELECTORS)}; got {method!r}")
+    multiple = candidate_multiple(quality_candidates)
+    if multiple is not None and method != "kmq":
+        raise KmqError(
+            f"quality_candidates applies to method='kmq' only (other methods read every row's "
+            f"quality); got method={method!r}"
+        )
     silhouette = None
     if labels is None and method in CLUSTERED:
         fitted, silhouette = cluster(
@@ -172,13 +186,32 @@ def select(
         )
         labels = fitted.labels_
     selector = get_selector(
-        method, allocation=allocation, weighting=quality_weighting, temperature=temperature
+        method,
+        allocation=allocation,
+        weighting=quality_weighting,
+        temperature=temperature,
+        candidates=multiple,
     )
+    if callable(quality):
+        rows = np.arange(n, dtype=np.int64)
+        if isinstance(selector, KMQSelector):
+            seed = seed_sequence(seed)  # a Generator would advance between the two calls
+            rows = selector.candidate_rows(n, n_budget, labels=labels, exclude=exclude, seed=seed)
+        quality = scores_at(rows, np.asarray(quality(rows), dtype=np.float64), n)
     result = runner.select(
         selector, embeddings, n_budget, labels=labels, quality=quality, exclude=exclude, seed=seed
     )
     result.silhouette = silhouette
     return result
+
+
+def scores_at(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """One score per row of an ``n``-row pool: ``values`` at ``rows``, NaN elsewhere."""
+    if values.shape != rows.shape:
+        raise KmqError(f"the quality function returned {values.shape} scores for {len(rows)} rows")
+    full = np.full(n, np.nan, dtype=np.float64)
+    full[rows] = values
+    return full
 
 
 @dataclass
@@ -198,6 +231,7 @@ class SelectConfig:
     quality_options: dict[str, Any] = field(default_factory=dict)
     quality_weighting: str = "auto"
     temperature: float = 1.0
+    quality_candidates: int | str | None = DEFAULT_CANDIDATES
     encoder: str | Encoder = DEFAULT_ENCODER
     view: str = "user"
     batch_size: int = 64
@@ -233,6 +267,7 @@ class SelectConfig:
                 f"give either --quality {self.quality} (a scorer) or --quality-field "
                 f"{self.quality_field} (a column), not both"
             )
+        candidate_multiple(self.quality_candidates)
         if self.embedding_dtype not in (None, "float16", "float32"):
             raise KmqError(
                 f"--embedding-dtype must be float16 or float32, got {self.embedding_dtype!r}"
@@ -399,8 +434,12 @@ def select_file(config: SelectConfig) -> SelectRun:
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
     check_feasible(config, n, budget, int(exclude_mask.sum()))
-    with timer.stage("quality"):
-        quality, quality_info = pool_quality(pool, config)
+    multiple = quality_multiple(config)
+    quality: np.ndarray | None = None
+    quality_info: dict[str, Any] | None = None
+    if multiple is None:
+        with timer.stage("quality"):
+            quality, quality_info = pool_quality(pool, config)
     with timer.stage("embed"):
         embeddings, embedding = embed_pool(pool, config)
     fitted: Clustering | None = None
@@ -430,13 +469,20 @@ def select_file(config: SelectConfig) -> SelectRun:
             exclude_mask = exclude_mask | ~dedup.keep
             excluded["deduplicated"] = len(dedup.removed)
         log.info("SemDeDup (eps=%g) removed %d near-duplicates", config.dedup, len(dedup.removed))
+    selector = make_selector(config)
+    labels = None if fitted is None else fitted.labels_
+    if isinstance(selector, KMQSelector) and multiple is not None:
+        with timer.stage("quality"):
+            rows = selector.candidate_rows(
+                n, budget, labels=labels, exclude=exclude_mask, seed=config.seed
+            )
+            quality, quality_info = pool_quality(pool, config, rows=rows)
     with timer.stage("select"):
-        selector = make_selector(config)
         result = make_engine(config).select(
             selector,
             embeddings,
             budget,
-            labels=None if fitted is None else fitted.labels_,
+            labels=labels,
             quality=quality,
             exclude=exclude_mask,
             seed=config.seed,
@@ -448,8 +494,8 @@ def select_file(config: SelectConfig) -> SelectRun:
         log.warning(note)
     with staged(out) as folder:
         with timer.stage("write"):
-            rows = [pool.examples[i].row for i in result.indices]
-            data_path = write_selected(pool, rows, folder)
+            picked_rows = [pool.examples[i].row for i in result.indices]
+            data_path = write_selected(pool, picked_rows, folder)
             write_table(folder / TABLE, pool, result, quality)
             if fitted is not None:
                 write_clusters(folder / CLUSTERS, fitted)
@@ -529,14 +575,25 @@ def make_selector(config: SelectConfig, **options: Any) -> Selector:
         alpha=config.qdit_alpha,
         n_neighbors=config.n_neighbors,
         show_progress=config.progress,
+        candidates=quality_multiple(config),
         **options,
     )
 
 
+def quality_multiple(config: SelectConfig) -> int | None:
+    """M when kMQ draws among M × quota candidates scored by a ``--quality`` scorer; None when
+    every row is scored (``--quality-candidates 0|all``, a ``--quality-field`` column, which
+    is read whole, or another method: deita and qdit rank every row's quality)."""
+    if not config.quality or config.method != "kmq":
+        return None
+    return candidate_multiple(config.quality_candidates)
+
+
 def pool_quality(
-    pool: LoadedPool, config: SelectConfig
+    pool: LoadedPool, config: SelectConfig, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-    """Quality per row from ``--quality-field`` or a ``--quality`` scorer (NaN → lowest score)."""
+    """Quality per row from ``--quality-field`` or a ``--quality`` scorer (NaN → lowest score),
+    the scorer run on ``rows`` only when given (the other rows stay NaN)."""
     if config.quality_field:
         return pool.quality, column_quality_info(config.quality_field)
     if not config.quality:
@@ -544,11 +601,13 @@ def pool_quality(
     scores = compute_quality(
         pool.examples,
         config.quality,
+        rows=rows,
         options=config.quality_options,
         cache_dir=Path(config.cache_dir) if config.cache_dir else None,
         show_progress=config.progress,
     )
-    return fill_missing(scores.values), scores.summary()
+    info = scores.summary() | {"candidates": None if rows is None else quality_multiple(config)}
+    return fill_missing(scores.values, rows), info
 
 
 def column_quality_info(column: str) -> dict[str, Any]:

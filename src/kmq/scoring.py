@@ -16,7 +16,7 @@ from kmq.atomic import atomic_path
 from kmq.errors import KmqError
 from kmq.examples import Example
 from kmq.formats import FieldMap, load_pool
-from kmq.quality import get_quality_scorer
+from kmq.quality import QualityScorer, get_quality_scorer
 from kmq.quality.cache import score_cached
 
 log = logging.getLogger("kmq")
@@ -26,11 +26,12 @@ log = logging.getLogger("kmq")
 class QualityScores:
     """Scores of a pool under one scorer, and the facts the manifest records about them."""
 
-    values: np.ndarray  # float64, NaN = not scored
+    values: np.ndarray  # float64, one per pool row, NaN = not scored
     name: str
     direction: str
     fingerprint: str
     cache_hit: bool
+    rows_scored: int  # rows the scorer was run on (the others are NaN by design)
 
     @property
     def column(self) -> str:
@@ -56,35 +57,59 @@ class QualityScores:
             "fingerprint": self.fingerprint,
             "cache_hit": self.cache_hit,
             "rows": len(self.values),
-            "missing": int(len(self.values) - len(finite)),
+            "rows_scored": self.rows_scored,
+            "missing": int(self.rows_scored - len(finite)),
             **stats,
         }
+
+
+def score_rows(
+    scorer: QualityScorer,
+    examples: Sequence[Example],
+    rows: np.ndarray,
+    *,
+    cache_dir: Path | None = None,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, bool]:
+    """``scorer``'s scores of ``examples[rows]`` (float64, NaN = not scored) and whether they
+    all came from the cache: every quality score kmq computes goes through here."""
+    subset = [examples[i] for i in rows]
+    values, hit = score_cached(subset, scorer, cache_dir=cache_dir, show_progress=show_progress)
+    return np.asarray(values, dtype=np.float64), hit
 
 
 def compute_quality(
     examples: Sequence[Example],
     name: str,
     *,
+    rows: np.ndarray | None = None,
     options: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
     show_progress: bool = True,
 ) -> QualityScores:
-    """Scores of ``examples`` under the scorer ``name`` (cached by content + scorer settings)."""
+    """Scores of ``examples`` under the scorer ``name`` (cached by content + scorer settings):
+    of every row, or only of ``rows`` (the others are NaN)."""
     scorer = get_quality_scorer(name, cache_dir=cache_dir, **(options or {}))
-    values, hit = score_cached(examples, scorer, cache_dir=cache_dir, show_progress=show_progress)
+    wanted = np.arange(len(examples)) if rows is None else np.asarray(rows, dtype=np.int64)
+    values, hit = score_rows(
+        scorer, examples, wanted, cache_dir=cache_dir, show_progress=show_progress
+    )
+    full = np.full(len(examples), np.nan, dtype=np.float64)
+    full[wanted] = values
     scores = QualityScores(
-        values=np.asarray(values, dtype=np.float64),
+        values=full,
         name=scorer.name,
         direction=scorer.direction,
         fingerprint=scorer.fingerprint(),
         cache_hit=hit,
+        rows_scored=len(wanted),
     )
     missing = scores.summary()["missing"]
-    if missing and missing == len(examples):
+    if missing and missing == len(wanted):
         failures = getattr(scorer, "failure_summary", None)
         detail = f": {failures()}" if failures is not None else ""
         raise KmqError(
-            f"--quality {name}: none of the {len(examples)} rows could be scored{detail}. "
+            f"--quality {name}: none of the {len(wanted)} rows could be scored{detail}. "
             "Nothing was cached; fix the scorer (or its endpoint) and rerun"
         )
     if missing:
@@ -92,19 +117,24 @@ def compute_quality(
             "%s: %d of %d rows could not be scored (NaN; not cached, tried again on the next run)",
             name,
             missing,
-            len(examples),
+            len(wanted),
         )
     return scores
 
 
-def fill_missing(values: np.ndarray) -> np.ndarray:
-    """NaN scores replaced by the lowest finite score (such rows are drawn least often)."""
-    finite = np.isfinite(values)
+def fill_missing(values: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """NaN scores of ``rows`` (default: every row) replaced by the lowest finite score among
+    them (such rows are drawn least often); the other rows are left as they are."""
+    at = np.arange(len(values)) if rows is None else np.asarray(rows, dtype=np.int64)
+    scored = values[at]
+    finite = np.isfinite(scored)
     if finite.all():
         return values
     if not finite.any():
         raise KmqError("no row could be scored: every quality score is missing")
-    return np.where(finite, values, values[finite].min())
+    filled = values.copy()
+    filled[at] = np.where(finite, scored, scored[finite].min())
+    return filled
 
 
 @dataclass

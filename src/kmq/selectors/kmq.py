@@ -3,14 +3,54 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from kmq.errors import KmqError
-from kmq.random import SeedLike
+from kmq.random import SeedLike, stream
 from kmq.selectors.base import ClusterPicks, ClusterPlan, ClusterSelector, weighted_order
 
 WEIGHTINGS = ("auto", "linear", "softmax")
+DEFAULT_CANDIDATES = 8
+# A cluster's candidates come from stream(seed, cluster, CANDIDATE_STREAM); its picks from
+# stream(seed, cluster), as without candidates.
+CANDIDATE_STREAM = 1
+
+
+def candidate_multiple(value: int | str | None) -> int | None:
+    """``quality_candidates`` as M (candidates per quota row), or None for "score every row"
+    (given as None, 0 or ``"all"``)."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise KmqError(
+            "quality_candidates (--quality-candidates) must be a positive integer M "
+            f"(score M × quota rows per cluster), or 0 / 'all' to score every row; got {value!r}"
+        )
+    return int(value) or None
+
+
+def draw_candidates(plan: ClusterPlan, multiple: int) -> ClusterPlan:
+    """``plan`` with each cluster's members cut to its candidates: ``multiple`` × its quota rows
+    drawn uniformly without replacement from the cluster's own candidate stream (all of its
+    rows when they are no more than that; none for a cluster without a quota).
+
+    Quotas are final before candidates are drawn (a cluster that received another's shortfall
+    draws candidates for its grown quota), so every cluster has at least its quota.
+    """
+    parts: list[np.ndarray] = []
+    sizes = np.zeros(len(plan.quotas), dtype=np.int64)
+    for j in plan.clusters:
+        members = plan.members(j)
+        want = multiple * int(plan.quotas[j])
+        if want < len(members):
+            rng = stream(plan.seed, j, CANDIDATE_STREAM)
+            members = np.sort(rng.choice(members, size=want, replace=False))
+        parts.append(members)
+        sizes[j] = len(members)
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return replace(plan, rows=rows, offsets=np.concatenate([[0], np.cumsum(sizes)]))
 
 
 class KMQSelector(ClusterSelector):
@@ -21,13 +61,24 @@ class KMQSelector(ClusterSelector):
     ``softmax`` w = exp((q - max q) / temperature) over the cluster (the official code);
     ``auto`` (default) is ``linear`` when every score is >= 0 and ``softmax`` otherwise.
     Without quality scores every row weighs the same and kMQ is kM-Random (a note says so).
+
+    ``candidates`` = M (None: every row) draws only among candidates: per cluster, M × quota
+    rows drawn uniformly from the cluster's own stream (:func:`draw_candidates`); only their
+    quality is read (the others' may be NaN: :meth:`candidate_rows` says which rows to score)
+    and ``auto`` decides on their scores. A cluster of at most M × quota rows draws from all of
+    them, exactly as without candidates.
     """
 
     name = "kmq"
     score_name = "quality"
 
     def __init__(
-        self, *, allocation: str = "balanced", weighting: str = "auto", temperature: float = 1.0
+        self,
+        *,
+        allocation: str = "balanced",
+        weighting: str = "auto",
+        temperature: float = 1.0,
+        candidates: int | str | None = None,
     ) -> None:
         super().__init__(allocation=allocation)
         if weighting not in WEIGHTINGS:
@@ -36,6 +87,7 @@ class KMQSelector(ClusterSelector):
             raise KmqError(f"temperature must be > 0, got {temperature}")
         self.weighting = weighting
         self.temperature = temperature
+        self.candidates = candidate_multiple(candidates)
 
     def plan(
         self,
@@ -48,9 +100,10 @@ class KMQSelector(ClusterSelector):
         exclude: np.ndarray | Sequence[int] | None = None,
         seed: SeedLike = 0,
     ) -> ClusterPlan:
-        """Also decide the weighting rule (``rule_``), once, on every score."""
-        self.rule_ = self.resolve_weighting(quality)
-        return super().plan(
+        """Also cut the members to the candidates (with ``candidates`` and scores) and decide
+        the weighting rule (``rule_``), once, on every score read (``pool_sizes_``: the rows
+        each cluster could pick from before the cut)."""
+        plan = super().plan(
             n,
             budget,
             labels=labels,
@@ -59,6 +112,30 @@ class KMQSelector(ClusterSelector):
             exclude=exclude,
             seed=seed,
         )
+        self.pool_sizes_ = np.diff(plan.offsets)
+        if quality is None or self.candidates is None:
+            self.rule_ = self.resolve_weighting(quality)
+            return plan
+        plan = draw_candidates(plan, self.candidates)
+        self.rule_ = self.resolve_weighting(np.asarray(quality)[plan.rows])
+        return plan
+
+    def candidate_rows(
+        self,
+        n: int,
+        budget: int,
+        *,
+        labels: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+        exclude: np.ndarray | Sequence[int] | None = None,
+        seed: SeedLike = 0,
+    ) -> np.ndarray:
+        """The rows whose quality :meth:`select` with the same arguments reads (ascending):
+        every row without ``candidates``, else each cluster's candidates."""
+        if self.candidates is None:
+            return np.arange(n, dtype=np.int64)
+        plan = super().plan(n, budget, labels=labels, weights=weights, exclude=exclude, seed=seed)
+        return np.sort(draw_candidates(plan, self.candidates).rows)
 
     def resolve_weighting(self, quality: np.ndarray | None) -> str:
         """The rule used for the whole pool: ``auto`` decides once, on every score."""
@@ -66,7 +143,11 @@ class KMQSelector(ClusterSelector):
             return "uniform"
         q = np.asarray(quality, dtype=np.float64)
         if not np.all(np.isfinite(q)):
-            raise KmqError(f"{int((~np.isfinite(q)).sum())} quality scores are NaN or infinite")
+            read = "rows that may be drawn" if self.candidates is not None else "rows"
+            raise KmqError(
+                f"{int((~np.isfinite(q)).sum())} of the {len(q)} {read} have a NaN or infinite "
+                "quality score"
+            )
         if self.weighting == "auto":
             return "linear" if q.min() >= 0 else "softmax"
         if self.weighting == "linear" and q.min() < 0:
@@ -106,8 +187,12 @@ class KMQSelector(ClusterSelector):
             w = self.draw_weights(q)
         p = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
         order = weighted_order(w, rng)[:quota]
+        among = f"{len(members)} rows"
+        size = int(self.pool_sizes_[cluster])
+        if len(members) < size:
+            among = f"{len(members)} candidates of {size} rows"
         reasons = [
-            f"cluster {cluster}: quality-weighted draw {r + 1} of {quota} from {len(members)} rows "
+            f"cluster {cluster}: quality-weighted draw {r + 1} of {quota} from {among} "
             f"(quality {q[i]:.4g}, p={p[i]:.3g})"
             for r, i in enumerate(order)
         ]
