@@ -20,6 +20,7 @@ from kmq.cli_iterate import EXTERNAL_VERBS, add_iterate, print_state
 from kmq.engines import ENGINES
 from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
+from kmq.export import OUTPUT_FORMATS
 from kmq.formats import FORMATS, FieldMap
 from kmq.loop import IterativeSelection
 from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
@@ -144,6 +145,13 @@ def add_select(sub: Any) -> None:
     )
     add_input_args(p)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="native",
+        help="selected rows as read (native; default) or as messages / sharegpt / alpaca "
+        "records a trainer reads",
+    )
     p.add_argument("--method", choices=list(SELECTORS), default="kmq")
     p.add_argument(
         "--allocation",
@@ -170,6 +178,12 @@ def add_select(sub: Any) -> None:
         type=int,
         default=50,
         help="qdit/facility-location: neighbours per row in the similarity graph",
+    )
+    b.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="do not remove exact duplicates (same conversation after normalising case, "
+        "whitespace and Unicode; on by default, recorded in duplicates.jsonl)",
     )
     b.add_argument(
         "--dedup",
@@ -349,6 +363,8 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
         kmeans_sample=getattr(args, "kmeans_sample", None),
         embedding_dtype=getattr(args, "embedding_dtype", None),
         output_shard_rows=getattr(args, "output_shard_rows", None),
+        output_format=getattr(args, "output_format", "native"),
+        keep_duplicates=getattr(args, "keep_duplicates", False),
     )
 
 
@@ -452,6 +468,7 @@ def print_summary(manifest: dict[str, Any], out: Path) -> None:
         f"{manifest['input']['kind']}); rejected {counts['rejected']}, "
         f"excluded {counts['excluded']}",
     ]
+    lines.extend(checks_lines(manifest.get("checks")))
     if clusters:
         sil = clusters.get("silhouette")
         best = f", silhouette {sil[str(clusters['k'])]:.4f}" if sil else ""
@@ -466,6 +483,19 @@ def print_summary(manifest: dict[str, Any], out: Path) -> None:
         stdout.print(line)
     if manifest.get("sources") or manifest.get("clusters"):
         stdout.print(composition_table(manifest))
+
+
+def checks_lines(checks: dict[str, Any] | None) -> list[str]:
+    """Rejects per reason and repaired rows, when there were any."""
+    if not checks:
+        return []
+    lines = []
+    if checks["rejected_by_reason"]:
+        why = ", ".join(f"{kind} {n}" for kind, n in checks["rejected_by_reason"].items())
+        lines.append(f"rejected by reason: {why} (rejects.jsonl)")
+    if checks["repaired"]:
+        lines.append(f"repaired {checks['repaired']} conversations ({checks['repairs']})")
+    return lines
 
 
 def composition_table(manifest: dict[str, Any]) -> Table:

@@ -8,9 +8,10 @@ import platform
 import resource
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kmq import __version__
+from kmq._imports import require
 from kmq.atomic import atomic_path, write_json
 from kmq.clustering import (
     DEFAULT_NITER,
@@ -31,18 +33,20 @@ from kmq.dedup import DedupResult, semdedup
 from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from kmq.engines import Engine, get_engine
 from kmq.errors import KmqError
+from kmq.exact import DUPLICATES, ExactDuplicates, exact_duplicates, write_duplicates
 from kmq.examples import TEXT_VIEWS
+from kmq.export import check_output_format, to_record, write_output
 from kmq.formats import (
     FieldMap,
     LoadedPool,
     is_shard_folder,
     load_pool,
     write_rejects,
-    write_selected,
 )
 from kmq.random import SeedLike
 from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import CLUSTERED, SELECTORS, SelectionResult, Selector, get_selector
+from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 if TYPE_CHECKING:
     from kmq.streaming import StreamedPool
@@ -157,6 +161,7 @@ def select(
     engine gives the same selection.
     """
     runner = get_engine(engine) if isinstance(engine, str) else engine
+    check_embeddings(embeddings)
     n = len(embeddings)
     n_budget = resolve_budget(budget, n)
     if method not in SELECTORS:
@@ -177,11 +182,43 @@ def select(
     return result
 
 
+def check_embeddings(embeddings: Any) -> None:
+    """:func:`select` takes an embedding matrix; records go through :func:`select_file`."""
+    module = type(embeddings).__module__.split(".")[0]
+    rows = isinstance(embeddings, list | tuple) and len(embeddings) > 0
+    if (
+        isinstance(embeddings, pa.Table)
+        or module in ("datasets", "pandas")
+        or (rows and isinstance(embeddings[0], Mapping))
+    ):
+        raise KmqError(
+            f"select() takes an (n, d) embedding matrix, got records ({type(embeddings).__name__});"
+            " to select from records (a list, a datasets.Dataset, a DataFrame or an Arrow table) "
+            "use select_file(SelectConfig(input=records, out=FOLDER, budget=...))"
+        )
+
+
+def is_path(value: Any) -> bool:
+    return isinstance(value, str | PathLike)
+
+
+def input_label(value: Any) -> str:
+    """A path as given; records in memory as ``<records: TYPE, N rows>``."""
+    if is_path(value):
+        return str(value)
+    size = f", {len(value)} rows" if hasattr(value, "__len__") else ""
+    return f"<records: {type(value).__name__}{size}>"
+
+
 @dataclass
 class SelectConfig:
-    """Everything ``kmq select`` takes; written whole into ``manifest.json``."""
+    """Everything ``kmq select`` takes; written whole into ``manifest.json``.
 
-    input: str
+    ``input`` is a path, or records in memory (see :func:`kmq.formats.load_pool`), which the
+    manifest names by their type and size.
+    """
+
+    input: str | Any
     out: str
     budget: int | float = 0.05
     method: str = "kmq"
@@ -216,6 +253,8 @@ class SelectConfig:
     output_shard_rows: int | None = None
     engine: str = "local"
     engine_options: dict[str, Any] = field(default_factory=dict)
+    output_format: str = "native"
+    keep_duplicates: bool = False
 
     def validate(self) -> None:
         if self.method not in SELECTORS:
@@ -241,20 +280,62 @@ class SelectConfig:
         make_engine(self)
         if self.engine != "local" and self.is_streaming():
             raise KmqError(f"--engine {self.engine} does not run --streaming selections")
+        check_output_format(self.output_format)
+        if self.streaming and not is_path(self.input):
+            raise KmqError("--streaming reads files; records in memory are selected in memory")
+        if self.output_format != "native" and self.is_streaming():
+            raise KmqError(
+                f"--output-format {self.output_format}: streaming runs write the rows as read "
+                "(native) only"
+            )
 
     def is_streaming(self) -> bool:
         """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
-        return self.streaming or is_shard_folder(self.input)
+        return self.streaming or (is_path(self.input) and is_shard_folder(self.input))
 
 
 @dataclass
 class SelectRun:
-    """What :func:`select_file` did: the result, the pool and the manifest it wrote."""
+    """What :func:`select_file` did: the result, the pool and the manifest it wrote.
+
+    ``result.indices`` index the pool's valid rows; :attr:`rows` are the picks' rows in the
+    input (the same when no row was rejected), so ``dataset.select(run.rows)`` is the selection.
+    """
 
     result: SelectionResult
     pool: LoadedPool | StreamedPool
     manifest: dict[str, Any]
     out: Path
+
+    @property
+    def rows(self) -> list[int]:
+        """The input row (0-based record index) of every pick, in pick order."""
+        if isinstance(self.pool, LoadedPool):
+            return [self.pool.examples[i].row for i in self.result.indices]
+        return self.pool.rows[self.result.indices].tolist()
+
+    def records(self, output_format: str = "native") -> list[dict[str, Any]]:
+        """The picked records in pick order: as read (``native``) or as ``messages`` /
+        ``sharegpt`` / ``alpaca`` records (see :mod:`kmq.export`)."""
+        check_output_format(output_format)
+        if not isinstance(self.pool, LoadedPool):
+            raise KmqError(
+                f"a streaming run keeps no records in memory; read {self.out}/selected-*"
+            )
+        picked = [self.pool.examples[i] for i in self.result.indices]
+        if output_format == "native":
+            return [dict(example.fields) for example in picked]
+        return [to_record(example, output_format) for example in picked]
+
+    def to_dataset(self, output_format: str = "native") -> Any:
+        """The picks as a ``datasets.Dataset``, in pick order: for a Dataset input and
+        ``native``, ``dataset.select(run.rows)`` (its features kept); else built from
+        :meth:`records`."""
+        datasets = require("datasets")
+        data = self.pool.data if isinstance(self.pool, LoadedPool) else None
+        if output_format == "native" and isinstance(data, datasets.Dataset):
+            return data.select(self.rows)
+        return datasets.Dataset.from_list(self.records(output_format))
 
 
 class Timer:
@@ -328,13 +409,11 @@ def select_file(config: SelectConfig) -> SelectRun:
         )
     n = len(pool.examples)
     if n == 0:
-        raise KmqError(
-            f"{config.input}: no valid rows to select from ({len(pool.rejects)} rejected)"
-        )
+        raise KmqError(f"{pool.path}: no valid rows to select from ({len(pool.rejects)} rejected)")
     log.info(
         "loaded %d rows of %s (%s, %s), %d rejected",
         n,
-        config.input,
+        pool.path,
         pool.format,
         pool.file_kind,
         len(pool.rejects),
@@ -342,6 +421,8 @@ def select_file(config: SelectConfig) -> SelectRun:
     budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
+    duplicates = None if config.keep_duplicates else exact_duplicates(pool.examples)
+    exclude_mask |= exact_mask(duplicates, n)
     with timer.stage("quality"):
         quality, quality_info = pool_quality(pool, config)
     with timer.stage("embed"):
@@ -365,6 +446,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         "excluded": int(exclude_mask.sum()),
         "excluded_not_in_pool": unknown_excluded,
         "deduplicated": 0,
+        "exact_duplicates": None if duplicates is None else len(duplicates.removed),
     }
     dedup = None
     if config.dedup is not None and fitted is not None:
@@ -391,12 +473,18 @@ def select_file(config: SelectConfig) -> SelectRun:
         log.warning(note)
     with timer.stage("write"):
         out.mkdir(parents=True, exist_ok=True)
-        data_path = write_selected(pool, [pool.examples[i].row for i in result.indices], out)
+        picked_rows = [pool.examples[i].row for i in result.indices]
+        data_path = write_output(pool, picked_rows, out, config.output_format)
         write_table(out / TABLE, pool, result, quality)
         if fitted is not None:
             write_clusters(out / CLUSTERS, fitted)
         if pool.rejects:
             write_rejects(pool.rejects, out / REJECTS)
+        if pool.repairs:
+            write_repairs(pool.repairs, out / REPAIRS)
+        if duplicates is not None:
+            rows = np.array([ex.row for ex in pool.examples], dtype=np.int64)
+            write_duplicates(out / DUPLICATES, duplicates, rows, ids)
         if dedup is not None:
             write_dedup(out / DEDUP, pool, dedup)
     summary = PoolSummary(
@@ -416,8 +504,17 @@ def select_file(config: SelectConfig) -> SelectRun:
     manifest = build_manifest(
         config, summary, result, fitted, embedding, quality_info, excluded, timer, data_path.name
     )
+    manifest["checks"] = checks_summary(pool.rejects, pool.repairs)
     write_json(out / MANIFEST, manifest)
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def exact_mask(duplicates: ExactDuplicates | None, n: int) -> np.ndarray:
+    """Mask of the rows removed as exact duplicates (none when dedup is off), logged."""
+    if duplicates is None:
+        return np.zeros(n, dtype=bool)
+    log.info("removed %d exact duplicates (kept their first copies)", len(duplicates.removed))
+    return duplicates.mask(n)
 
 
 def make_selector(config: SelectConfig, **options: Any) -> Selector:
@@ -618,7 +715,7 @@ def build_manifest(
     fitted: Clustering | None,
     embedding: dict[str, Any] | None,
     quality_info: dict[str, Any] | None,
-    excluded: dict[str, int],
+    excluded: dict[str, int | None],
     timer: Timer,
     rows_written: str | list[str],
     streaming: dict[str, Any] | None = None,
@@ -628,7 +725,7 @@ def build_manifest(
     pool_sources = pool.sources
     picked_sources = pool.selected_sources
     encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
-    config_dict = asdict(replace(config, encoder=encoder))
+    config_dict = asdict(replace(config, encoder=encoder, input=input_label(config.input)))
     clusters = None
     if fitted is not None:
         clusters = {
@@ -677,5 +774,6 @@ def build_manifest(
             "table": TABLE,
             "rejects": REJECTS if pool.rejected else None,
             "dedup": DEDUP if config.dedup is not None else None,
+            "duplicates": None if config.keep_duplicates else DUPLICATES,
         },
     } | ({"streaming": streaming} if streaming is not None else {})

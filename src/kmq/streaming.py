@@ -46,6 +46,7 @@ from kmq.cache import ContentHash, embed_sharded
 from kmq.chunks import CHUNK_ROWS, take_rows
 from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids
 from kmq.errors import KmqError, Reject
+from kmq.exact import DUPLICATES, KEY_DTYPE, find_duplicates, text_key, write_duplicates
 from kmq.examples import Example
 from kmq.formats import ExampleStream, write_rejects, write_selected_shards
 from kmq.pipeline import (
@@ -59,6 +60,7 @@ from kmq.pipeline import (
     Timer,
     build_manifest,
     column_quality_info,
+    exact_mask,
     exclusion,
     make_encoder,
     make_selector,
@@ -69,6 +71,7 @@ from kmq.pipeline import (
 )
 from kmq.random import make_rng
 from kmq.selectors import CLUSTERED, SelectionResult, Selector
+from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 log = logging.getLogger("kmq")
 
@@ -86,7 +89,8 @@ class StreamedPool:
 
     ``rows`` holds each valid row's record index in the input; ``sources`` an index into
     ``source_names`` (-1: none); ``quality`` the ``--quality-field`` values (float64);
-    ``text_hash`` the :class:`~kmq.cache.ContentHash` of the embedded texts, in row order.
+    ``text_hash`` the :class:`~kmq.cache.ContentHash` of the embedded texts, in row order;
+    ``keys`` each row's :func:`~kmq.exact.text_key` (for exact de-duplication).
     """
 
     stream: ExampleStream
@@ -97,6 +101,7 @@ class StreamedPool:
     source_names: list[str]
     quality: np.ndarray | None
     text_hash: str
+    keys: np.ndarray
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -137,6 +142,7 @@ def read_pool(config: SelectConfig) -> StreamedPool:
     ids: list[str] = []
     names: dict[str, int] = {}
     text_hash = ContentHash()
+    keys = bytearray()
     with tqdm(desc="reading", unit="row", disable=not config.progress) as bar:
         for example, score in stream:
             rows.append(example.row)
@@ -146,6 +152,7 @@ def read_pool(config: SelectConfig) -> StreamedPool:
             if score is not None:
                 quality.append(score)
             text_hash.update(_text(example, config.view))
+            keys += text_key(example)
             bar.update()
     return StreamedPool(
         stream=stream,
@@ -156,6 +163,7 @@ def read_pool(config: SelectConfig) -> StreamedPool:
         source_names=list(names),
         quality=np.frombuffer(quality, dtype=np.float64).copy() if config.quality_field else None,
         text_hash=text_hash.hexdigest(),
+        keys=np.frombuffer(bytes(keys), dtype=KEY_DTYPE),
     )
 
 
@@ -360,6 +368,8 @@ def write_outputs(
         write_clusters(out / CLUSTERS, clusters.fitted, distances=clusters.distances)
     if pool.rejects:
         write_rejects(pool.rejects, out / REJECTS)
+    if pool.stream.repairs:
+        write_repairs(pool.stream.repairs, out / REPAIRS)
     return files
 
 
@@ -410,6 +420,8 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         )
     budget = resolve_budget(config.budget, n)
     exclude_mask, unknown_excluded = exclusion(pool.ids, config.exclude)
+    duplicates = None if config.keep_duplicates else find_duplicates(pool.keys)
+    exclude_mask |= exact_mask(duplicates, n)
     clustered = config.method in CLUSTERED or config.k != "auto"
     embeddings, embedding = None, None
     if clustered or config.method in IN_MEMORY_METHODS:
@@ -432,7 +444,10 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         "excluded": int(exclude_mask.sum()),
         "excluded_not_in_pool": unknown_excluded,
         "deduplicated": 0,
+        "exact_duplicates": None if duplicates is None else len(duplicates.removed),
     }
+    if duplicates is not None:
+        write_duplicates(out / DUPLICATES, duplicates, pool.rows, pool.ids)
     streaming = {
         "input_files": len(pool.stream.files),
         "kmeans_sample": None if clusters is None else clusters.sample_size,
@@ -452,5 +467,6 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         [path.name for path in files],
         streaming,
     )
+    manifest["checks"] = checks_summary(pool.rejects, pool.stream.repairs)
     write_json(out / MANIFEST, manifest)
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
