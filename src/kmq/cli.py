@@ -25,6 +25,7 @@ from kmq.formats import FORMATS, FieldMap
 from kmq.loop import IterativeSelection
 from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
 from kmq.quality import QUALITY_SCORERS
+from kmq.replay import check_same_input, config_from_manifest, read_manifest
 from kmq.report import write_report
 from kmq.scoring import ScoreConfig, score_file
 from kmq.selectors import SELECTORS
@@ -143,8 +144,14 @@ def add_select(sub: Any) -> None:
         description="Embed, cluster and select; writes the picked rows in the "
         "input's own format, a per-row table and manifest.json to --out.",
     )
-    add_input_args(p)
+    add_input_args(p, optional=True)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--config",
+        metavar="MANIFEST",
+        help="replay the selection a manifest.json records (same picks on the same input); "
+        "only --out, --cache-dir and the input (when moved) may be given with it",
+    )
     p.add_argument(
         "--output-format",
         choices=OUTPUT_FORMATS,
@@ -315,7 +322,49 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
 
 
 def run_select(args: argparse.Namespace) -> int:
+    if args.config:
+        return run_replay(args)
+    if args.input is None:
+        raise KmqError("kmq select needs an input file (or --config MANIFEST to replay a run)")
     run = select_file(select_config(args, out=args.out, method=args.method))
+    print_summary(run.manifest, run.out)
+    if args.report:
+        stdout.print(f"report: {write_report(run.out)}")
+    return 0
+
+
+REPLAY_FREE = {
+    "command",
+    "handler",
+    "config",
+    "out",
+    "input",
+    "cache_dir",
+    "no_progress",
+    "quiet",
+    "report",
+}
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """``kmq select --config MANIFEST``: the recorded config, a new ``--out``."""
+    defaults = build_parser().parse_args(["select", "--out", args.out])
+    changed = [
+        "--" + name.replace("_", "-")
+        for name, value in vars(args).items()
+        if name not in REPLAY_FREE and value != getattr(defaults, name, value)
+    ]
+    if changed:
+        raise KmqError(
+            f"--config replays the recorded settings; drop {', '.join(sorted(changed))} "
+            "(or run without --config)"
+        )
+    manifest = read_manifest(args.config)
+    config = config_from_manifest(manifest, out=args.out, input=args.input)
+    config.progress = not args.no_progress
+    config.cache_dir = args.cache_dir or config.cache_dir
+    run = select_file(config)
+    check_same_input(manifest, run.manifest)
     print_summary(run.manifest, run.out)
     if args.report:
         stdout.print(f"report: {write_report(run.out)}")
