@@ -17,6 +17,7 @@ from rich.table import Table
 from kmq import __version__
 from kmq.allocation import ALLOCATIONS
 from kmq.cli_iterate import EXTERNAL_VERBS, add_iterate, print_state
+from kmq.dryrun import dry_run, dry_run_lines
 from kmq.engines import ENGINES
 from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
@@ -151,6 +152,12 @@ def add_select(sub: Any) -> None:
         metavar="MANIFEST",
         help="replay the selection a manifest.json records (same picks on the same input); "
         "only --out, --cache-dir and the input (when moved) may be given with it",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and check the input, print rows, tokens, sources, duplicates and the "
+        "estimated embedding time, and stop (nothing is written)",
     )
     p.add_argument(
         "--output-format",
@@ -326,6 +333,8 @@ def run_select(args: argparse.Namespace) -> int:
         return run_replay(args)
     if args.input is None:
         raise KmqError("kmq select needs an input file (or --config MANIFEST to replay a run)")
+    if args.dry_run:
+        return print_dry_run(select_config(args, out=args.out, method=args.method))
     run = select_file(select_config(args, out=args.out, method=args.method))
     print_summary(run.manifest, run.out)
     if args.report:
@@ -343,6 +352,7 @@ REPLAY_FREE = {
     "no_progress",
     "quiet",
     "report",
+    "dry_run",
 }
 
 
@@ -363,11 +373,19 @@ def run_replay(args: argparse.Namespace) -> int:
     config = config_from_manifest(manifest, out=args.out, input=args.input)
     config.progress = not args.no_progress
     config.cache_dir = args.cache_dir or config.cache_dir
+    if args.dry_run:
+        return print_dry_run(config)
     run = select_file(config)
     check_same_input(manifest, run.manifest)
     print_summary(run.manifest, run.out)
     if args.report:
         stdout.print(f"report: {write_report(run.out)}")
+    return 0
+
+
+def print_dry_run(config: SelectConfig) -> int:
+    for line in dry_run_lines(dry_run(config)):
+        stdout.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
