@@ -69,6 +69,7 @@ def test_select_file_writes_rows_unchanged_table_and_manifest(tmp_path: Path) ->
         "excluded_not_in_pool": 0,
         "deduplicated": 0,
         "exact_duplicates": 0,
+        "decontaminated": None,
         "budget": 12,
         "selected": 12,
         "shortfall": 0,

@@ -200,6 +200,19 @@ def add_select(sub: Any) -> None:
         "whitespace and Unicode; on by default, recorded in duplicates.jsonl)",
     )
     b.add_argument(
+        "--decontaminate",
+        nargs="+",
+        metavar="FILE",
+        help="drop pool rows whose prompt shares an --ngram word n-gram with any text of these "
+        "evaluation files (recorded in contamination.jsonl)",
+    )
+    b.add_argument(
+        "--ngram",
+        type=int,
+        default=13,
+        help="words per n-gram for --decontaminate (default 13)",
+    )
+    b.add_argument(
         "--dedup",
         type=float,
         metavar="EPS",
@@ -432,6 +445,8 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
         output_shard_rows=getattr(args, "output_shard_rows", None),
         output_format=getattr(args, "output_format", "native"),
         keep_duplicates=getattr(args, "keep_duplicates", False),
+        decontaminate=getattr(args, "decontaminate", None),
+        ngram=getattr(args, "ngram", 13),
     )
 
 

@@ -217,6 +217,19 @@ def load_pool(
     )
 
 
+def read_raw(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(location, record) of every record of a JSONL / JSON / CSV / Parquet file (optionally
+    gzipped) or save_to_disk folder, as read, with no format applied; a record that cannot be
+    read raises :class:`InputError` naming it."""
+    source, kind, compressed = _resolve(os.fspath(path))
+    with _read_guard(source):
+        dataset = _hf_dataset(source, kind) if kind.startswith("hf-") else None
+        for record in _read_records(source, kind, compressed, dataset):
+            if record.problem:
+                raise InputError(Reject(str(source), record.location, None, record.problem))
+            yield record.location, record.value
+
+
 MEMORY = Path("<records>")  # the "path" of an in-memory pool
 
 

@@ -29,6 +29,14 @@ from kmq.clustering import (
     choose_k,
     default_k_grid,
 )
+from kmq.decontaminate import (
+    CONTAMINATION,
+    NGRAM,
+    Contamination,
+    find_contamination,
+    read_eval,
+    write_contamination,
+)
 from kmq.dedup import DedupResult, semdedup
 from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from kmq.engines import Engine, get_engine
@@ -255,6 +263,8 @@ class SelectConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)
     output_format: str = "native"
     keep_duplicates: bool = False
+    decontaminate: list[str] | None = None
+    ngram: int = NGRAM
 
     def validate(self) -> None:
         if self.method not in SELECTORS:
@@ -281,6 +291,10 @@ class SelectConfig:
         if self.engine != "local" and self.is_streaming():
             raise KmqError(f"--engine {self.engine} does not run --streaming selections")
         check_output_format(self.output_format)
+        if self.decontaminate and self.is_streaming():
+            raise KmqError("--decontaminate runs on pools read in memory, not --streaming")
+        if not isinstance(self.ngram, int) or self.ngram < 1:
+            raise KmqError(f"--ngram must be a positive integer, got {self.ngram!r}")
         if self.streaming and not is_path(self.input):
             raise KmqError("--streaming reads files; records in memory are selected in memory")
         if self.output_format != "native" and self.is_streaming():
@@ -423,6 +437,9 @@ def select_file(config: SelectConfig) -> SelectRun:
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
     duplicates = None if config.keep_duplicates else exact_duplicates(pool.examples)
     exclude_mask |= exact_mask(duplicates, n)
+    contamination = decontamination(pool, config)
+    if contamination is not None:
+        exclude_mask |= contamination.mask(n)
     with timer.stage("quality"):
         quality, quality_info = pool_quality(pool, config)
     with timer.stage("embed"):
@@ -447,6 +464,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         "excluded_not_in_pool": unknown_excluded,
         "deduplicated": 0,
         "exact_duplicates": None if duplicates is None else len(duplicates.removed),
+        "decontaminated": None if contamination is None else len(contamination.removed),
     }
     dedup = None
     if config.dedup is not None and fitted is not None:
@@ -482,9 +500,11 @@ def select_file(config: SelectConfig) -> SelectRun:
             write_rejects(pool.rejects, out / REJECTS)
         if pool.repairs:
             write_repairs(pool.repairs, out / REPAIRS)
+        rows = np.array([ex.row for ex in pool.examples], dtype=np.int64)
         if duplicates is not None:
-            rows = np.array([ex.row for ex in pool.examples], dtype=np.int64)
             write_duplicates(out / DUPLICATES, duplicates, rows, ids)
+        if contamination is not None:
+            write_contamination(out / CONTAMINATION, contamination, rows, ids)
         if dedup is not None:
             write_dedup(out / DEDUP, pool, dedup)
     summary = PoolSummary(
@@ -505,8 +525,25 @@ def select_file(config: SelectConfig) -> SelectRun:
         config, summary, result, fitted, embedding, quality_info, excluded, timer, data_path.name
     )
     manifest["checks"] = checks_summary(pool.rejects, pool.repairs)
+    manifest["outputs"]["contamination"] = CONTAMINATION if contamination is not None else None
     write_json(out / MANIFEST, manifest)
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | None:
+    """The rows ``--decontaminate`` drops (``None`` without evaluation files), logged."""
+    if not config.decontaminate:
+        return None
+    found = find_contamination(pool.examples, read_eval(config.decontaminate, config.ngram))
+    log.info(
+        "decontamination (%d-grams of %d evaluation texts; %d under 8 words left out) "
+        "dropped %d rows",
+        config.ngram,
+        found.eval_texts,
+        found.eval_too_short,
+        len(found.removed),
+    )
+    return found
 
 
 def exact_mask(duplicates: ExactDuplicates | None, n: int) -> np.ndarray:

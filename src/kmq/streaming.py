@@ -445,6 +445,7 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         "excluded_not_in_pool": unknown_excluded,
         "deduplicated": 0,
         "exact_duplicates": None if duplicates is None else len(duplicates.removed),
+        "decontaminated": None,
     }
     if duplicates is not None:
         write_duplicates(out / DUPLICATES, duplicates, pool.rows, pool.ids)
