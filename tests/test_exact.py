@@ -105,3 +105,13 @@ def test_keep_duplicates_turns_it_off(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "duplicates.jsonl").exists()
     picked = pq.read_table(tmp_path / "out" / "selection.parquet").column("index").to_pylist()
     assert max(picked) >= 40  # 50 of 60 rows: copies are picked too
+
+
+def test_excluded_counts_only_the_exclude_file(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    half_duplicated(pool)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("ex-1\nex-41\n")  # ex-41 is also a duplicate of ex-1
+    run = select_file(config(tmp_path, pool, budget=10, k=4, exclude=str(ids)))
+    assert run.manifest["counts"]["excluded"] == 2
+    assert run.manifest["counts"]["exact_duplicates"] == 20

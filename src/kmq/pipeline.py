@@ -435,6 +435,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
+    n_excluded = int(exclude_mask.sum())  # by --exclude; the masks below are counted apart
     duplicates = None if config.keep_duplicates else exact_duplicates(pool.examples)
     exclude_mask |= exact_mask(duplicates, n)
     contamination = decontamination(pool, config)
@@ -460,7 +461,7 @@ def select_file(config: SelectConfig) -> SelectRun:
                 engine=make_engine(config),
             )
     excluded = {
-        "excluded": int(exclude_mask.sum()),
+        "excluded": n_excluded,
         "excluded_not_in_pool": unknown_excluded,
         "deduplicated": 0,
         "exact_duplicates": None if duplicates is None else len(duplicates.removed),

@@ -420,6 +420,7 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         )
     budget = resolve_budget(config.budget, n)
     exclude_mask, unknown_excluded = exclusion(pool.ids, config.exclude)
+    n_excluded = int(exclude_mask.sum())  # by --exclude; the masks below are counted apart
     duplicates = None if config.keep_duplicates else find_duplicates(pool.keys)
     exclude_mask |= exact_mask(duplicates, n)
     clustered = config.method in CLUSTERED or config.k != "auto"
@@ -441,7 +442,7 @@ def select_streaming(config: SelectConfig) -> SelectRun:
     with timer.stage("write"):
         files = write_outputs(out, pool, result, clusters, config)
     excluded = {
-        "excluded": int(exclude_mask.sum()),
+        "excluded": n_excluded,
         "excluded_not_in_pool": unknown_excluded,
         "deduplicated": 0,
         "exact_duplicates": None if duplicates is None else len(duplicates.removed),
