@@ -68,6 +68,8 @@ def test_select_file_writes_rows_unchanged_table_and_manifest(tmp_path: Path) ->
         "excluded": 0,
         "excluded_not_in_pool": 0,
         "deduplicated": 0,
+        "exact_duplicates": 0,
+        "decontaminated": None,
         "budget": 12,
         "selected": 12,
         "shortfall": 0,

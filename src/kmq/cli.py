@@ -18,15 +18,18 @@ from rich.table import Table
 from kmq import __version__
 from kmq.allocation import ALLOCATIONS
 from kmq.cli_iterate import EXTERNAL_VERBS, add_iterate, print_state
+from kmq.dryrun import dry_run, dry_run_lines
 from kmq.engines import ENGINES
 from kmq.errors import KmqError
 from kmq.examples import TEXT_VIEWS
+from kmq.export import OUTPUT_FORMATS
 from kmq.formats import FORMATS, FieldMap
 from kmq.loop import IterativeSelection
 from kmq.outdir import not_an_output
 from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
 from kmq.progress import quiet_libraries
 from kmq.quality import QUALITY_SCORERS
+from kmq.replay import check_same_input, config_from_manifest, read_manifest
 from kmq.report import write_report
 from kmq.scoring import ScoreConfig, score_file
 from kmq.selectors import SELECTORS
@@ -164,8 +167,27 @@ def add_select(sub: Any) -> None:
         description="Embed, cluster and select; writes the picked rows in the "
         "input's own format, a per-row table and manifest.json to --out.",
     )
-    add_input_args(p)
+    add_input_args(p, optional=True)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--config",
+        metavar="MANIFEST",
+        help="replay the selection a manifest.json records (same picks on the same input); "
+        "only --out, --cache-dir and the input (when moved) may be given with it",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and check the input, print rows, tokens, sources, duplicates and the "
+        "estimated embedding time, and stop (nothing is written)",
+    )
+    p.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="native",
+        help="selected rows as read (native; default) or as messages / sharegpt / alpaca "
+        "records a trainer reads",
+    )
     p.add_argument("--method", choices=list(SELECTORS), default="kmq")
     p.add_argument(
         "--allocation",
@@ -194,6 +216,25 @@ def add_select(sub: Any) -> None:
         type=int,
         default=50,
         help="qdit/facility-location: neighbours per row in the similarity graph",
+    )
+    b.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="do not remove exact duplicates (same conversation after normalising case, "
+        "whitespace and Unicode; on by default, recorded in duplicates.jsonl)",
+    )
+    b.add_argument(
+        "--decontaminate",
+        nargs="+",
+        metavar="FILE",
+        help="drop pool rows whose prompt shares an --ngram word n-gram with any text of these "
+        "evaluation files (recorded in contamination.jsonl)",
+    )
+    b.add_argument(
+        "--ngram",
+        type=int,
+        default=13,
+        help="words per n-gram for --decontaminate (default 13)",
     )
     b.add_argument(
         "--dedup",
@@ -334,10 +375,63 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
 
 
 def run_select(args: argparse.Namespace) -> int:
+    if args.config:
+        return run_replay(args)
+    if args.input is None:
+        raise KmqError("kmq select needs an input file (or --config MANIFEST to replay a run)")
+    if args.dry_run:
+        return print_dry_run(select_config(args, out=args.out, method=args.method))
     run = select_file(select_config(args, out=args.out, method=args.method))
     print_summary(run.manifest, run.out)
     if args.report:
         stdout.print(f"report: {write_report(run.out)}")
+    return 0
+
+
+REPLAY_FREE = {
+    "command",
+    "handler",
+    "config",
+    "out",
+    "input",
+    "cache_dir",
+    "no_progress",
+    "quiet",
+    "report",
+    "dry_run",
+}
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """``kmq select --config MANIFEST``: the recorded config, a new ``--out``."""
+    defaults = build_parser().parse_args(["select", "--out", args.out])
+    changed = [
+        "--" + name.replace("_", "-")
+        for name, value in vars(args).items()
+        if name not in REPLAY_FREE and value != getattr(defaults, name, value)
+    ]
+    if changed:
+        raise KmqError(
+            f"--config replays the recorded settings; drop {', '.join(sorted(changed))} "
+            "(or run without --config)"
+        )
+    manifest = read_manifest(args.config)
+    config = config_from_manifest(manifest, out=args.out, input=args.input)
+    config.progress = not args.no_progress
+    config.cache_dir = args.cache_dir or config.cache_dir
+    if args.dry_run:
+        return print_dry_run(config)
+    run = select_file(config)
+    check_same_input(manifest, run.manifest)
+    print_summary(run.manifest, run.out)
+    if args.report:
+        stdout.print(f"report: {write_report(run.out)}")
+    return 0
+
+
+def print_dry_run(config: SelectConfig) -> int:
+    for line in dry_run_lines(dry_run(config)):
+        stdout.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -383,6 +477,10 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
         kmeans_sample=getattr(args, "kmeans_sample", None),
         embedding_dtype=getattr(args, "embedding_dtype", None),
         output_shard_rows=getattr(args, "output_shard_rows", None),
+        output_format=getattr(args, "output_format", "native"),
+        keep_duplicates=getattr(args, "keep_duplicates", False),
+        decontaminate=getattr(args, "decontaminate", None),
+        ngram=getattr(args, "ngram", 13),
     )
 
 
@@ -486,6 +584,7 @@ def print_summary(manifest: dict[str, Any], out: Path) -> None:
         f"{manifest['input']['kind']}); rejected {counts['rejected']}, "
         f"excluded {counts['excluded']}",
     ]
+    lines.extend(checks_lines(manifest.get("checks")))
     if clusters:
         sil = clusters.get("silhouette")
         best = f", silhouette {sil[str(clusters['k'])]:.4f}" if sil else ""
@@ -511,6 +610,19 @@ def print_summary(manifest: dict[str, Any], out: Path) -> None:
         stdout.print(line)
     if manifest.get("sources") or manifest.get("clusters"):
         stdout.print(composition_table(manifest))
+
+
+def checks_lines(checks: dict[str, Any] | None) -> list[str]:
+    """Rejects per reason and repaired rows, when there were any."""
+    if not checks:
+        return []
+    lines = []
+    if checks["rejected_by_reason"]:
+        why = ", ".join(f"{kind} {n}" for kind, n in checks["rejected_by_reason"].items())
+        lines.append(f"rejected by reason: {why} (rejects.jsonl)")
+    if checks["repaired"]:
+        lines.append(f"repaired {checks['repaired']} conversations ({checks['repairs']})")
+    return lines
 
 
 def composition_table(manifest: dict[str, Any]) -> Table:

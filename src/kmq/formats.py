@@ -41,6 +41,7 @@ from kmq._imports import require
 from kmq.atomic import atomic_path
 from kmq.errors import FormatError, InputError, KmqError, Reject
 from kmq.examples import Example, Message, Role
+from kmq.validate import Repair, describe_drop, invalid_rows_error, leading_replies
 
 FORMATS: tuple[str, ...] = (
     "messages",
@@ -140,6 +141,8 @@ class LoadedPool:
     n_records: int  # records read, valid + rejected
     sha256: str
     quality: npt.NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    repairs: list[Repair] = field(default_factory=list, repr=False, compare=False)
+    data: Any = field(default=None, repr=False, compare=False)  # in-memory input, as given
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,27 +172,36 @@ _Turn = tuple[Message, str]  # a message and the field path it came from
 
 
 def load_pool(
-    path: str | Path,
+    path: str | Path | Any,
     *,
     fields: FieldMap | None = None,
     format: str | None = None,
     on_invalid: Literal["error", "skip"] = "error",
     quality_field: str | None = None,
 ) -> LoadedPool:
-    """Read a pool file, folder or Hub dataset into :class:`Example` records.
+    """Read a pool file, folder or Hub dataset, or records in memory, into :class:`Example`
+    records.
 
-    ``on_invalid="error"`` raises :class:`InputError` at the first bad record; ``"skip"`` keeps
-    every reject in ``LoadedPool.rejects``. A file that cannot be read as a whole always raises.
+    In memory (file kind ``memory``): a list of record dicts, a ``datasets.Dataset``, a pandas
+    ``DataFrame`` or a pyarrow ``Table``, read with the same detection and field mapping as a
+    file; a reject names ``<records>, row N`` (0-based), and ``LoadedPool.data`` is the input.
+    Every record is checked. ``on_invalid="error"`` then raises one :class:`InputError` that
+    names the first bad record and counts them all by reason; ``"skip"`` keeps every reject in
+    ``LoadedPool.rejects``. A file that cannot be read as a whole always raises. Repaired rows
+    (see :mod:`kmq.validate`) are kept and listed in ``LoadedPool.repairs``.
     """
     fields = fields or FieldMap()
     _check_options(fields, format, on_invalid)
-    source, kind, compressed = _resolve(path)
+    if not isinstance(path, str | os.PathLike):
+        return _load_memory(path, fields, format, on_invalid, quality_field)
+    source, kind, compressed = _resolve(os.fspath(path))
     with _read_guard(source):
         dataset = _hf_dataset(source, kind) if kind.startswith("hf-") else None
         records = _read_records(source, kind, compressed, dataset)
         builder, records = _start(source, records, kind, fields, format, quality_field, on_invalid)
         for record in records:
             builder.add(record)
+        builder.finish()
         digest = _digest(source, kind, dataset)
     return LoadedPool(
         path=source,
@@ -201,6 +213,76 @@ def load_pool(
         n_records=builder.n_records,
         sha256=digest,
         quality=builder.quality_array(),
+        repairs=builder.repairs,
+    )
+
+
+def read_raw(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """(location, record) of every record of a JSONL / JSON / CSV / Parquet file (optionally
+    gzipped) or save_to_disk folder, as read, with no format applied; a record that cannot be
+    read raises :class:`InputError` naming it."""
+    source, kind, compressed = _resolve(os.fspath(path))
+    with _read_guard(source):
+        dataset = _hf_dataset(source, kind) if kind.startswith("hf-") else None
+        for record in _read_records(source, kind, compressed, dataset):
+            if record.problem:
+                raise InputError(Reject(str(source), record.location, None, record.problem))
+            yield record.location, record.value
+
+
+MEMORY = Path("<records>")  # the "path" of an in-memory pool
+
+
+def _load_memory(
+    data: Any, fields: FieldMap, format: str | None, on_invalid: str, quality_field: str | None
+) -> LoadedPool:
+    batches = _memory_batches(data)
+    records = (
+        _arrow_records(batches)
+        if batches is not None
+        else (_Record(row, f"row {row}", value) for row, value in enumerate(data))
+    )
+    builder, records = _start(MEMORY, records, "memory", fields, format, quality_field, on_invalid)
+    digest = hashlib.sha256()
+    for record in records:
+        builder.add(record)
+        digest.update(json.dumps(record.value, sort_keys=True, default=str).encode() + b"\n")
+    builder.finish()
+    return LoadedPool(
+        path=MEMORY,
+        file_kind="memory",
+        compressed=False,
+        format=builder.format,
+        examples=builder.examples,
+        rejects=builder.rejects,
+        n_records=builder.n_records,
+        sha256=digest.hexdigest(),
+        quality=builder.quality_array(),
+        repairs=builder.repairs,
+        data=data,
+    )
+
+
+def _memory_batches(data: Any) -> Iterable[pa.RecordBatch | pa.Table] | None:
+    """``data`` (a Dataset, DataFrame or Table) as Arrow batches, or ``None`` for a list of
+    records; anything else is an error naming what is accepted."""
+    if isinstance(data, pa.Table):
+        return data.to_batches(max_chunksize=_BATCH)
+    module = type(data).__module__.split(".")[0]
+    if module == "datasets":
+        if not hasattr(data, "select"):
+            raise KmqError(
+                f"a {type(data).__name__} holds several splits ({', '.join(data)}); "
+                "pass one of them, e.g. dataset['train']"
+            )
+        return cast(Iterable[pa.Table], data.with_format("arrow").iter(batch_size=_BATCH))
+    if module == "pandas":
+        return pa.Table.from_pandas(data, preserve_index=False).to_batches(max_chunksize=_BATCH)
+    if isinstance(data, list | tuple):
+        return None
+    raise KmqError(
+        f"cannot read a {type(data).__name__} as a pool: pass a path, a list of records "
+        "(dicts), a datasets.Dataset, a pandas DataFrame or a pyarrow Table"
     )
 
 
@@ -212,7 +294,9 @@ class ExampleStream:
     folder and ``<shard>, line N`` (or ``row N``). Records are parsed, detected and checked
     exactly as :func:`load_pool` does. Iterating yields ``(example, quality)`` of every valid
     record (quality ``None`` without ``quality_field``) and reads the input again each time;
-    after a full iteration ``format``, ``rejects`` and ``n_records`` hold what it read.
+    after a full iteration ``format``, ``rejects``, ``repairs`` and ``n_records`` hold what it
+    read. With ``on_invalid="error"`` the iteration raises at its end, once every record has
+    been checked.
     """
 
     def __init__(
@@ -233,6 +317,7 @@ class ExampleStream:
         self.quality_field = quality_field
         self.format = format or "mapped"
         self.rejects: list[Reject] = []
+        self.repairs: list[Repair] = []
         self.n_records = 0
 
     def __iter__(self) -> Iterator[tuple[Example, float | None]]:
@@ -251,6 +336,8 @@ class ExampleStream:
             if parsed is not None:
                 yield parsed
         self.rejects, self.n_records = builder.rejects, builder.n_records
+        self.repairs = builder.repairs
+        builder.finish()
 
     def digest(self) -> str:
         """sha256 of the file; for a folder, of its shards in name order, names and sizes
@@ -714,12 +801,13 @@ class _Builder:
         self.fields = fields
         self.quality_field = quality_field
         self.numeric_strings = kind == "csv"
-        self.raise_first = on_invalid == "error"
+        self.on_invalid = on_invalid
         self.hint = f"records are read as format '{fmt}'" + (
             " (detected from the first records; set --format to override)" if detected else ""
         )
         self.examples: list[Example] = []
         self.rejects: list[Reject] = []
+        self.repairs: list[Repair] = []
         self.quality: list[float] = []
         self.n_records = 0
         self.seen: dict[str, str] = {}  # id → location of its first occurrence
@@ -735,39 +823,48 @@ class _Builder:
 
     def parse(self, record: _Record) -> tuple[Example, float | None] | None:
         """The example of ``record`` and its quality (``None`` without a quality field), or
-        ``None`` when the record is rejected (kept in ``rejects``, or raised)."""
+        ``None`` when the record is rejected (kept in ``rejects``; :meth:`finish` raises)."""
         self.n_records += 1
         try:
-            example = self._example(record)
+            example, repair = self._example(record)
             quality = self._quality(record.value)
         except _Invalid as bad:
-            reject = Reject(self.path, record.location, bad.field, bad.reason, record.row)
-            if self.raise_first:
-                raise InputError(reject, self.hint if bad.field else None) from None
-            self.rejects.append(reject)
+            self.rejects.append(
+                Reject(self.path, record.location, bad.field, bad.reason, record.row)
+            )
             return None
         self.seen[example.id] = record.location
+        if repair is not None:
+            self.repairs.append(Repair(self.path, record.location, record.row, *repair))
         return example, quality
+
+    def finish(self) -> None:
+        """With ``on_invalid="error"``: raise if any record was rejected, counting them all."""
+        if self.on_invalid == "error" and self.rejects:
+            hint = self.hint if any(r.field for r in self.rejects) else None
+            raise invalid_rows_error(self.rejects, self.n_records, hint)
 
     def quality_array(self) -> npt.NDArray[np.float64] | None:
         if self.quality_field is None:
             return None
         return np.asarray(self.quality, dtype=np.float64)
 
-    def _example(self, record: _Record) -> Example:
+    def _example(self, record: _Record) -> tuple[Example, tuple[str | None, str] | None]:
+        """The example and, when its turns were repaired, (field, what was done)."""
         if record.problem:
             raise _Invalid(None, record.problem)
         value = record.value
         if not isinstance(value, dict):
             raise _Invalid(None, f"not a JSON object (got {_json_type(value)})")
-        messages = _messages(value, self.format, self.fields)
+        messages, repair = _messages(value, self.format, self.fields)
         ident = _record_id(value, self.fields, record.row)
         if ident in self.seen:
             raise _Invalid(
                 self.fields.id_field or "id",
                 f"duplicate id {ident!r} (first seen at {self.seen[ident]})",
             )
-        return Example(ident, messages, record.row, _record_source(value, self.fields), value)
+        source = _record_source(value, self.fields)
+        return Example(ident, messages, record.row, source, value), repair
 
     def _quality(self, record: dict[str, Any]) -> float | None:
         if self.quality_field is None:
@@ -775,14 +872,24 @@ class _Builder:
         return _quality(record, self.quality_field, numeric_strings=self.numeric_strings)
 
 
-def _messages(record: dict[str, Any], fmt: str, fields: FieldMap) -> tuple[Message, ...]:
+def _messages(
+    record: dict[str, Any], fmt: str, fields: FieldMap
+) -> tuple[tuple[Message, ...], tuple[str | None, str] | None]:
+    """The turns, less any :func:`~kmq.validate.leading_replies`, and the repair made
+    (its field and action; ``None`` when none was)."""
     turns = _read_turns(record, fmt, fields)
     system = _system_turn(record, fields.system_field or "system")
     if system:
         turns.insert(0, system)
     container = fields.messages_field if fmt == "mapped" else _CONTAINERS.get(fmt)
+    messages = [message for message, _ in turns]
+    dropped = leading_replies(messages)
+    repair = None
+    if dropped:
+        repair = (container, describe_drop(messages, [path for _, path in turns], dropped))
+        turns = [turn for i, turn in enumerate(turns) if i not in dropped]
     _check_turns(turns, container)
-    return tuple(message for message, _ in turns)
+    return tuple(message for message, _ in turns), repair
 
 
 def _read_turns(record: dict[str, Any], fmt: str, fields: FieldMap) -> list[_Turn]:
@@ -1136,11 +1243,15 @@ def _write_parquet(pool: LoadedPool, rows: list[int], out_dir: Path) -> Path:
 
 
 def _write_dataset(dataset: Any, rows: list[int], out_dir: Path) -> Path:
-    """``dataset.select(rows)`` saved to ``out_dir/selected`` via a temp folder and a rename."""
+    return save_dataset(dataset.select(rows), out_dir)
+
+
+def save_dataset(dataset: Any, out_dir: Path) -> Path:
+    """``dataset`` saved to ``out_dir/selected`` via a temp folder and a rename."""
     target = out_dir / "selected"
     tmp = Path(tempfile.mkdtemp(prefix=".selected.", dir=out_dir))
     try:
-        dataset.select(rows).save_to_disk(str(tmp / "data"))
+        dataset.save_to_disk(str(tmp / "data"))
         old = tmp / "old"
         if target.exists():
             os.replace(target, old)

@@ -8,9 +8,10 @@ import platform
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kmq import __version__
+from kmq._imports import require
 from kmq.atomic import atomic_path, write_json
 from kmq.clustering import (
     DEFAULT_NITER,
@@ -27,24 +29,34 @@ from kmq.clustering import (
     choose_k,
     default_k_grid,
 )
+from kmq.decontaminate import (
+    CONTAMINATION,
+    NGRAM,
+    Contamination,
+    find_contamination,
+    read_eval,
+    write_contamination,
+)
 from kmq.dedup import DedupResult, semdedup
 from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from kmq.engines import Engine, get_engine
 from kmq.errors import KmqError, Reject
+from kmq.exact import DUPLICATES, ExactDuplicates, exact_duplicates, write_duplicates
 from kmq.examples import TEXT_VIEWS
+from kmq.export import check_output_format, to_record, write_output
 from kmq.formats import (
     FieldMap,
     LoadedPool,
     is_shard_folder,
     load_pool,
     write_rejects,
-    write_selected,
 )
 from kmq.outdir import check_out, staged
 from kmq.random import SeedLike, seed_sequence
 from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, Selector, get_selector
 from kmq.selectors.kmq import DEFAULT_CANDIDATES, candidate_multiple
+from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 if TYPE_CHECKING:
     from kmq.streaming import StreamedPool
@@ -169,6 +181,7 @@ def select(
     :class:`~kmq.selectors.KMQSelector`).
     """
     runner = get_engine(engine) if isinstance(engine, str) else engine
+    check_embeddings(embeddings)
     n = len(embeddings)
     n_budget = resolve_budget(budget, n)
     if method not in SELECTORS:
@@ -214,11 +227,43 @@ def scores_at(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return full
 
 
+def check_embeddings(embeddings: Any) -> None:
+    """:func:`select` takes an embedding matrix; records go through :func:`select_file`."""
+    module = type(embeddings).__module__.split(".")[0]
+    rows = isinstance(embeddings, list | tuple) and len(embeddings) > 0
+    if (
+        isinstance(embeddings, pa.Table)
+        or module in ("datasets", "pandas")
+        or (rows and isinstance(embeddings[0], Mapping))
+    ):
+        raise KmqError(
+            f"select() takes an (n, d) embedding matrix, got records ({type(embeddings).__name__});"
+            " to select from records (a list, a datasets.Dataset, a DataFrame or an Arrow table) "
+            "use select_file(SelectConfig(input=records, out=FOLDER, budget=...))"
+        )
+
+
+def is_path(value: Any) -> bool:
+    return isinstance(value, str | PathLike)
+
+
+def input_label(value: Any) -> str:
+    """A path as given; records in memory as ``<records: TYPE, N rows>``."""
+    if is_path(value):
+        return str(value)
+    size = f", {len(value)} rows" if hasattr(value, "__len__") else ""
+    return f"<records: {type(value).__name__}{size}>"
+
+
 @dataclass
 class SelectConfig:
-    """Everything ``kmq select`` takes; written whole into ``manifest.json``."""
+    """Everything ``kmq select`` takes; written whole into ``manifest.json``.
 
-    input: str
+    ``input`` is a path, or records in memory (see :func:`kmq.formats.load_pool`), which the
+    manifest names by their type and size.
+    """
+
+    input: str | Any
     out: str
     budget: int | float = 0.05
     method: str = "kmq"
@@ -254,6 +299,10 @@ class SelectConfig:
     output_shard_rows: int | None = None
     engine: str = "local"
     engine_options: dict[str, Any] = field(default_factory=dict)
+    output_format: str = "native"
+    keep_duplicates: bool = False
+    decontaminate: list[str] | None = None
+    ngram: int = NGRAM
 
     def validate(self) -> None:
         if self.method not in SELECTORS:
@@ -287,20 +336,66 @@ class SelectConfig:
         make_engine(self)
         if self.engine != "local" and self.is_streaming():
             raise KmqError(f"--engine {self.engine} does not run --streaming selections")
+        check_output_format(self.output_format)
+        if self.decontaminate and self.is_streaming():
+            raise KmqError("--decontaminate runs on pools read in memory, not --streaming")
+        if not isinstance(self.ngram, int) or self.ngram < 1:
+            raise KmqError(f"--ngram must be a positive integer, got {self.ngram!r}")
+        if self.streaming and not is_path(self.input):
+            raise KmqError("--streaming reads files; records in memory are selected in memory")
+        if self.output_format != "native" and self.is_streaming():
+            raise KmqError(
+                f"--output-format {self.output_format}: streaming runs write the rows as read "
+                "(native) only"
+            )
 
     def is_streaming(self) -> bool:
         """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
-        return self.streaming or is_shard_folder(self.input)
+        return self.streaming or (is_path(self.input) and is_shard_folder(self.input))
 
 
 @dataclass
 class SelectRun:
-    """What :func:`select_file` did: the result, the pool and the manifest it wrote."""
+    """What :func:`select_file` did: the result, the pool and the manifest it wrote.
+
+    ``result.indices`` index the pool's valid rows; :attr:`rows` are the picks' rows in the
+    input (the same when no row was rejected), so ``dataset.select(run.rows)`` is the selection.
+    """
 
     result: SelectionResult
     pool: LoadedPool | StreamedPool
     manifest: dict[str, Any]
     out: Path
+
+    @property
+    def rows(self) -> list[int]:
+        """The input row (0-based record index) of every pick, in pick order."""
+        if isinstance(self.pool, LoadedPool):
+            return [self.pool.examples[i].row for i in self.result.indices]
+        return self.pool.rows[self.result.indices].tolist()
+
+    def records(self, output_format: str = "native") -> list[dict[str, Any]]:
+        """The picked records in pick order: as read (``native``) or as ``messages`` /
+        ``sharegpt`` / ``alpaca`` records (see :mod:`kmq.export`)."""
+        check_output_format(output_format)
+        if not isinstance(self.pool, LoadedPool):
+            raise KmqError(
+                f"a streaming run keeps no records in memory; read {self.out}/selected-*"
+            )
+        picked = [self.pool.examples[i] for i in self.result.indices]
+        if output_format == "native":
+            return [dict(example.fields) for example in picked]
+        return [to_record(example, output_format) for example in picked]
+
+    def to_dataset(self, output_format: str = "native") -> Any:
+        """The picks as a ``datasets.Dataset``, in pick order: for a Dataset input and
+        ``native``, ``dataset.select(run.rows)`` (its features kept); else built from
+        :meth:`records`."""
+        datasets = require("datasets")
+        data = self.pool.data if isinstance(self.pool, LoadedPool) else None
+        if output_format == "native" and isinstance(data, datasets.Dataset):
+            return data.select(self.rows)
+        return datasets.Dataset.from_list(self.records(output_format))
 
 
 class Timer:
@@ -425,7 +520,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     log.info(
         "loaded %d rows of %s (%s, %s), %d rejected",
         n,
-        config.input,
+        pool.path,
         pool.format,
         pool.file_kind,
         len(pool.rejects),
@@ -433,7 +528,13 @@ def select_file(config: SelectConfig) -> SelectRun:
     budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
-    check_feasible(config, n, budget, int(exclude_mask.sum()))
+    n_excluded = int(exclude_mask.sum())  # by --exclude; the masks below are counted apart
+    check_feasible(config, n, budget, n_excluded)
+    duplicates = None if config.keep_duplicates else exact_duplicates(pool.examples)
+    exclude_mask |= exact_mask(duplicates, n)
+    contamination = decontamination(pool, config)
+    if contamination is not None:
+        exclude_mask |= contamination.mask(n)
     multiple = quality_multiple(config)
     quality: np.ndarray | None = None
     quality_info: dict[str, Any] | None = None
@@ -458,9 +559,11 @@ def select_file(config: SelectConfig) -> SelectRun:
                 engine=make_engine(config),
             )
     excluded = {
-        "excluded": int(exclude_mask.sum()),
+        "excluded": n_excluded,
         "excluded_not_in_pool": unknown_excluded,
         "deduplicated": 0,
+        "exact_duplicates": None if duplicates is None else len(duplicates.removed),
+        "decontaminated": None if contamination is None else len(contamination.removed),
     }
     dedup = None
     if config.dedup is not None and fitted is not None:
@@ -495,12 +598,19 @@ def select_file(config: SelectConfig) -> SelectRun:
     with staged(out) as folder:
         with timer.stage("write"):
             picked_rows = [pool.examples[i].row for i in result.indices]
-            data_path = write_selected(pool, picked_rows, folder)
+            data_path = write_output(pool, picked_rows, folder, config.output_format)
             write_table(folder / TABLE, pool, result, quality)
             if fitted is not None:
                 write_clusters(folder / CLUSTERS, fitted)
             if pool.rejects:
                 write_rejects(pool.rejects, folder / REJECTS)
+            if pool.repairs:
+                write_repairs(pool.repairs, folder / REPAIRS)
+            pool_rows = np.array([ex.row for ex in pool.examples], dtype=np.int64)
+            if duplicates is not None:
+                write_duplicates(folder / DUPLICATES, duplicates, pool_rows, ids)
+            if contamination is not None:
+                write_contamination(folder / CONTAMINATION, contamination, pool_rows, ids)
             if dedup is not None:
                 write_dedup(folder / DEDUP, pool, dedup)
         summary = PoolSummary(
@@ -528,6 +638,8 @@ def select_file(config: SelectConfig) -> SelectRun:
             timer,
             data_path.name,
         )
+        manifest["checks"] = checks_summary(pool.rejects, pool.repairs)
+        manifest["outputs"]["contamination"] = CONTAMINATION if contamination is not None else None
         write_json(folder / MANIFEST, manifest)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
 
@@ -536,11 +648,11 @@ def nothing_valid(config: SelectConfig, rejects: Sequence[Reject]) -> NoReturn:
     """Stop a run whose input has no valid row; with rejects, ``--out`` holds only
     ``rejects.jsonl`` (every row and why), which the error names."""
     if not rejects:
-        raise KmqError(f"{config.input}: no valid rows to select from")
+        raise KmqError(f"{input_label(config.input)}: no valid rows to select from")
     with staged(config.out) as folder:
         write_rejects(rejects, folder / REJECTS)
     raise KmqError(
-        f"{config.input}: every row was rejected ({len(rejects)}), nothing to select; "
+        f"{input_label(config.input)}: every row was rejected ({len(rejects)}), nothing to select; "
         f"each row and its reason are in {Path(config.out) / REJECTS}"
     )
 
@@ -562,6 +674,30 @@ def check_feasible(config: SelectConfig, n: int, budget: int, excluded: int) -> 
         raise KmqError(f"--k {config.k} exceeds the {n} valid rows (k-means needs k <= rows)")
     if config.k == "auto" and config.k_grid and max(config.k_grid) > n:
         raise KmqError(f"--k-grid {config.k_grid} has a k above the {n} valid rows")
+
+
+def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | None:
+    """The rows ``--decontaminate`` drops (``None`` without evaluation files), logged."""
+    if not config.decontaminate:
+        return None
+    found = find_contamination(pool.examples, read_eval(config.decontaminate, config.ngram))
+    log.info(
+        "decontamination (%d-grams of %d evaluation texts; %d under 8 words left out) "
+        "dropped %d rows",
+        config.ngram,
+        found.eval_texts,
+        found.eval_too_short,
+        len(found.removed),
+    )
+    return found
+
+
+def exact_mask(duplicates: ExactDuplicates | None, n: int) -> np.ndarray:
+    """Mask of the rows removed as exact duplicates (none when dedup is off), logged."""
+    if duplicates is None:
+        return np.zeros(n, dtype=bool)
+    log.info("removed %d exact duplicates (kept their first copies)", len(duplicates.removed))
+    return duplicates.mask(n)
 
 
 def make_selector(config: SelectConfig, **options: Any) -> Selector:
@@ -816,7 +952,7 @@ def build_manifest(
     fitted: Clustering | None,
     embedding: dict[str, Any] | None,
     quality_info: dict[str, Any] | None,
-    excluded: dict[str, int],
+    excluded: dict[str, int | None],
     timer: Timer,
     rows_written: str | list[str],
     streaming: dict[str, Any] | None = None,
@@ -826,7 +962,7 @@ def build_manifest(
     pool_sources = pool.sources
     picked_sources = pool.selected_sources
     encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
-    config_dict = asdict(replace(config, encoder=encoder))
+    config_dict = asdict(replace(config, encoder=encoder, input=input_label(config.input)))
     clusters = None
     if fitted is not None:
         clusters = {
@@ -875,5 +1011,6 @@ def build_manifest(
             "table": TABLE,
             "rejects": REJECTS if pool.rejected else None,
             "dedup": DEDUP if config.dedup is not None else None,
+            "duplicates": None if config.keep_duplicates else DUPLICATES,
         },
     } | ({"streaming": streaming} if streaming is not None else {})

@@ -47,6 +47,7 @@ from kmq.cache import ContentHash, embed_rows, encode_shards
 from kmq.chunks import CHUNK_ROWS, take_rows
 from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids
 from kmq.errors import KmqError, Reject
+from kmq.exact import DUPLICATES, KEY_DTYPE, find_duplicates, text_key, write_duplicates
 from kmq.examples import Example
 from kmq.formats import ExampleStream, write_rejects, write_selected_shards
 from kmq.outdir import check_out, staged
@@ -64,6 +65,7 @@ from kmq.pipeline import (
     check_feasible,
     check_vectors,
     column_quality_info,
+    exact_mask,
     exclusion,
     make_encoder,
     make_selector,
@@ -76,6 +78,7 @@ from kmq.pipeline import (
 from kmq.random import make_rng
 from kmq.rowcache import keys_array, row_key
 from kmq.selectors import CLUSTERED, SelectionResult, Selector
+from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 log = logging.getLogger("kmq")
 
@@ -94,7 +97,8 @@ class StreamedPool:
     ``rows`` holds each valid row's record index in the input; ``sources`` an index into
     ``source_names`` (-1: none); ``quality`` the ``--quality-field`` values (float64);
     ``keys`` the per-row cache keys of the embedded texts (:func:`kmq.rowcache.row_keys`);
-    ``text_hash`` their :class:`~kmq.cache.ContentHash` (to take over an older cache entry).
+    ``text_hash`` their :class:`~kmq.cache.ContentHash` (to take over an older cache entry);
+    ``dedup_keys`` each row's :func:`~kmq.exact.text_key` (for exact de-duplication).
     """
 
     stream: ExampleStream
@@ -106,6 +110,7 @@ class StreamedPool:
     quality: np.ndarray | None
     keys: np.ndarray
     text_hash: str
+    dedup_keys: np.ndarray
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -147,6 +152,7 @@ def read_pool(config: SelectConfig) -> StreamedPool:
     names: dict[str, int] = {}
     keys = bytearray()
     text_hash = ContentHash()
+    dedup_keys = bytearray()
     with tqdm(desc="reading", unit="row", disable=not config.progress) as bar:
         for example, score in stream:
             rows.append(example.row)
@@ -158,6 +164,7 @@ def read_pool(config: SelectConfig) -> StreamedPool:
             text = _text(example, config.view)
             keys += row_key(text)
             text_hash.update(text)
+            dedup_keys += text_key(example)
             bar.update()
     return StreamedPool(
         stream=stream,
@@ -169,6 +176,7 @@ def read_pool(config: SelectConfig) -> StreamedPool:
         quality=np.frombuffer(quality, dtype=np.float64).copy() if config.quality_field else None,
         keys=keys_array(bytes(keys)),
         text_hash=text_hash.hexdigest(),
+        dedup_keys=np.frombuffer(bytes(dedup_keys), dtype=KEY_DTYPE),
     )
 
 
@@ -380,6 +388,8 @@ def write_outputs(
         write_clusters(out / CLUSTERS, clusters.fitted, distances=clusters.distances)
     if pool.rejects:
         write_rejects(pool.rejects, out / REJECTS)
+    if pool.stream.repairs:
+        write_repairs(pool.stream.repairs, out / REPAIRS)
     return files
 
 
@@ -429,7 +439,10 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         )
     budget = resolve_budget(config.budget, n)
     exclude_mask, unknown_excluded = exclusion(pool.ids, config.exclude)
-    check_feasible(config, n, budget, int(exclude_mask.sum()))
+    n_excluded = int(exclude_mask.sum())  # by --exclude; the masks below are counted apart
+    check_feasible(config, n, budget, n_excluded)
+    duplicates = None if config.keep_duplicates else find_duplicates(pool.dedup_keys)
+    exclude_mask |= exact_mask(duplicates, n)
     clustered = config.method in CLUSTERED or config.k != "auto"
     embeddings, embedding = None, None
     if clustered or config.method in IN_MEMORY_METHODS:
@@ -450,10 +463,14 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         with timer.stage("write"):
             files = write_outputs(folder, pool, result, clusters, config)
         excluded = {
-            "excluded": int(exclude_mask.sum()),
+            "excluded": n_excluded,
             "excluded_not_in_pool": unknown_excluded,
             "deduplicated": 0,
+            "exact_duplicates": None if duplicates is None else len(duplicates.removed),
+            "decontaminated": None,
         }
+        if duplicates is not None:
+            write_duplicates(folder / DUPLICATES, duplicates, pool.rows, pool.ids)
         streaming = {
             "input_files": len(pool.stream.files),
             "kmeans_sample": None if clusters is None else clusters.sample_size,
@@ -473,5 +490,6 @@ def select_streaming(config: SelectConfig) -> SelectRun:
             [path.name for path in files],
             streaming,
         )
+        manifest["checks"] = checks_summary(pool.rejects, pool.stream.repairs)
         write_json(folder / MANIFEST, manifest)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
