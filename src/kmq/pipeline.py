@@ -195,6 +195,7 @@ class SelectConfig:
     quality_weighting: str = "auto"
     temperature: float = 1.0
     encoder: str | Encoder = DEFAULT_ENCODER
+    device: str | None = None
     view: str = "user"
     batch_size: int = 64
     max_length: int | None = None
@@ -468,6 +469,7 @@ def make_encoder(config: SelectConfig) -> Encoder:
         config.encoder,
         batch_size=config.batch_size,
         max_length=config.max_length,
+        device=config.device,
         show_progress=False,
         cache_dir=config.cache_dir,
     )
