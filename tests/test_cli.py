@@ -124,6 +124,7 @@ def test_backend_and_device_flags_reach_every_model() -> None:
     from kmq.cli_iterate import loop_config
 
     flags = ["--lm-backend", "ctranslate2", "--lm-compute-type", "float32", "--device", "cuda"]
+    flags += ["--lm-dtype", "bfloat16"]
     args = build_parser().parse_args(["select", "pool.jsonl", "--out", "o", "--quality", "ifd"])
     assert scorer_options(args)["lm_backend"] is None  # the scorer's default: torch
     args = build_parser().parse_args(
@@ -135,6 +136,7 @@ def test_backend_and_device_flags_reach_every_model() -> None:
         "float32",
         "cuda",
     )
+    assert options["dtype"] == "bfloat16"
     assert select_config(args, out="o", method="kmq").device == "cuda"
     args = build_parser().parse_args(["iterate", "pool.jsonl", "--run", "r", *flags])
     config = loop_config(args, external=False)

@@ -127,6 +127,12 @@ def add_scorer_args(p: argparse.ArgumentParser, *, required: bool) -> None:
         help="ctranslate2: weights and arithmetic (default int8)",
     )
     g.add_argument(
+        "--lm-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="torch: weights and arithmetic of the model-based scorers (default float32; "
+        "bfloat16 is much faster on CPUs with AMX/AVX512-BF16, see lm_backend.md)",
+    )
+    g.add_argument(
         "--device",
         choices=["cpu", "cuda"],
         help="torch device of the encoder, the model-based scorers and the built-in trainer "
@@ -147,6 +153,7 @@ def scorer_options(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.quality_batch_size,
         "lm_backend": args.lm_backend,
         "compute_type": args.lm_compute_type,
+        "dtype": args.lm_dtype,
         "device": args.device,
         "backend": args.judge_backend,
         "base_url": args.judge_base_url,
