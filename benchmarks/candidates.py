@@ -287,7 +287,7 @@ def ifd_scores(nll: np.ndarray) -> dict[str, np.ndarray]:
     log_ifd = nll[:, 0] - nll[:, 1]
     authors = np.where(log_ifd < 0, log_ifd, log_ifd.min() - 50.0)
     return {
-        "-log IFD (kmq's ifd)": -log_ifd,
+        "-log IFD (kmq's pmi)": -log_ifd,
         "log IFD (Cherry LLM; IFD ≥ 1 weighted e^-50)": authors,
     }
 

@@ -114,7 +114,8 @@ def main() -> None:
     print(result)
     body = (
         f"{len(rows)} rows sampled (seed {args.seed}) from `{args.pool.name}`; "
-        f"`IFDScorer('smollm2', max_length={args.max_length})` on {scorer.lm[0].device}, "
+        f"`IFDScorer('smollm2', max_length={args.max_length})` "
+        f"on {args.device or 'the default device'}, "
         f"model {scorer.fingerprint()}.\n\n{result}\n\n"
         f"Rows cut to max_length: {len(scorer.truncated_)}; NaN rows: {len(scorer.failures_)}. "
         "Response tokens are counted once per row; total tokens are context + response tokens "

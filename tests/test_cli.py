@@ -117,3 +117,31 @@ def test_score_command_writes_the_scores(
     args = ["score", str(pool), "--quality", "column", "--quality-field", "quality"]
     assert main([*args, "--out", str(column), *common]) == 0
     assert pq.read_table(column).column("column_score").to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_backend_and_device_flags_reach_every_model() -> None:
+    from kmq.cli import build_parser, scorer_options, select_config
+    from kmq.cli_iterate import loop_config
+
+    flags = ["--lm-backend", "ctranslate2", "--lm-compute-type", "float32", "--device", "cuda"]
+    flags += ["--lm-dtype", "bfloat16"]
+    args = build_parser().parse_args(["select", "pool.jsonl", "--out", "o", "--quality", "ifd"])
+    assert scorer_options(args)["lm_backend"] is None  # the scorer's default: torch
+    args = build_parser().parse_args(
+        ["select", "pool.jsonl", "--out", "o", "--quality", "ifd", *flags]
+    )
+    options = scorer_options(args)
+    assert (options["lm_backend"], options["compute_type"], options["device"]) == (
+        "ctranslate2",
+        "float32",
+        "cuda",
+    )
+    assert options["dtype"] == "bfloat16"
+    assert select_config(args, out="o", method="kmq").device == "cuda"
+    args = build_parser().parse_args(["iterate", "pool.jsonl", "--run", "r", *flags])
+    config = loop_config(args, external=False)
+    assert config.feedback_options["lm_backend"] == "ctranslate2"
+    assert config.feedback_options["device"] == "cuda"
+    assert config.trainer_options["device"] == "cuda"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["select", "p", "--out", "o", "--lm-backend", "vllm"])

@@ -26,11 +26,20 @@ from transformers import (
 
 from kmq.errors import KmqError
 from kmq.examples import Example, Message
-from kmq.models import FALLBACK_CHAT_TEMPLATE, ChatFormat, converted_model_dir, load_causal_lm
+from kmq.models import (
+    FALLBACK_CHAT_TEMPLATE,
+    ChatFormat,
+    converted_model_dir,
+    load_causal_lm,
+    model_identity,
+)
 from kmq.quality import get_quality_scorer
 from kmq.quality.lm import (
+    TEMPLATE_VERSION,
     IFDScorer,
+    NLLResult,
     PerplexityScorer,
+    PMIScorer,
     fit_window,
     response_nll,
     score_responses,
@@ -243,15 +252,40 @@ def test_scores_are_the_documented_nll_combinations(
     tiny_lm: tuple[Any, Any], tiny_dir: Path
 ) -> None:
     model, tokenizer = tiny_lm
-    conditional = response_nll(model, tokenizer, PROMPTS, RESPONSES)
-    unconditional = response_nll(model, tokenizer, [None] * len(RESPONSES), RESPONSES)
+    conditional = np.array(
+        [hand_nll(model, tokenizer, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+    )
+    unconditional = np.array([hand_nll(model, tokenizer, None, r) for r in RESPONSES])
     rows = examples(PROMPTS, RESPONSES)
-    ifd = get_quality_scorer("ifd", model=str(tiny_dir), show_progress=False)
+    pmi = get_quality_scorer("pmi", model=str(tiny_dir), show_progress=False).score(rows)
+    ifd = get_quality_scorer("ifd", model=str(tiny_dir), show_progress=False).score(rows)
     perplexity = get_quality_scorer("perplexity", model=str(tiny_dir), show_progress=False)
-    ifd_scores = ifd.score(rows)
-    np.testing.assert_allclose(ifd_scores, unconditional - conditional, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(pmi, unconditional - conditional, rtol=0, atol=1e-5)
     np.testing.assert_allclose(perplexity.score(rows), -conditional, rtol=0, atol=1e-5)
-    assert ifd_scores[3] == pytest.approx(0.0, abs=1e-5)  # no prompt: nothing explained
+    # Cherry LLM: IFD = PPL(y|x) / PPL(y); rows with IFD >= 1 get the lowest score, 0
+    raw = np.exp(conditional - unconditional)
+    kept = raw < 1
+    assert kept.any() and (raw[~kept] >= 1).any()  # both branches are exercised
+    np.testing.assert_allclose(ifd[kept], raw[kept], rtol=0, atol=1e-5)
+    assert (ifd[~kept] == 0).all()
+    assert pmi[3] == 0.0 and ifd[3] == 0.0  # no prompt: IFD is exactly 1, nothing explained
+
+
+def test_ifd_follows_the_authors_and_pmi_the_reverse() -> None:
+    def result(nll: list[float]) -> NLLResult:
+        n = len(nll)
+        zeros = np.zeros(n, dtype=np.int64)
+        return NLLResult(np.array(nll), zeros, zeros, np.zeros(n, dtype=bool), [])
+
+    conditional = result([1.0, 2.0, 3.0, np.nan])  # NLL(y|x)
+    unconditional = result([2.0, 2.5, 2.0, 1.0])  # NLL(y)
+    ifd = IFDScorer()._combine((conditional, unconditional))
+    pmi = PMIScorer()._combine((conditional, unconditional))
+    np.testing.assert_allclose(ifd[:3], [np.exp(-1.0), np.exp(-0.5), 0.0])
+    np.testing.assert_allclose(pmi[:3], [1.0, 0.5, -1.0])
+    assert np.isnan(ifd[3]) and np.isnan(pmi[3])
+    # the hardest row the prompt still helps ranks first by ifd and last among them by pmi
+    assert np.argmax(ifd[:3]) == 1 and np.argmax(pmi[:3]) == 0
 
 
 def test_fingerprint_follows_model_and_max_length(tiny_dir: Path, tmp_path: Path) -> None:
@@ -261,6 +295,14 @@ def test_fingerprint_follows_model_and_max_length(tiny_dir: Path, tmp_path: Path
     assert base != IFDScorer(str(tiny_dir), max_length=256).fingerprint()
     assert base != IFDScorer(str(other)).fingerprint()
     assert base != PerplexityScorer(str(tiny_dir)).fingerprint()
+    assert base != PMIScorer(str(tiny_dir)).fingerprint()
+
+
+def test_ifd_scores_cached_by_kmq_0_1_are_not_reused(tiny_dir: Path) -> None:
+    """kmq 0.1 cached −log IFD under this key; the new ``ifd`` must not read it back."""
+    old_key = f"ifd/{model_identity(str(tiny_dir))}/max_length=512/dtype=float32/{TEMPLATE_VERSION}"
+    assert IFDScorer(str(tiny_dir)).fingerprint() != old_key
+    assert PerplexityScorer(str(tiny_dir)).fingerprint() == old_key.replace("ifd/", "perplexity/")
 
 
 def test_bad_settings_are_errors() -> None:
@@ -388,7 +430,7 @@ def test_shuffled_answers_score_lower(smollm2_cache: Path) -> None:
     rows = examples(prompts * 2, [a for _, a in DIRECTION_PAIRS] + shuffled)
     n = len(DIRECTION_PAIRS)
     for scorer in (
-        IFDScorer(cache_dir=smollm2_cache, device="cpu", show_progress=False),
+        PMIScorer(cache_dir=smollm2_cache, device="cpu", show_progress=False),
         PerplexityScorer(cache_dir=smollm2_cache, device="cpu", show_progress=False),
     ):
         scores = scorer.score(rows)

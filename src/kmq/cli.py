@@ -17,6 +17,7 @@ from rich.table import Table
 
 from kmq import __version__
 from kmq.allocation import ALLOCATIONS
+from kmq.backends import COMPUTE_TYPES, LM_BACKENDS
 from kmq.cli_iterate import EXTERNAL_VERBS, add_iterate, print_state
 from kmq.dryrun import dry_run, dry_run_lines
 from kmq.engines import ENGINES
@@ -139,6 +140,29 @@ def add_scorer_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
     g.add_argument("--quality-max-length", type=int, help="tokens per scored row")
     g.add_argument("--quality-batch-size", type=int, help="rows per forward pass")
+    g.add_argument(
+        "--lm-backend",
+        choices=LM_BACKENDS,
+        help="inference engine of the LM scores (ifd/pmi/perplexity) and the perplexity "
+        "feedback: torch (default, the reference) or ctranslate2 (pip install ctranslate2)",
+    )
+    g.add_argument(
+        "--lm-compute-type",
+        choices=COMPUTE_TYPES,
+        help="ctranslate2: weights and arithmetic (default int8)",
+    )
+    g.add_argument(
+        "--lm-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="torch: weights and arithmetic of the model-based scorers (default float32; "
+        "bfloat16 is much faster on CPUs with AMX/AVX512-BF16, see lm_backend.md)",
+    )
+    g.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="torch device of the encoder, the model-based scorers and the built-in trainer "
+        "(default: the encoder on cpu, the rest on cuda when available)",
+    )
     g.add_argument("--judge-backend", choices=["local", "http"], help="judge: local model or HTTP")
     g.add_argument("--judge-base-url", help="judge: OpenAI-compatible base URL, e.g. http://h/v1")
     g.add_argument("--judge-api-key-env", help="judge: env var holding the API key")
@@ -152,6 +176,10 @@ def scorer_options(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.quality_model,
         "max_length": args.quality_max_length,
         "batch_size": args.quality_batch_size,
+        "lm_backend": args.lm_backend,
+        "compute_type": args.lm_compute_type,
+        "dtype": args.lm_dtype,
+        "device": args.device,
         "backend": args.judge_backend,
         "base_url": args.judge_base_url,
         "api_key_env": args.judge_api_key_env,
@@ -455,6 +483,7 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
         view=args.view,
         batch_size=args.batch_size,
         max_length=args.max_length,
+        device=args.device,
         cache_dir=args.cache_dir,
         exclude=args.exclude,
         on_invalid=args.on_invalid,

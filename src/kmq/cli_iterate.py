@@ -89,6 +89,7 @@ def loop_config(args: argparse.Namespace, *, external: bool) -> IterateConfig:
             "learning_rate": args.learning_rate,
             "batch_size": args.train_batch_size,
             "max_length": args.train_max_length,
+            "device": args.device,
             "generation": {
                 "max_new_tokens": args.max_new_tokens,
                 "batch_size": args.gen_batch_size,
@@ -107,6 +108,9 @@ def loop_config(args: argparse.Namespace, *, external: bool) -> IterateConfig:
             "model": args.feedback_model,
             "backend": args.feedback_backend,
             "base_url": args.feedback_base_url,
+            "lm_backend": args.lm_backend,
+            "compute_type": args.lm_compute_type,
+            "device": args.device,
         },
         trainer_options=trainer,
         external=external,

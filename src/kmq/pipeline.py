@@ -278,6 +278,7 @@ class SelectConfig:
     temperature: float = 1.0
     quality_candidates: int | str | None = DEFAULT_CANDIDATES
     encoder: str | Encoder = DEFAULT_ENCODER
+    device: str | None = None
     view: str = "user"
     batch_size: int = 64
     max_length: int | None = None
@@ -761,6 +762,7 @@ def make_encoder(config: SelectConfig) -> Encoder:
         config.encoder,
         batch_size=config.batch_size,
         max_length=config.max_length,
+        device=config.device,
         show_progress=False,
         cache_dir=config.cache_dir,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -31,12 +30,25 @@ class PerplexityFeedback:
         max_length: int = 512,
         batch_size: int = 8,
         cache_dir: str | None = None,
+        device: str | None = None,
+        lm_backend: str = "torch",
+        compute_type: str | None = None,
     ) -> None:
+        from kmq.backends import get_lm_backend
+
         self.model = model
         self.max_length = max_length
         self.batch_size = batch_size
         self.cache_dir = cache_dir
-        self._lm: tuple[Any, Any] | None = None
+        self.backend_ = get_lm_backend(
+            lm_backend,
+            model,
+            max_length=max_length,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            device=device,
+            compute_type=compute_type,
+        )
 
     def score(
         self,
@@ -44,21 +56,4 @@ class PerplexityFeedback:
         gold: Sequence[str],
         generated: Sequence[str],
     ) -> np.ndarray:
-        from kmq.models import load_causal_lm
-        from kmq.quality.lm import response_nll
-
-        if self._lm is None:
-            self._lm = load_causal_lm(self.model, cache_dir=self.cache_dir)
-        model, tokenizer = self._lm
-
-        def nll(prompts: list[Sequence[Message]], responses: list[str]) -> np.ndarray:
-            return response_nll(
-                model,
-                tokenizer,
-                prompts,
-                responses,
-                max_length=self.max_length,
-                batch_size=self.batch_size,
-            )
-
-        return gap(nll, prompts, gold, generated)
+        return gap(self.backend_.nll, prompts, gold, generated)

@@ -35,7 +35,7 @@ class QualityScorer(Protocol):
     def score(self, examples: Sequence[Example]) -> np.ndarray: ...
 
 
-QUALITY_SCORERS = ("ifd", "perplexity", "judge", "reward", "length", "column")
+QUALITY_SCORERS = ("ifd", "pmi", "perplexity", "judge", "reward", "length", "column")
 
 
 def _factory(name: str) -> Callable[..., QualityScorer]:
@@ -51,6 +51,10 @@ def _factory(name: str) -> Callable[..., QualityScorer]:
         from kmq.quality.lm import IFDScorer
 
         return IFDScorer
+    if name == "pmi":
+        from kmq.quality.lm import PMIScorer
+
+        return PMIScorer
     if name == "perplexity":
         from kmq.quality.lm import PerplexityScorer
 

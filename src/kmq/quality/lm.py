@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from kmq._imports import require
 from kmq.errors import KmqError
 from kmq.examples import Example, Message
-from kmq.models import ChatFormat, load_causal_lm, model_identity
+from kmq.models import ChatFormat
 
 log = logging.getLogger("kmq")
 
@@ -122,6 +122,33 @@ def score_responses(
     Rows are sorted by length, batched, right-padded and put back in input order.
     """
     check_settings(max_length, batch_size)
+
+    def run(windows: list[Window]) -> np.ndarray:
+        return windows_nll(
+            model,
+            windows,
+            pad_id=tokenizer.pad_token_id,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            desc=desc,
+        )
+
+    return score_windows(tokenizer, prompts, responses, max_length=max_length, run=run)
+
+
+def score_windows(
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Message] | None],
+    responses: Sequence[str],
+    *,
+    max_length: int,
+    run: Callable[[list[Window]], np.ndarray],
+) -> NLLResult:
+    """:func:`score_responses` with the forward passes left to ``run``, which maps the rows'
+    (context, response) token windows to the mean NLL of each window's response tokens.
+
+    Every inference backend shares this text, tokenisation and windowing, so they score the
+    very same tokens."""
     texts, failures = chat_texts(ChatFormat(tokenizer), prompts, responses)
     rows = list(texts)
     context_ids = token_ids(tokenizer, [texts[i][0] for i in rows])
@@ -129,14 +156,8 @@ def score_responses(
     windows = [fit_window(c, r, max_length) for c, r in zip(context_ids, response_ids, strict=True)]
     n = len(responses)
     nll = np.full(n, np.nan, dtype=np.float64)
-    nll[rows] = windows_nll(
-        model,
-        windows,
-        pad_id=tokenizer.pad_token_id,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        desc=desc,
-    )
+    if windows:
+        nll[rows] = run(windows)
     n_response = np.zeros(n, dtype=np.int64)
     n_context = np.zeros(n, dtype=np.int64)
     truncated = np.zeros(n, dtype=bool)
@@ -238,7 +259,11 @@ def _batch_nll(model: Any, windows: list[Window], pad_id: int, *, keep_logits: b
 
 
 class _LMScorer(ABC):
-    """Shared settings, lazy loading and bookkeeping of the LM scorers."""
+    """Shared settings, lazy loading and bookkeeping of the LM scorers.
+
+    ``lm_backend`` runs the forward passes (see :mod:`kmq.backends`): ``torch`` (default, the
+    reference; ``dtype``, ``device``) or ``ctranslate2`` (``compute_type``, default ``int8``).
+    """
 
     name: str
     direction: str
@@ -255,8 +280,12 @@ class _LMScorer(ABC):
         cache_dir: str | Path | None = None,
         device: str | None = None,
         dtype: Any = "float32",
+        lm_backend: str = "torch",
+        compute_type: str | None = None,
         show_progress: bool = True,
     ) -> None:
+        from kmq.backends import get_lm_backend
+
         check_settings(max_length, batch_size)
         self.model = model
         self.max_length = max_length
@@ -264,27 +293,26 @@ class _LMScorer(ABC):
         self.cache_dir = cache_dir
         self.device = device
         self.dtype = dtype
+        self.lm_backend = lm_backend
+        self.compute_type = compute_type
         self.show_progress = show_progress
-        self._lm: tuple[Any, Any] | None = None
+        self.backend_ = get_lm_backend(
+            lm_backend,
+            model,
+            max_length=max_length,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            device=device,
+            dtype=dtype,
+            compute_type=compute_type,
+            show_progress=show_progress,
+        )
         self._identity: str | None = None
 
     def fingerprint(self) -> str:
         if self._identity is None:
-            self._identity = model_identity(self.model)
-        dtype = str(self.dtype).removeprefix("torch.")
-        return (
-            f"{self.name}/{self._identity}/max_length={self.max_length}/dtype={dtype}"
-            f"/{TEMPLATE_VERSION}"
-        )
-
-    @property
-    def lm(self) -> tuple[Any, Any]:
-        """(model, tokenizer), loaded by :func:`kmq.models.load_causal_lm` on first use."""
-        if self._lm is None:
-            self._lm = load_causal_lm(
-                self.model, cache_dir=self.cache_dir, dtype=self.dtype, device=self.device
-            )
-        return self._lm
+            self._identity = self.backend_.fingerprint()
+        return f"{self.name}/{self._identity}/{TEMPLATE_VERSION}"
 
     def score(self, examples: Sequence[Example]) -> np.ndarray:
         """``<name>_score`` of each example's last response to its prompt (float64, NaN =
@@ -292,6 +320,7 @@ class _LMScorer(ABC):
         of the NaN rows) and ``results_`` (the passes run); rows count from 0 in this call."""
         prompts = [ex.prompt for ex in examples]
         responses = [ex.response for ex in examples]
+        self.backend_.batch_size = self.batch_size
         self.results_ = self._passes(prompts, responses)
         self.truncated_ = sorted(
             {int(i) for r in self.results_ for i in np.flatnonzero(r.truncated)}
@@ -307,17 +336,7 @@ class _LMScorer(ABC):
     def _pass(
         self, prompts: Sequence[Sequence[Message] | None], responses: Sequence[str], desc: str
     ) -> NLLResult:
-        model, tokenizer = self.lm
-        return score_responses(
-            model,
-            tokenizer,
-            prompts,
-            responses,
-            max_length=self.max_length,
-            batch_size=self.batch_size,
-            show_progress=self.show_progress,
-            desc=desc,
-        )
+        return self.backend_.score(prompts, responses, desc=desc)
 
     @abstractmethod
     def _passes(
@@ -373,31 +392,66 @@ class PerplexityScorer(_LMScorer):
         return -results[0].nll
 
 
-class IFDScorer(_LMScorer):
-    """``ifd_score = −log IFD = mean NLL(y) − mean NLL(y|x)``, where
-    ``IFD = PPL(y|x) / PPL(y)`` (Cherry LLM; Superfiltering) and the unconditional NLL(y) is
-    the response after the bare assistant header. Range (−∞, ∞); higher = the prompt explains
-    more of the response; IFD < 1 ⇔ score > 0.
-
-    Cherry LLM *keeps high raw IFD* (hard examples, with IFD < 1); this score is oriented so
-    that higher = more instruction-following, as every kmq quality score is "higher = better".
-    ``model`` is ``smollm2`` (default, offline) or a causal-LM folder; see the module doc for
-    the text, the loss and the ``max_length`` window (both passes score the same response
-    tokens).
-    """
-
-    name = "ifd"
-    direction = (
-        "higher = the prompt makes the response more likely (-log IFD = mean NLL(y) - "
-        "mean NLL(y|x)); range (-inf, inf), > 0 when IFD < 1"
-    )
+class _TwoPassScorer(_LMScorer):
+    """Scores from NLL(y|x) (with the prompt) and NLL(y) (after the bare assistant header);
+    both passes score the same response tokens (see the module doc)."""
 
     def _passes(
         self, prompts: Sequence[Sequence[Message]], responses: Sequence[str]
     ) -> tuple[NLLResult, ...]:
-        conditional = self._pass(prompts, responses, "ifd: with prompt")
-        unconditional = self._pass([None] * len(responses), responses, "ifd: without prompt")
+        conditional = self._pass(prompts, responses, f"{self.name}: with prompt")
+        unconditional = self._pass([None] * len(responses), responses, f"{self.name}: no prompt")
+        # Without a prompt both passes score the same window: NLL(y|x) = NLL(y) exactly (the
+        # batches differ, so the two forward passes may differ in the last bits).
+        no_prompt = [i for i, prompt in enumerate(prompts) if not prompt]
+        conditional.nll[no_prompt] = unconditional.nll[no_prompt]
         return conditional, unconditional
+
+
+class IFDScorer(_TwoPassScorer):
+    """``ifd_score``: the Instruction-Following Difficulty of Cherry LLM (Li et al. 2023;
+    Superfiltering), in its authors' direction.
+
+    ``IFD = PPL(y|x) / PPL(y) = exp(mean NLL(y|x) − mean NLL(y))``: how much of the response's
+    difficulty the prompt leaves; the unconditional NLL(y) is the response after the bare
+    assistant header. The authors keep the *highest* IFD (the prompt helps little: hard
+    examples) and drop rows with IFD ≥ 1 (the prompt does not help at all: the answer does not
+    follow from it). So ``ifd_score = IFD`` when IFD < 1 and ``0`` (below every kept row) when
+    IFD ≥ 1. Range [0, 1); higher = harder to follow but still helped by the prompt.
+
+    Until kmq 0.1, ``ifd`` was −log IFD (higher = easier); that score is now ``pmi``
+    (:class:`PMIScorer`). ``model`` is ``smollm2`` (default, offline) or a causal-LM folder.
+    """
+
+    name = "ifd"
+    direction = (
+        "higher = harder: the prompt explains less of the response (IFD = PPL(y|x)/PPL(y), "
+        "Cherry LLM's direction); range [0, 1), rows with IFD >= 1 (prompt does not help) get 0"
+    )
+
+    def fingerprint(self) -> str:
+        # kmq 0.1's ``ifd`` (now ``pmi``) had the same name: the key says which score this is
+        return f"{super().fingerprint()}/score=PPL(y|x)/PPL(y), 0 when >= 1"
+
+    def _combine(self, results: tuple[NLLResult, ...]) -> np.ndarray:
+        conditional, unconditional = results
+        ifd = np.exp(conditional.nll - unconditional.nll)
+        return np.where(ifd < 1, ifd, np.where(np.isnan(ifd), np.nan, 0.0))
+
+
+class PMIScorer(_TwoPassScorer):
+    """``pmi_score = mean NLL(y) − mean NLL(y|x) = −log IFD``: the per-token pointwise mutual
+    information between prompt and response under the LM (how many nats per token the prompt
+    saves). Range (−∞, ∞); higher = the prompt makes the response more likely (easy,
+    instruction-following rows); > 0 exactly when IFD < 1. This is what kmq called ``ifd``
+    until 0.1; ranking by it is the reverse of Cherry LLM's (:class:`IFDScorer`).
+    """
+
+    name = "pmi"
+    direction = (
+        "higher = the prompt makes the response more likely (mean NLL(y) - mean NLL(y|x) "
+        "= -log IFD); range (-inf, inf), > 0 when IFD < 1"
+    )
 
     def _combine(self, results: tuple[NLLResult, ...]) -> np.ndarray:
         conditional, unconditional = results

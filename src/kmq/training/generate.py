@@ -128,7 +128,22 @@ def generate(
 
     device = resolve_device(device)
     model, tokenizer = load_checkpoint(path, base_model=base_model, device=device)
-    limit = _prompt_limit(model.config, config)
+    return generate_loaded(
+        model, tokenizer, prompts, config, seed=seed, show_progress=show_progress
+    )
+
+
+def generate_loaded(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Message]],
+    config: GenerationConfig,
+    *,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> Generations:
+    """:func:`generate` with a model and tokenizer already loaded (transformers backend)."""
+    limit = prompt_limit(model.config, config)
     prompt_ids, truncated = encode_prompts(tokenizer, prompts, limit)
     texts = _generate_transformers(model, tokenizer, prompt_ids, config, seed, show_progress)
     return _finish(texts, truncated)
@@ -254,7 +269,7 @@ def encode_prompts(
     return ids, truncated
 
 
-def _prompt_limit(model_config: Any, config: GenerationConfig) -> int:
+def prompt_limit(model_config: Any, config: GenerationConfig) -> int:
     """Prompt tokens that fit: ``max_length`` (or the model's positions) − ``max_new_tokens``."""
     max_length = config.max_length or getattr(model_config, "max_position_embeddings", None)
     if max_length is None or max_length <= config.max_new_tokens:
@@ -374,7 +389,7 @@ def _generate_vllm(
             model_dir = Path(tmp)
         tokenizer = load_tokenizer(model_dir)
         model_config = require("transformers").AutoConfig.from_pretrained(model_dir)
-        limit = _prompt_limit(model_config, config)
+        limit = prompt_limit(model_config, config)
         prompt_ids, truncated = encode_prompts(tokenizer, prompts, limit)
         llm = vllm.LLM(model=str(model_dir), seed=seed, max_model_len=limit + config.max_new_tokens)
         params = vllm.SamplingParams(
