@@ -96,7 +96,15 @@ def test_messages_output_loads_with_datasets_and_takes_smollm2_template(tmp_path
     datasets = pytest.importorskip("datasets")
     pool = write_rows(tmp_path / "chat.jsonl")
     run = select_file(
-        config(tmp_path, pool, budget=4, k=2, on_invalid="skip", output_format="messages")
+        config(
+            tmp_path,
+            pool,
+            budget=4,
+            k=2,
+            on_invalid="skip",
+            keep_duplicates=True,
+            output_format="messages",
+        )
     )
     out = tmp_path / "out" / "selected.jsonl"
     assert run.manifest["outputs"]["rows"] == "selected.jsonl"
@@ -114,7 +122,7 @@ def test_messages_output_loads_with_datasets_and_takes_smollm2_template(tmp_path
 
 def test_native_output_keeps_the_rows_as_read(tmp_path: Path) -> None:
     pool = write_rows(tmp_path / "chat.jsonl")
-    select_file(config(tmp_path, pool, budget=4, k=2, on_invalid="skip"))
+    select_file(config(tmp_path, pool, budget=4, k=2, on_invalid="skip", keep_duplicates=True))
     lines = (tmp_path / "out" / "selected.jsonl").read_text().splitlines()
     lead = next(json.loads(line) for line in lines if '"lead"' in line)
     assert lead["conversations"][0] == {"from": "gpt", "value": "Hi, how can I help?"}

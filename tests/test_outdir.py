@@ -50,7 +50,9 @@ def test_a_rerun_leaves_no_file_of_the_earlier_run(
     table = pa.Table.from_pylist([json.loads(line) for line in pool.read_text().splitlines()[:9]])
     parquet = tmp_path / "pool.parquet"
     pq.write_table(table, parquet)
-    select_file(config(tmp_path, parquet, method="random", k="auto", budget=3))
+    select_file(
+        config(tmp_path, parquet, method="random", k="auto", budget=3, keep_duplicates=True)
+    )
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json",
         "selected.parquet",
@@ -59,7 +61,7 @@ def test_a_rerun_leaves_no_file_of_the_earlier_run(
     assert hidden_beside(out) == []
 
 
-WRITERS = ["write_selected", "write_table", "write_clusters", "write_json"]
+WRITERS = ["write_output", "write_table", "write_clusters", "write_json"]
 
 
 @pytest.mark.parametrize("writer", WRITERS)

@@ -30,6 +30,9 @@ OUTPUT_NAMES = frozenset(
         "selection.parquet",
         "rejects.jsonl",
         "dedup.jsonl",
+        "duplicates.jsonl",
+        "repairs.jsonl",
+        "contamination.jsonl",
         "clusters.npz",
         "report.html",
         "selected",  # a save_to_disk folder
