@@ -1,4 +1,9 @@
-"""sentence-transformers encoders, with long texts chunked and mean-pooled (never truncated)."""
+"""sentence-transformers encoders, with long texts chunked and mean-pooled (never truncated).
+
+``backend`` picks what runs the model: ``torch`` (sentence-transformers itself, the default) or
+an ONNX Runtime graph exported from it once and cached (``onnx``, ``onnx-int8``; see
+:mod:`kmq.encoders.onnx`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from kmq._imports import require
 from kmq.errors import KmqError
@@ -41,6 +47,11 @@ class SentenceTransformerEncoder:
     Texts longer than the model's ``max_seq_length`` are split at token boundaries into
     windows of at most that many tokens; each window is embedded and the text's vector is the
     token-count-weighted mean of its windows, L2-normalised.
+
+    ``backend`` is one of :data:`kmq.encoders.onnx.BACKENDS`; the ONNX ones run on the CPU with
+    ``threads`` intra-op threads (default: one per core) and keep their exported graph under
+    ``cache_dir`` (default :func:`kmq.cache.default_cache_dir`). Their vectors differ from
+    torch's (``onnx`` in the last bits, ``onnx-int8`` more), so the backend is part of ``name``.
     """
 
     def __init__(
@@ -51,13 +62,31 @@ class SentenceTransformerEncoder:
         device: str | None = None,
         max_length: int | None = None,
         show_progress: bool = True,
+        backend: str = "torch",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
+        from kmq.encoders.onnx import BACKENDS
+
+        if backend not in BACKENDS:
+            raise KmqError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        if backend != "torch" and device not in (None, "cpu"):
+            raise KmqError(f"backend={backend} runs on the CPU; got device={device!r}")
+        if threads is not None and (backend == "torch" or threads < 1):
+            raise KmqError(
+                f"threads applies to the ONNX backends and must be ≥ 1; got threads={threads} "
+                f"with backend={backend}"
+            )
         self.model = model
         self.batch_size = batch_size
         self.device = device
         self.max_length = max_length
         self.show_progress = show_progress
+        self.backend = backend
+        self.threads = threads
+        self.cache_dir = cache_dir
         self._st: Any = None
+        self._runner: Any = None
         self.name = self._identity()
 
     def _resolve(self) -> tuple[str, str]:
@@ -71,7 +100,11 @@ class SentenceTransformerEncoder:
 
     def _identity(self) -> str:
         self._location, name = self._resolve()
-        return name
+        if self.backend == "torch":
+            return name
+        from kmq.encoders.onnx import recipe
+
+        return f"{name}/{self.backend}:{recipe(self.backend)}"
 
     @property
     def st(self) -> Any:
@@ -136,15 +169,41 @@ class SentenceTransformerEncoder:
                 counts.append(1)
         return pieces, np.asarray(owners, dtype=np.int64), np.asarray(counts, dtype=np.float64)
 
+    @property
+    def runner(self) -> Any:
+        """The ONNX Runtime session of an ONNX backend (exported on first use, then cached)."""
+        if self._runner is None:
+            from kmq.encoders.onnx import OnnxRunner, exported_model
+
+            path = exported_model(self.st, self.name, self.backend, self.cache_dir)
+            self._runner = OnnxRunner(path, threads=self.threads)
+        return self._runner
+
+    def _encode_pieces(self, pieces: list[str]) -> np.ndarray:
+        """L2-normalised vectors of ``pieces`` (each fits the window), by the backend."""
+        if self.backend == "torch":
+            return np.asarray(
+                self.st.encode(
+                    pieces,
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=self.show_progress,
+                )
+            )
+        runner = self.runner
+        order = np.argsort([-len(p) for p in pieces], kind="stable")
+        out = np.empty((len(pieces), self.st.get_embedding_dimension()), dtype=np.float32)
+        starts = range(0, len(pieces), self.batch_size)
+        for start in tqdm(starts, desc="Batches", disable=not self.show_progress):
+            idx = order[start : start + self.batch_size]
+            features = self.st.preprocess(inputs=[pieces[i] for i in idx])
+            out[idx] = runner.run(features)
+        return out
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         pieces, owners, counts = self.split(texts)
-        vectors = self.st.encode(
-            pieces,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=self.show_progress,
-        ).astype(np.float64)
+        vectors = self._encode_pieces(pieces).astype(np.float64)
         if len(pieces) == len(texts):
             pooled = vectors
         else:
