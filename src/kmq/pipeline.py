@@ -40,7 +40,7 @@ from kmq.formats import (
     write_rejects,
     write_selected,
 )
-from kmq.random import SeedLike
+from kmq.random import SeedLike, stream
 from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import CLUSTERED, SELECTORS, SelectionResult, Selector, get_selector
 
@@ -54,6 +54,8 @@ TABLE = "selection.parquet"
 REJECTS = "rejects.jsonl"
 CLUSTERS = "clusters.npz"
 DEDUP = "dedup.jsonl"
+# The random stream (under --seed) that --sample draws from, apart from the selection's own.
+SAMPLE_STREAM = 0x53414D50
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -212,6 +214,7 @@ class SelectConfig:
     progress: bool = True
     streaming: bool = False
     kmeans_sample: int | None = None
+    sample: int | None = None
     embedding_dtype: Literal["float16", "float32"] | None = None
     output_shard_rows: int | None = None
     engine: str = "local"
@@ -233,7 +236,7 @@ class SelectConfig:
             raise KmqError(
                 f"--embedding-dtype must be float16 or float32, got {self.embedding_dtype!r}"
             )
-        for name in ("kmeans_sample", "output_shard_rows"):
+        for name in ("kmeans_sample", "output_shard_rows", "sample"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 flag = "--" + name.replace("_", "-")
@@ -241,6 +244,8 @@ class SelectConfig:
         make_engine(self)
         if self.engine != "local" and self.is_streaming():
             raise KmqError(f"--engine {self.engine} does not run --streaming selections")
+        if self.sample is not None and self.is_streaming():
+            raise KmqError("--sample applies to in-memory runs only, not to --streaming ones")
 
     def is_streaming(self) -> bool:
         """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
@@ -339,6 +344,17 @@ def select_file(config: SelectConfig) -> SelectRun:
         pool.file_kind,
         len(pool.rejects),
     )
+    not_sampled = {}
+    if config.sample is not None and config.sample < n:
+        pool = sample_pool(pool, config.sample, config.seed)
+        not_sampled["not_sampled"] = n - config.sample
+        log.info(
+            "kept a sample of %d of the %d valid rows (--sample, seed %d)",
+            config.sample,
+            n,
+            config.seed,
+        )
+        n = config.sample
     budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
@@ -365,6 +381,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         "excluded": int(exclude_mask.sum()),
         "excluded_not_in_pool": unknown_excluded,
         "deduplicated": 0,
+        **not_sampled,
     }
     dedup = None
     if config.dedup is not None and fitted is not None:
@@ -418,6 +435,14 @@ def select_file(config: SelectConfig) -> SelectRun:
     )
     write_json(out / MANIFEST, manifest)
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def sample_pool(pool: LoadedPool, size: int, seed: int) -> LoadedPool:
+    """``pool`` with ``size`` of its valid rows, drawn uniformly without replacement from the
+    seed's own stream (:data:`SAMPLE_STREAM`) and kept in input order."""
+    keep = np.sort(stream(seed, SAMPLE_STREAM).choice(len(pool.examples), size, replace=False))
+    quality = None if pool.quality is None else pool.quality[keep]
+    return replace(pool, examples=[pool.examples[i] for i in keep], quality=quality)
 
 
 def make_selector(config: SelectConfig, **options: Any) -> Selector:
