@@ -91,8 +91,9 @@ def pooled_module(st: Any) -> Any:
         )
     transformer = st[0].auto_model
     transformer.set_attn_implementation("eager")
+    module: Any = torch.nn.Module  # torch is imported lazily, so mypy sees it as Any
 
-    class Pooled(torch.nn.Module):
+    class Pooled(module):
         def __init__(self) -> None:
             super().__init__()
             self.transformer = transformer
