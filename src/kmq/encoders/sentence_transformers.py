@@ -1,4 +1,9 @@
-"""sentence-transformers encoders, with long texts chunked and mean-pooled (never truncated)."""
+"""sentence-transformers encoders, with long texts chunked and mean-pooled (never truncated).
+
+``backend`` picks what runs the model: ``torch`` (sentence-transformers itself, the default) or
+an ONNX Runtime graph exported from it once and cached (``onnx``, ``onnx-int8``; see
+:mod:`kmq.encoders.onnx`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from kmq import progress
 from kmq._imports import require
@@ -42,6 +48,11 @@ class SentenceTransformerEncoder:
     Texts longer than the model's ``max_seq_length`` are split at token boundaries into
     windows of at most that many tokens; each window is embedded and the text's vector is the
     token-count-weighted mean of its windows, L2-normalised.
+
+    ``backend`` is one of :data:`kmq.encoders.onnx.BACKENDS`; the ONNX ones run on the CPU with
+    ``threads`` intra-op threads (default: one per core) and keep their exported graph under
+    ``cache_dir`` (default :func:`kmq.cache.default_cache_dir`). Their vectors differ from
+    torch's (``onnx`` in the last bits, ``onnx-int8`` more), so the backend is part of ``name``.
     """
 
     def __init__(
@@ -52,13 +63,31 @@ class SentenceTransformerEncoder:
         device: str | None = None,
         max_length: int | None = None,
         show_progress: bool = True,
+        backend: str = "torch",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
+        from kmq.encoders.onnx import BACKENDS
+
+        if backend not in BACKENDS:
+            raise KmqError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        if backend != "torch" and device not in (None, "cpu"):
+            raise KmqError(f"backend={backend} runs on the CPU; got device={device!r}")
+        if threads is not None and (backend == "torch" or threads < 1):
+            raise KmqError(
+                f"threads applies to the ONNX backends and must be ≥ 1; got threads={threads} "
+                f"with backend={backend}"
+            )
         self.model = model
         self.batch_size = batch_size
         self.device = device
         self.max_length = max_length
         self.show_progress = show_progress
+        self.backend = backend
+        self.threads = threads
+        self.cache_dir = cache_dir
         self._st: Any = None
+        self._runner: Any = None
         self.name = self._identity()
 
     def _resolve(self) -> tuple[str, str]:
@@ -72,7 +101,11 @@ class SentenceTransformerEncoder:
 
     def _identity(self) -> str:
         self._location, name = self._resolve()
-        return name
+        if self.backend == "torch":
+            return name
+        from kmq.encoders.onnx import recipe
+
+        return f"{name}/{self.backend}:{recipe(self.backend)}"
 
     @property
     def st(self) -> Any:
@@ -137,6 +170,16 @@ class SentenceTransformerEncoder:
                 counts.append(1)
         return pieces, np.asarray(owners, dtype=np.int64), np.asarray(counts, dtype=np.float64)
 
+    @property
+    def runner(self) -> Any:
+        """The ONNX Runtime session of an ONNX backend (exported on first use, then cached)."""
+        if self._runner is None:
+            from kmq.encoders.onnx import OnnxRunner, exported_model
+
+            path = exported_model(self.st, self.name, self.backend, self.cache_dir)
+            self._runner = OnnxRunner(path, threads=self.threads)
+        return self._runner
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         pieces, owners, counts = self.split(texts)
         vectors = self._encode_pieces(pieces, rows_per_piece=len(texts) / max(len(pieces), 1))
@@ -151,7 +194,10 @@ class SentenceTransformerEncoder:
     def _encode_pieces(self, pieces: list[str], *, rows_per_piece: float) -> np.ndarray:
         """Unit vectors of ``pieces`` (float64), in the batches sentence-transformers forms
         (longest first), one ``encode`` call per batch so that each finished batch is reported
-        to the running pass's progress bar (:func:`kmq.progress.advance`)."""
+        to the running pass's progress bar (:func:`kmq.progress.advance`). The ONNX backends
+        run their own length-sorted batches and report them the same way."""
+        if self.backend != "torch":
+            return self._onnx_encode(pieces, rows_per_piece)
         if not progress.reporting_active():
             return np.asarray(self._st_encode(pieces, self.show_progress), dtype=np.float64)
         order = np.argsort([-len(piece) for piece in pieces])
@@ -165,6 +211,18 @@ class SentenceTransformerEncoder:
             progress.advance(len(rows) * rows_per_piece)
         if out is None:
             return np.asarray(self._st_encode(pieces, False), dtype=np.float64)
+        return out
+
+    def _onnx_encode(self, pieces: list[str], rows_per_piece: float) -> np.ndarray:
+        runner = self.runner
+        order = np.argsort([-len(p) for p in pieces], kind="stable")
+        out = np.empty((len(pieces), self.st.get_embedding_dimension()), dtype=np.float64)
+        starts = range(0, len(pieces), self.batch_size)
+        for start in tqdm(starts, desc="Batches", disable=not self.show_progress):
+            idx = order[start : start + self.batch_size]
+            features = self.st.preprocess(inputs=[pieces[i] for i in idx])
+            out[idx] = runner.run(features)
+            progress.advance(len(idx) * rows_per_piece)
         return out
 
     def _st_encode(self, pieces: list[str], show_progress: bool) -> np.ndarray:
