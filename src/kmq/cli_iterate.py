@@ -50,7 +50,10 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
         default=DEFAULT_FEEDBACK,
         help=f"S(x, y_gold, y_gen); higher = more weight (default {DEFAULT_FEEDBACK})",
     )
-    g.add_argument("--feedback-model", help="model of the LM feedback (default smollm2) or reward-gap's reward model")
+    g.add_argument(
+        "--feedback-model",
+        help="causal LM of the LM feedback (default smollm2), or reward-gap's reward model",
+    )
     g.add_argument("--feedback-backend", choices=["local", "http"], help="judge feedback backend")
     g.add_argument("--feedback-base-url", help="judge feedback: OpenAI-compatible base URL")
     if not trainer:
