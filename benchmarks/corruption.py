@@ -1,159 +1,752 @@
-"""Does the loop starve clusters of bad data? Corrupt the gold answers of 3 clusters (words
-shuffled), run one round of iterative kMQ, score it with each feedback scorer, and report how
-the corrupted clusters' weights move against the rest.
+"""Does the loop starve bad data? Plant noise in a pool (``noise.py``: word-shuffled, swapped or
+truncated gold answers, in 3 whole clusters of 16 or in 20 % of every cluster's rows), run
+iterative kMQ's feedback on it, and compare how each feedback scorer moves the noisy clusters'
+weights, and how many noisy rows the later rounds pick, against static kMQ on the same pool.
 
-One round (select, LoRA-train SmolLM2, generate) is shared by every scorer: the scorers only
-differ in how they score the same (prompt, gold, generated) triples. Writes
-``results/corruption.md``.
+One command, resumable: every finished stage is cached atomically under ``--run`` (the pool
+subset and its clusters, the noisy pools, every reference-LM NLL, each simulated run, each
+round-1 training), so a rerun computes only what is missing, and the report is rewritten after
+every stage from whatever is done (``--report-only`` just tabulates). Progress goes to
+``RUN/progress.log``.
+
+What runs where:
+- Round 1 draws the same rows for every scorer (uniform weights), as the loop does.
+- Generation-free scorers (``gold-pmi``, and its per-token variant) score the gold answers with
+  the fixed reference LM only, so the loop's rounds 2-3 do not depend on the model trained in
+  between: the benchmark replays the loop's selection and reweighting exactly (same seeds,
+  same Eq. 6), without training (3 rounds for ``gold-pmi``, round 1 for the variant).
+- Scorers that need the trained model (``similarity``, Eq. 7 ``perplexity``, ``pmi-gap`` need
+  its generations; ``learning-gain`` its NLL on rows of each cluster not trained on) get one
+  real LoRA round per noisy pool, shared by all of them, and are reported after round 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import random
+import logging
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from _common import (
-    DEFAULT_CACHE,
-    DEFAULT_RESULTS,
-    POOLS,
-    markdown_table,
-    setup_logging,
-    write_report,
-)
+from _common import DEFAULT_RESULTS, POOLS, markdown_table, setup_logging, write_report
+from noise import NoiseSpec, plant, read_records, write_atomic, write_outputs
 
-from kmq.feedback import get_feedback_scorer
+from kmq.atomic import write_json, write_npy
+from kmq.examples import Example, Message
 from kmq.formats import load_pool
-from kmq.loop import IterateConfig, IterativeSelection
-from kmq.pipeline import SelectConfig
 from kmq.reweight import cluster_means, uniform, update
+from kmq.selectors import KMQSelector
+
+log = logging.getLogger("kmq.benchmarks")
+
+KINDS = ("shuffle", "swap", "truncate")
+WHERES = ("clusters", "spread")
+FREE_SCORERS = ("gold-pmi", "gold-pmi/token")
+TRAINED_SCORERS = ("similarity", "perplexity", "pmi-gap", "learning-gain")
+GATE_BAD, GATE_CLEAN = 0.8, 1.0
 
 
-def shuffle_words(text: str, rng: random.Random) -> str:
-    words = text.split()
-    rng.shuffle(words)
-    return " ".join(words)
+def config_name(kind: str, where: str, seed: int) -> str:
+    return f"{kind}-{where}-s{seed}"
 
 
-def corrupted_pool(source: Path, out: Path, bad_ids: set[str], seed: int) -> None:
-    """A copy of the pool with the last assistant turn of every row in ``bad_ids`` shuffled."""
-    rng = random.Random(seed)
-    pool = load_pool(source)
-    with out.open("w", encoding="utf-8") as fh:
-        for ex in pool.examples:
-            record = dict(ex.fields)
-            if ex.id in bad_ids:
-                messages = [dict(m) for m in record["messages"]]
-                messages[-1]["content"] = shuffle_words(messages[-1]["content"], rng)
-                record["messages"] = messages
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+def parse_name(name: str) -> tuple[str, str, int]:
+    """(kind, where, seed) of a noisy pool's name; ``clean-sN`` has kind and where "clean"."""
+    parts = name.split("-")
+    seed = int(parts[-1].removeprefix("s"))
+    return (parts[0], parts[0], seed) if len(parts) == 2 else (parts[0], parts[1], seed)
+
+
+def progress(run: Path, message: str) -> None:
+    log.info(message)
+    with (run / "progress.log").open("a", encoding="utf-8") as fh:
+        fh.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+
+
+# -- the pool, its clusters, the noisy pools ---------------------------------------------------
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The (subset) pool, its user-view MiniLM embeddings and k-means labels (cached)."""
+    pool_path = args.run / "pool.jsonl.gz"
+    clusters = args.run / "labels.npy"
+    if not pool_path.exists():
+        records = read_records(args.pool)
+        if args.subset and args.subset < len(records):
+            records = stratified(records, args.subset, seed=0)
+
+        def lines(fh: Any) -> None:
+            for r in records:
+                fh.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
+
+        write_atomic(pool_path, lines, binary_gzip=True)
+        progress(args.run, f"pool: {len(records)} rows of {args.pool.name} -> {pool_path}")
+    if not clusters.exists():
+        pool = load_pool(pool_path)
+        vectors = embeddings(pool, args)
+        from kmq.pipeline import cluster
+
+        fitted, _ = cluster(vectors, args.k, seed=0)
+        write_npy(args.run / "embeddings.npy", vectors.astype(np.float32))
+        write_npy(clusters, np.asarray(fitted.labels_, dtype=np.int64))
+        progress(args.run, f"clusters: k = {args.k}, sizes {np.bincount(fitted.labels_).tolist()}")
+    labels = np.load(clusters).astype(np.int64)
+    return pool_path, np.load(args.run / "embeddings.npy"), labels
+
+
+def stratified(records: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` records, each source's share kept (largest remainder), in pool order."""
+    rng = np.random.default_rng(seed)
+    sources = np.array([str(r.get("source")) for r in records])
+    names, counts = np.unique(sources, return_counts=True)
+    exact = counts / counts.sum() * n
+    take = np.floor(exact).astype(int)
+    take[np.argsort(-(exact - take))[: n - take.sum()]] += 1
+    keep = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(sources == s), size=t, replace=False)
+            for s, t in zip(names, take, strict=True)
+        ]
+    )
+    return [records[i] for i in np.sort(keep)]
+
+
+def embeddings(pool: Any, args: argparse.Namespace) -> np.ndarray:
+    """Rows of ``--embeddings`` (ids in the ``.ids`` file beside it) or kmq's cached MiniLM."""
+    if args.embeddings is not None:
+        ids = Path(str(args.embeddings) + ".ids").read_text(encoding="utf-8").split("\n")
+        where = {i: n for n, i in enumerate(ids)}
+        rows = [where[ex.id] for ex in pool.examples]
+        return np.ascontiguousarray(np.load(args.embeddings, mmap_mode="r")[rows], np.float32)
+    from kmq.pipeline import SelectConfig, embed_pool
+
+    config = SelectConfig(input="", out="", cache_dir=str(args.cache_dir), progress=False)
+    vectors, _ = embed_pool(pool, config)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def noisy_pool(run: Path, pool_path: Path, labels: np.ndarray, name: str) -> Path:
+    """``RUN/noise/<name>.jsonl.gz`` and its ``.noise.json`` (``clean-sN``: the pool itself)."""
+    kind, where, seed = parse_name(name)
+    out = run / "noise" / f"{name}.jsonl.gz"
+    if not out.exists():
+        spec = (
+            NoiseSpec(kind, 1.0, "clusters", clusters=3)
+            if where == "clusters"
+            else NoiseSpec(kind, 0.2, "spread")
+        )
+        records, noisy, summary = plant(read_records(pool_path), labels, [spec], seed)
+        write_outputs(out, records, noisy, summary)
+    return out
+
+
+def noisy_ids(path: Path) -> set[str]:
+    side = path.with_name(path.name.removesuffix(".jsonl.gz") + ".noise.json")
+    meta = json.loads(side.read_text())
+    return set(meta["ids"])
+
+
+# -- cached reference-LM NLLs -----------------------------------------------------------------
+
+
+class NLLCache:
+    """NLL(y | x), NLL(y) and the scored tokens of (prompt, answer) rows under the reference
+    LM, in ``gold-pmi``'s windows; cached in atomic shard files (one per computed batch)."""
+
+    def __init__(self, folder: Path, model: Any, tokenizer: Any, *, tag: str, max_length: int):
+        self.folder = folder
+        self.model, self.tokenizer = model, tokenizer
+        self.tag, self.max_length = tag, max_length
+        folder.mkdir(parents=True, exist_ok=True)
+        self.values: dict[str, list[float]] = {}
+        for shard in sorted(folder.glob("*.json")):
+            self.values.update(json.loads(shard.read_text()))
+
+    def key(self, prompt: Sequence[Message], answer: str) -> str:
+        turns = [[m.role, m.content] for m in prompt]
+        text = json.dumps([self.tag, self.max_length, turns, answer], ensure_ascii=False)
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def get(
+        self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(NLL(y | x), NLL(y), tokens) per row (see :func:`kmq.feedback.pmi.pmi_nll`)."""
+        from kmq.feedback.pmi import pmi_nll
+
+        keys = [self.key(p, a) for p, a in zip(prompts, answers, strict=True)]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self.values}.values())
+        if todo:
+            given, alone, tokens = pmi_nll(
+                self.model,
+                self.tokenizer,
+                [prompts[i] for i in todo],
+                [answers[i] for i in todo],
+                max_length=self.max_length,
+            )
+            new = {
+                keys[i]: [float(g), float(a), float(t)]
+                for i, g, a, t in zip(todo, given, alone, tokens, strict=True)
+            }
+            shard = f"{os.getpid()}-{len(list(self.folder.glob('*.json'))):06d}.json"
+            write_json(self.folder / shard, new)
+            self.values.update(new)
+        values = np.array([self.values[k] for k in keys], dtype=np.float64).reshape(-1, 3)
+        return values[:, 0], values[:, 1], values[:, 2]
+
+    def pmi(
+        self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """PMI summed over the answer's tokens and per token (``gold-pmi``'s two readings)."""
+        given, alone, tokens = self.get(prompts, answers)
+        return (alone - given) * tokens, alone - given
+
+
+# -- the loop, replayed -----------------------------------------------------------------------
+
+
+def pick(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    size: int,
+    weights: np.ndarray | None,
+    exclude: np.ndarray,
+    seed: int,
+    r: int,
+) -> np.ndarray:
+    """The loop's draw of round ``r`` (kMQ, no quality: uniform inside clusters)."""
+    result = KMQSelector().select(
+        vectors,
+        size,
+        labels=labels,
+        weights=weights,
+        exclude=exclude,
+        seed=np.random.SeedSequence(seed, spawn_key=(r,)),
+    )
+    return np.asarray(result.indices, dtype=np.int64)
+
+
+def free_scores(cache: NLLCache, examples: list[Example], scorer: str) -> np.ndarray:
+    total, per_token = cache.pmi([ex.prompt for ex in examples], [ex.response for ex in examples])
+    return total if scorer == "gold-pmi" else per_token
+
+
+def replay(
+    cache: NLLCache,
+    examples: list[Example],
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    *,
+    scorer: str,
+    rounds: int,
+    rows: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The loop with a generation-free scorer: picks, cluster means and weights per round."""
+    k = int(labels.max()) + 1
+    weights, picked, history = uniform(k), np.zeros(0, dtype=np.int64), []
+    for r in range(1, rounds + 1):
+        rows_r = pick(vectors, labels, rows, weights, picked, seed, r)
+        started = time.perf_counter()
+        scores = free_scores(cache, [examples[i] for i in rows_r], scorer)
+        means, present = cluster_means(labels[rows_r], scores, k)
+        after = update(weights, means, present)
+        history.append(
+            {
+                "round": r,
+                "picked": rows_r.tolist(),
+                "scores": scores.tolist(),
+                "weights_after": after.tolist(),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+        weights, picked = after, np.concatenate([picked, rows_r])
+    return {"scorer": scorer, "rounds": history}
+
+
+# -- one real round, for the scorers that need the trained model ------------------------------
+
+
+def trained_round(
+    args: argparse.Namespace,
+    cache: NLLCache,
+    examples: list[Example],
+    round1: np.ndarray,
+    labels: np.ndarray,
+    folder: Path,
+    seed: int,
+) -> dict[str, Any]:
+    from kmq.feedback.pmi import pmi_windows
+    from kmq.quality.lm import windows_nll
+    from kmq.training.generate import load_checkpoint
+    from kmq.training.trl import TRLTrainer
+
+    trainer = TRLTrainer(
+        max_length=args.train_max_length,
+        show_progress=False,
+        generation={"max_new_tokens": args.max_new_tokens, "batch_size": 16},
+        cache_dir=None,
+    )
+    rows = [examples[i] for i in round1]
+    prompts, gold = [ex.prompt for ex in rows], [ex.response for ex in rows]
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    checkpoint = folder / "train" / "checkpoint"
+    if not checkpoint.exists():
+        (folder / "train").mkdir(parents=True, exist_ok=True)
+        checkpoint = trainer.train(rows, folder / "train", init=None, seed=seed)
+    seconds["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    generations_file = folder / "generations.json"
+    if not generations_file.exists():
+        write_json(generations_file, trainer.generate(checkpoint, prompts, seed=seed))
+    generated = json.loads(generations_file.read_text())
+    seconds["generate"] = time.perf_counter() - t
+    scores = generation_scores(cache, prompts, gold, generated, seconds)
+    t = time.perf_counter()
+    unseen = unseen_rows(labels, round1, args.gain_rows, seed)
+    held = [examples[i] for i in unseen]
+    held_prompts, held_gold = [ex.prompt for ex in held], [ex.response for ex in held]
+    before = cache.get(held_prompts, held_gold)[0]
+    model, tokenizer = load_checkpoint(checkpoint)
+    scored, windows, _ = pmi_windows(tokenizer, held_prompts, held_gold, args.max_length)
+    after = np.full(len(held), np.nan)
+    after[scored] = windows_nll(model, windows, pad_id=tokenizer.pad_token_id, batch_size=8)
+    seconds["learning-gain"] = time.perf_counter() - t
+    return {
+        "scores": scores,
+        "gain_rows": unseen.tolist(),
+        "gain": (before - after).tolist(),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+
+
+def generation_scores(
+    cache: NLLCache,
+    prompts: list[tuple[Message, ...]],
+    gold: list[str],
+    generated: list[str],
+    seconds: dict[str, float],
+) -> dict[str, list[float]]:
+    """``similarity``, Eq. 7 ``perplexity`` and ``pmi-gap`` of each row (timings into
+    ``seconds``)."""
+    from kmq.feedback.similarity import SimilarityFeedback
+
+    scores: dict[str, list[float]] = {}
+    t = time.perf_counter()
+    scores["similarity"] = SimilarityFeedback().score(prompts, gold, generated).tolist()
+    seconds["similarity"] = time.perf_counter() - t
+    t = time.perf_counter()
+    gold_nll = cache.get(prompts, gold)[0]
+    gen_nll = cache.get(prompts, generated)[0]
+    scores["perplexity"] = (gold_nll - gen_nll).tolist()
+    seconds["perplexity"] = time.perf_counter() - t
+    t = time.perf_counter()
+    gold_pmi, _ = cache.pmi(prompts, gold)
+    gen_pmi, _ = cache.pmi(prompts, generated)
+    scores["pmi-gap"] = (gold_pmi - gen_pmi).tolist()
+    seconds["pmi-gap"] = time.perf_counter() - t
+    return scores
+
+
+def proxy_round(
+    cache: NLLCache, examples: list[Example], round1: np.ndarray, generated: list[str]
+) -> dict[str, Any]:
+    """The generation scorers on a pool with another pool's round-1 generations (same rows,
+    same seed; its model was trained on the other pool's gold answers)."""
+    rows = [examples[i] for i in round1]
+    seconds: dict[str, float] = {}
+    prompts, gold = [ex.prompt for ex in rows], [ex.response for ex in rows]
+    scores = generation_scores(cache, prompts, gold, generated, seconds)
+    return {"scores": scores, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def unseen_rows(labels: np.ndarray, trained: np.ndarray, per_cluster: int, seed: int) -> np.ndarray:
+    """``per_cluster`` rows of every cluster not trained on (learning gain is measured there)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(99,)))
+    free = np.ones(len(labels), dtype=bool)
+    free[trained] = False
+    out = []
+    for c in range(int(labels.max()) + 1):
+        rows = np.flatnonzero((labels == c) & free)
+        out.append(np.sort(rng.choice(rows, size=min(per_cluster, len(rows)), replace=False)))
+    return np.concatenate(out)
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def cluster_noise(labels: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    k = int(labels.max()) + 1
+    return np.bincount(labels, weights=noisy.astype(float), minlength=k) / np.bincount(
+        labels, minlength=k
+    )
+
+
+def weight_stats(weights: np.ndarray, share: np.ndarray, where: str) -> tuple[float, float]:
+    """(bad, clean) mean weight × k for whole clusters (bad = any noisy row: the chosen
+    clusters); for spread noise, (Pearson r of weight and the cluster's noisy share, NaN)."""
+    k = len(weights)
+    if where == "clusters":
+        bad = share > 0
+        return float(weights[bad].mean() * k), float(weights[~bad].mean() * k)
+    if np.std(share) == 0:
+        return float("nan"), float("nan")
+    return float(np.corrcoef(weights, share)[0, 1]), float("nan")
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if not len(v):
+        return "–"
+    return f"{v.mean():.2f} ± {v.std():.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+
+
+def report(args: argparse.Namespace, started: float) -> None:
+    run = args.run
+    if not (run / "labels.npy").exists():
+        return
+    labels = np.load(run / "labels.npy")
+    k = int(labels.max()) + 1
+    pool = load_pool(run / "pool.jsonl.gz")
+    ids = [ex.id for ex in pool.examples]
+    rows_by_scorer: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    gates: dict[str, list[str]] = {}
+    share_rows: list[list[object]] = []
+    for where in WHERES:
+        for kind in KINDS:
+            for seed in args.seeds:
+                name = config_name(kind, where, seed)
+                path = run / "noise" / f"{name}.jsonl.gz"
+                if not path.exists():
+                    continue
+                bad_ids = noisy_ids(path)
+                noisy = np.array([i in bad_ids for i in ids])
+                share = cluster_noise(labels, noisy)
+                static_file = run / "static" / f"{name}.json"
+                static = (
+                    float(np.mean(noisy[json.loads(static_file.read_text())]))
+                    if static_file.exists()
+                    else float("nan")
+                )
+                for scorer in FREE_SCORERS:
+                    f = run / "replay" / name / f"{scorer.replace('/', '-')}.json"
+                    if not f.exists():
+                        continue
+                    history = json.loads(f.read_text())["rounds"]
+                    entry = rows_by_scorer.setdefault((where, kind, scorer), {})
+                    for h in history:
+                        bad, clean = weight_stats(np.array(h["weights_after"]), share, where)
+                        entry.setdefault(f"bad{h['round']}", []).append(bad)
+                        entry.setdefault(f"clean{h['round']}", []).append(clean)
+                    entry.setdefault("seconds", []).append(history[0]["seconds"])
+                    if len(history) == args.rounds:
+                        later = np.concatenate([h["picked"] for h in history[1:]])
+                        entry.setdefault("later", []).append(float(noisy[later].mean()))
+                        entry.setdefault("static", []).append(static)
+                        if scorer == "gold-pmi":
+                            share_rows.append(
+                                [
+                                    name,
+                                    f"{noisy[history[0]['picked']].mean():.3f}",
+                                    f"{noisy[later].mean():.3f}",
+                                    f"{static:.3f}",
+                                ]
+                            )
+                    if scorer == "gold-pmi" and where == "clusters":
+                        bad1, clean1 = weight_stats(
+                            np.array(history[0]["weights_after"]), share, where
+                        )
+                        ok = bad1 < GATE_BAD and clean1 > GATE_CLEAN
+                        if len(history) == args.rounds:
+                            ok = ok and entry["later"][-1] <= 0.5 * static
+                        gates.setdefault(kind, []).append(f"s{seed} {'pass' if ok else 'FAIL'}")
+                trained = run / "trained" / name / "result.json"
+                proxy = run / "trained" / name / "proxy.json"
+                if trained.exists() or proxy.exists():
+                    result = json.loads((trained if trained.exists() else proxy).read_text())
+                    picked = np.array(json.loads((run / "round1" / f"s{seed}.json").read_text()))
+                    for scorer in TRAINED_SCORERS:
+                        if scorer not in result["seconds"]:
+                            continue
+                        label = scorer if trained.exists() else f"{scorer} (proxy)"
+                        if scorer == "learning-gain":
+                            rows, scores = np.array(result["gain_rows"]), np.array(result["gain"])
+                        else:
+                            rows, scores = picked, np.array(result["scores"][scorer])
+                        means, present = cluster_means(labels[rows], scores, k)
+                        after = update(uniform(k), means, present)
+                        bad, clean = weight_stats(after, share, where)
+                        entry = rows_by_scorer.setdefault((where, kind, label), {})
+                        entry.setdefault("bad1", []).append(bad)
+                        entry.setdefault("clean1", []).append(clean)
+                        entry.setdefault("seconds", []).append(result["seconds"][scorer])
+                        if "train" in result["seconds"]:
+                            entry.setdefault("train", []).append(
+                                result["seconds"]["train"] + result["seconds"]["generate"]
+                            )
+    table_rows = []
+    for (where, kind, scorer), e in sorted(rows_by_scorer.items()):
+        table_rows.append(
+            [
+                where,
+                kind,
+                scorer,
+                len(e.get("bad1", [])),
+                mean_sd(e.get("bad1", [])),
+                mean_sd(e.get("clean1", [])),
+                mean_sd(e.get(f"bad{args.rounds}", [])),
+                mean_sd(e.get("later", [])),
+                mean_sd(e.get("static", [])),
+                mean_sd(e.get("seconds", [])),
+                mean_sd(e.get("train", [])),
+            ]
+        )
+    headers = [
+        "noise",
+        "kind",
+        "scorer",
+        "seeds",
+        "round 1: noisy clusters' weight×k (spread: r)",
+        "round 1: clean clusters' weight×k",
+        f"round {args.rounds}: noisy weight×k (spread: r)",
+        "noisy share of picks, rounds 2-3",
+        "static kMQ's noisy share",
+        "scoring s / round",
+        "train + generate s (shared)",
+    ]
+    clean_rows = []
+    for seed in args.seeds:
+        f = run / "replay" / f"clean-s{seed}" / "gold-pmi.json"
+        if f.exists():
+            history = json.loads(f.read_text())["rounds"]
+            sources = source_shares(pool, labels, np.array(history[-1]["weights_after"]))
+            top = max(sources, key=sources.get)  # type: ignore[arg-type]
+            clean_rows.append(
+                [f"s{seed}", top, f"{sources[top]:.3f}"]
+                + [f"{sources.get(s, 0):.3f}" for s in sorted(sources)]
+            )
+    source_names = sorted(source_shares(pool, labels, uniform(k)))
+    uniform_shares = source_shares(pool, labels, uniform(k))
+    body = [
+        f"Pool: `{args.pool.name}`"
+        + (
+            f", a stratified subset of {len(ids)} rows (each source's share kept)"
+            if args.subset
+            else ""
+        )
+        + f"; user-view MiniLM embeddings, k-means k = {k} (seed 0). "
+        "Noise (`benchmarks/noise.py`): "
+        "`clusters` = every gold answer of 3 whole clusters (drawn among clusters of ≥ 20 rows), "
+        "`spread` = 20 % of every cluster's rows; kinds `shuffle` (words in random order), `swap` "
+        "(another cluster's answer), `truncate` (first sentence only). Seeds "
+        f"{', '.join(map(str, args.seeds))} (noise and selection). Iterative kMQ: {args.rounds} "
+        f"rounds of {args.rows} rows, balanced quotas ∝ weights, uniform draw inside clusters, "
+        "Eq. 6 update (`paper`, `shift`, floor 1e-3) — the loop's defaults. Reference LM for every "
+        f"NLL: SmolLM2-135M-Instruct, windows of {args.max_length} tokens.",
+        "",
+        "Scorers: `gold-pmi` = PMI(x; y_gold) summed over the answer's tokens (no generation); "
+        "`gold-pmi/token` = the same per token; `pmi-gap` = PMI(x; y_gold) − PMI(x; y_gen) (Eq. 4 "
+        "with PMI as the reward); `perplexity` = Eq. 7; `similarity` = 1 − cos(gold, gen) "
+        "(the loop's "
+        "default); `learning-gain` = NLL before − after the round's training on "
+        f"{args.gain_rows} rows per cluster not trained on (prediction gain, Graves et al. 2017). "
+        "The first two need no trained model, so the loop is replayed exactly without training "
+        "(3 rounds for `gold-pmi`, round 1 for the variant); the others "
+        f"get one real round (LoRA, 1 epoch on the round's rows at max length "
+        f"{args.train_max_length}, greedy generation of ≤ {args.max_new_tokens} tokens) and are "
+        "reported after round 1 only. Rows marked `(proxy)`: that pool got no training of its own "
+        "(CPU time); its generation scorers use the round-1 generations of the model trained on "
+        "the first seed-0 pool (`shuffle`, whole clusters): the same rows and prompts, trained on "
+        "that pool's gold answers.",
+        "",
+        "Reading: weight×k > 1 = the cluster gained weight. For `clusters` the noisy clusters' "
+        "mean should fall below 0.8 and the clean ones' rise above 1.0; for `spread` (every "
+        "cluster ~20 % noisy) the column is Pearson r between a cluster's weight and its noisy "
+        "share (negative = noisier clusters lose weight). 'noisy share, rounds 2-3' is the share "
+        "of noisy rows among the rows picked after round 1, against static kMQ's share of the "
+        f"same {args.rounds * args.rows}-row budget (balanced quotas) on the same pool. "
+        "Mean ± sd over seeds.",
+        "",
+        markdown_table(headers, table_rows) if table_rows else "(nothing finished yet)",
+        "",
+        "## Gate (default `gold-pmi`, whole clusters)",
+        "",
+        f"Round 1: noisy clusters' weight×k < {GATE_BAD} and clean > {GATE_CLEAN}; over "
+        f"{args.rounds} rounds: noisy share of rounds 2-{args.rounds}'s picks ≤ half static kMQ's.",
+        "",
+        "\n".join(f"- {kind}: {', '.join(v)}" for kind, v in sorted(gates.items())) or "(not run)",
+        "",
+        "## Noisy share of picks per pool (gold-pmi)",
+        "",
+        markdown_table(["pool", "round 1", "rounds 2-3", "static kMQ"], share_rows)
+        if share_rows
+        else "(not run)",
+        "",
+        f"## Clean pool: where the weight goes after {args.rounds} rounds of gold-pmi",
+        "",
+        "Source weight = Σ_j w_j · (share of cluster j's rows from the source). Uniform weights "
+        "give: " + ", ".join(f"{s} {uniform_shares[s]:.3f}" for s in source_names) + ".",
+        "",
+        markdown_table(["seed", "largest", "its weight", *source_names], clean_rows)
+        if clean_rows
+        else "(not run)",
+    ]
+    missing = [
+        f"{name}:{job}"
+        for name in [
+            *(config_name(k_, w, s_) for w in WHERES for s_ in args.seeds for k_ in KINDS),
+            *(f"clean-s{s_}" for s_ in args.seeds),
+        ]
+        for job in ("gold-pmi",)
+        if not (run / "replay" / name / "gold-pmi.json").exists()
+    ]
+    trained_done = sorted(p.parent.name for p in (run / "trained").glob("*/result.json"))
+    body += [
+        "",
+        "## Status of this run",
+        "",
+        f"Finished `gold-pmi` replays: {len(list((run / 'replay').glob('*/gold-pmi.json')))}; "
+        f"not finished: {', '.join(missing) or 'none'}. Real LoRA rounds finished: "
+        f"{', '.join(trained_done) or 'none'}. Everything computed is cached under "
+        f"`{run}`; `python benchmarks/corruption.py --run {run}` resumes the rest (stages "
+        "may also run in parallel processes: `--stages replay|trained|proxy`, `--pools NAME,...`) "
+        "and `--report-only` rewrites this file.",
+    ]
+    write_report(
+        args.out,
+        "corruption",
+        "Which feedback starves bad data? Noisy pools and the feedback scorers",
+        "\n".join(body),
+        time.perf_counter() - started,
+        command=f"python benchmarks/corruption.py --run {run}",
+        run_time_note="Stages cached by an earlier run were not recomputed; per-stage seconds "
+        "(the tables) were measured when each stage ran, on a machine shared with other jobs.",
+    )
+
+
+def source_shares(pool: Any, labels: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    k = len(weights)
+    sources = np.array([str(ex.source) for ex in pool.examples])
+    out = {}
+    for s in np.unique(sources):
+        per = np.bincount(labels[sources == s], minlength=k) / np.bincount(labels, minlength=k)
+        out[str(s)] = float(per @ weights)
+    return out
+
+
+# -- driver ------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pool", type=Path, default=POOLS / "mix-small.jsonl.gz")
+    parser.add_argument("--subset", type=int, default=2400, help="stratified rows (0: all)")
+    parser.add_argument("--embeddings", type=Path, help="pool's user-view .npy, ids in NPY.ids")
     parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--rows", type=int, default=96, help="rows in the round")
-    parser.add_argument("--corrupt", type=int, default=3, help="clusters whose gold is shuffled")
-    parser.add_argument("--scorers", default="similarity,perplexity,judge")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-max-length", type=int, default=256)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=32, help="rows per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-length", type=int, default=96, help="reference-LM window")
+    parser.add_argument("--train-max-length", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--gain-rows", type=int, default=2, help="unseen rows per cluster")
+    parser.add_argument("--trained", type=int, default=3, help="pools given a real round")
     parser.add_argument("--run", type=Path, default=Path("benchmarks/out/corruption"))
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--cache-dir", type=Path, default=Path("benchmarks/out/cache"))
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument(
+        "--stages",
+        default="replay,trained,proxy",
+        help="replay (generation-free scorers), trained (one real round), proxy (the "
+        "generation scorers on the other seed-0 pools with the first trained pool's "
+        "generations); processes may run different stages on the same --run",
+    )
+    parser.add_argument("--pools", help="only these pools (comma-separated names, e.g. clean-s0)")
+    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     setup_logging()
     started = time.perf_counter()
     args.run.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        report(args, started)
+        return
+    pool_path, vectors, labels = prepare(args)
+    from kmq.models import load_causal_lm
 
-    def config(pool: Path) -> IterateConfig:
-        select = SelectConfig(
-            input=str(pool),
-            out=str(args.run),
-            budget=args.rows,
-            k=args.k,
-            seed=args.seed,
-            cache_dir=str(args.cache_dir),
-            progress=False,
+    model, tokenizer = load_causal_lm("smollm2", device="cpu")
+    cache = NLLCache(args.run / "nll", model, tokenizer, tag="smollm2", max_length=args.max_length)
+    names = [config_name(kind, where, s) for where in WHERES for s in args.seeds for kind in KINDS]
+    pools: dict[str, list[Example]] = {}
+    for name in names:
+        pools[name] = load_pool(noisy_pool(args.run, pool_path, labels, name)).examples
+        static = args.run / "static" / f"{name}.json"
+        if not static.exists():
+            none = np.zeros(0, dtype=np.int64)
+            budget = args.rounds * args.rows
+            picks = pick(vectors, labels, budget, None, none, parse_name(name)[2], 0)
+            write_json(static, picks.tolist())
+    for seed in args.seeds:
+        write_json(
+            args.run / "round1" / f"s{seed}.json",
+            pick(vectors, labels, args.rows, None, np.zeros(0, np.int64), seed, 1).tolist(),
         )
-        trainer = {
-            "show_progress": False,
-            "max_length": args.train_max_length,
-            "generation": {"max_new_tokens": args.max_new_tokens, "batch_size": 16},
-        }
-        return IterateConfig(pool=select, rounds=1, feedback="similarity", trainer_options=trainer)
-
-    probe = IterativeSelection(args.run / "probe", config(args.pool))
-    probe.init()  # clusters of the clean pool (the user view is unchanged by corruption)
-    labels = probe.labels
-    sizes = np.bincount(labels, minlength=args.k)
-    rng = np.random.default_rng(args.seed)
-    bad = sorted(rng.choice(np.flatnonzero(sizes >= 20), size=args.corrupt, replace=False).tolist())
-    bad_ids = {probe.pool.examples[i].id for i in np.flatnonzero(np.isin(labels, bad))}
-    corrupted = args.run / "pool-corrupted.jsonl"
-    if not corrupted.exists():
-        corrupted_pool(args.pool, corrupted, bad_ids, args.seed)
-
-    loop = IterativeSelection(args.run / "round", config(corrupted))
-    loop.run()
-    examples = loop.examples(loop.picked(1))
-    generated = {r["id"]: r["generation"] for r in loop.dir.read_jsonl("generations.jsonl", 1)}
-    prompts = [ex.prompt for ex in examples]
-    gold = [ex.response for ex in examples]
-    gens = [generated[ex.id] for ex in examples]
-    picked_labels = loop.labels[loop.picked(1)]
-    in_bad = np.isin(picked_labels, bad)
-    rows, timings = [], {}
-    for name in args.scorers.split(","):
-        t0 = time.perf_counter()
-        scores = np.asarray(get_feedback_scorer(name).score(prompts, gold, gens), dtype=np.float64)
-        timings[name] = time.perf_counter() - t0
-        means, present = cluster_means(picked_labels, scores, args.k)
-        after = update(uniform(args.k), means, present)
-        bad_w, other_w = after[bad].mean(), np.delete(after, bad).mean()
-        rows.append(
-            [
-                name,
-                f"{np.nanmean(scores[in_bad]):.3f}",
-                f"{np.nanmean(scores[~in_bad]):.3f}",
-                f"{bad_w * args.k:.3f}",
-                f"{other_w * args.k:.3f}",
-                "rose" if bad_w > 1 / args.k else "fell",
-                f"{timings[name]:.0f}",
-            ]
-        )
-    headers = [
-        "scorer",
-        "mean S, corrupted rows",
-        "mean S, clean rows",
-        "weight × k, corrupted clusters",
-        "weight × k, other clusters",
-        "corrupted clusters' weight",
-        "scoring s",
-    ]
-    table = markdown_table(headers, rows)
-    print(table)
-    marker = loop.dir.marker("train", 1)
-    body = (
-        f"Pool `{args.pool.name}`, k = {args.k}, one round of {args.rows} rows (kMQ, uniform "
-        f"weights), seed {args.seed}. Clusters {bad} ({int(np.isin(labels, bad).sum())} rows) had "
-        f"the words of every gold answer shuffled; {int(in_bad.sum())} of the round's rows came "
-        f"from them. SmolLM2-135M-Instruct, LoRA, 1 epoch on the round's rows at max length "
-        f"{args.train_max_length} ({marker['seconds']:.0f} s), greedy generation of up to "
-        f"{args.max_new_tokens} tokens. Weights after Eq. 6 from uniform "
-        f"(1/k); 'weight × k' > 1 means the cluster gained weight.\n\n{table}"
-    )
-    write_report(
-        args.out,
-        "corruption",
-        "Corrupted clusters and the feedback scorers",
-        body,
-        time.perf_counter() - started,
-    )
+    clean = load_pool(pool_path).examples
+    order = sorted(names, key=lambda n: (parse_name(n)[2], WHERES.index(parse_name(n)[1])))
+    trained = order[: args.trained]
+    first = [n for n in trained if parse_name(n)[2] == args.seeds[0]]
+    jobs: list[tuple[str, str]] = [(n, "gold-pmi") for n in names]
+    jobs += [(f"clean-s{s}", "gold-pmi") for s in args.seeds]
+    jobs += [(n, "gold-pmi/token") for n in names]
+    jobs += [(n, "trained") for n in first]
+    jobs += [(n, "trained") for n in trained if n not in first]
+    source = args.run / "trained" / order[0] / "generations.json"
+    jobs += [(n, "proxy") for n in order if parse_name(n)[2] == args.seeds[0] and n != order[0]]
+    stages = set(args.stages.split(","))
+    for name, job in jobs:
+        if (job if job in ("trained", "proxy") else "replay") not in stages:
+            continue
+        if args.pools and name not in args.pools.split(","):
+            continue
+        seed = parse_name(name)[2]
+        examples = clean if name.startswith("clean") else pools[name]
+        if job == "trained":
+            out = args.run / "trained" / name / "result.json"
+        elif job == "proxy":
+            out = args.run / "trained" / name / "proxy.json"
+            if not source.exists():
+                continue
+        else:
+            out = args.run / "replay" / name / f"{job.replace('/', '-')}.json"
+        if out.exists():
+            continue
+        t = time.perf_counter()
+        round1 = np.array(json.loads((args.run / "round1" / f"s{seed}.json").read_text()))
+        if job == "trained":
+            result = trained_round(args, cache, examples, round1, labels, out.parent, seed)
+        elif job == "proxy":
+            generated = json.loads(source.read_text())
+            result = proxy_round(cache, examples, round1, generated) | {"generations": str(source)}
+        else:
+            result = replay(
+                cache,
+                examples,
+                vectors,
+                labels,
+                scorer=job,
+                rounds=args.rounds if job == "gold-pmi" else 1,
+                rows=args.rows,
+                seed=seed,
+            )
+        write_json(out, result)
+        progress(args.run, f"{job} {name}: {time.perf_counter() - t:.0f} s")
+        report(args, started)
+    report(args, started)
+    progress(args.run, "all stages done")
 
 
 if __name__ == "__main__":

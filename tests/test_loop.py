@@ -172,6 +172,39 @@ def test_full_loop_follows_algorithm_1(tmp_path: Path) -> None:
     assert state["finished"]
 
 
+class GoldLengthFeedback:
+    """Generation-free: the gold answer's word count (a stand-in for ``gold-pmi``)."""
+
+    name = "gold-length"
+    direction = "higher = longer gold answer"
+    needs_generation = False
+
+    def score(
+        self, prompts: Sequence[Sequence[Message]], gold: Sequence[str], generated: Sequence[str]
+    ) -> np.ndarray:
+        assert all(g == "" for g in generated)
+        return np.array([len(g.split()) for g in gold], dtype=float)
+
+
+def test_a_generation_free_scorer_skips_generation(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    trainer = FakeTrainer()
+    loop = IterativeSelection(
+        tmp_path / "run",
+        make_config(tmp_path, pool),
+        trainer=trainer,
+        feedback=GoldLengthFeedback(),
+    )
+    loop.run()
+    assert trainer.generate_calls == 0 and len(trainer.trained) == 3
+    for r in (1, 2, 3):
+        assert "reads no generation" in loop.dir.marker("generate", r)["skipped"]
+        assert not (loop.dir.round_dir(r) / "generations.jsonl").exists()
+    means = loop.dir.read("weights.json", 1)["means"]
+    assert max(m for m in means if m is not None) > min(m for m in means if m is not None)
+
+
 @pytest.mark.parametrize(("mode", "sizes"), [("continue", [10, 10, 10]), ("restart", [10, 20, 30])])
 def test_each_round_scores_exactly_what_it_trained_on(
     tmp_path: Path, mode: str, sizes: list[int]

@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from kmq.errors import KmqError
-from kmq.feedback import FEEDBACK_SCORERS
+from kmq.feedback import DEFAULT_FEEDBACK, FEEDBACK_SCORERS
 from kmq.loop import IterateConfig, IterativeSelection
 from kmq.reweight import POSITIVE_MAPS, RULES
 
@@ -49,10 +49,13 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
     g.add_argument(
         "--feedback",
         choices=FEEDBACK_SCORERS,
-        default="similarity",
-        help="S(x, y_gold, y_gen); higher = more to learn (default similarity)",
+        default=DEFAULT_FEEDBACK,
+        help=f"S(x, y_gold, y_gen); higher = more weight (default {DEFAULT_FEEDBACK})",
     )
-    g.add_argument("--feedback-model", help="model for perplexity / reward-gap / judge feedback")
+    g.add_argument(
+        "--feedback-model",
+        help="causal LM of the LM feedback (default smollm2), or reward-gap's reward model",
+    )
     g.add_argument("--feedback-backend", choices=["local", "http"], help="judge feedback backend")
     g.add_argument("--feedback-base-url", help="judge feedback: OpenAI-compatible base URL")
     if not trainer:

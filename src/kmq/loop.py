@@ -4,7 +4,8 @@ Round r (1..N) takes b/N rows (the remainder spread over the first rounds, so th
 exactly b) from the rows not yet picked, with per-cluster quotas ∝ the current cluster weights
 (capped by what is left, water-filled) and a quality-weighted draw inside each cluster (kMQ);
 round 1's weights are uniform (w⁰ = 1/k). Then: train on the picked rows, generate answers for
-their prompts, score each (x, y_gold, y_gen) with a feedback scorer, and update the weights from
+their prompts (skipped when the feedback scorer reads no generation, like
+``gold-pmi``), score each (x, y_gold, y_gen) with a feedback scorer, and update the weights from
 the per-cluster means (:mod:`kmq.reweight`). Every step is saved with a DONE marker, so a run
 killed at any point resumes where it stopped and ends with the same selection.
 
@@ -27,7 +28,7 @@ from kmq import __version__
 from kmq.engines import Engine
 from kmq.errors import KmqError
 from kmq.examples import Example
-from kmq.feedback import FeedbackScorer, get_feedback_scorer
+from kmq.feedback import DEFAULT_FEEDBACK, FeedbackScorer, get_feedback_scorer, needs_generation
 from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
 from kmq.pipeline import (
     CLUSTERS,
@@ -61,7 +62,7 @@ class IterateConfig:
     positive: str = "shift"
     reweight_temperature: float = 1.0
     floor: float = 1e-3
-    feedback: str = "similarity"
+    feedback: str = DEFAULT_FEEDBACK
     feedback_options: dict[str, Any] = field(default_factory=dict)
     trainer_options: dict[str, Any] = field(default_factory=dict)
     external: bool = False  # True: rounds are trained elsewhere (init / feedback / next)
@@ -348,6 +349,9 @@ class IterativeSelection:
     def generate(self, r: int) -> None:
         if self.dir.done("generate", r):
             return
+        if not needs_generation(self.feedback):
+            self.dir.mark_done("generate", r, skipped=f"{self.config.feedback} reads no generation")
+            return
         started = time.perf_counter()
         examples = self.examples(self.trained_rows(r))
         checkpoint = Path(self.dir.marker("train", r)["checkpoint"])
@@ -369,6 +373,8 @@ class IterativeSelection:
         self.require_drawn(r)
         started = time.perf_counter()
         examples = self.examples(self.trained_rows(r))
+        if generations is None and not needs_generation(self.feedback):
+            generations = {ex.id: "" for ex in examples}
         if generations is None:
             saved = self.dir.read_jsonl("generations.jsonl", r)
             generations = {row["id"]: row["generation"] for row in saved}

@@ -9,7 +9,8 @@ redone)::
     RUN/round-01/picked.json         pool indices and ids picked, quotas, weights before
     RUN/round-01/selected.<ext>      those rows in the input's own format (for any trainer)
     RUN/round-01/train/checkpoint    the built-in trainer's checkpoint
-    RUN/round-01/generations.jsonl   {"id", "generation"} per row trained on
+    RUN/round-01/generations.jsonl   {"id", "generation"} per row trained on (not written
+                                     when the feedback reads none, e.g. gold-pmi)
     RUN/round-01/feedback.jsonl      {"id", "cluster", "score"} per row trained on
     RUN/round-01/weights.json        cluster means, weights before and after
     RUN/round-01/DONE.<step>         select, train, generate, score, reweight (with timings)

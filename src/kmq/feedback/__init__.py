@@ -1,8 +1,11 @@
 """Feedback scorers S(x, y_gold, y_gen) for the iterative loop (Eq. 4).
 
-Higher = the model is further from the gold answer on that row, so its cluster deserves more
-weight next round. Each scorer documents its range. A row that could not be scored is NaN and
-is left out of its cluster's mean (Eq. 5).
+Higher = the cluster deserves more weight next round (for the paper's Eq. 4 scorers: the model
+is further from the gold answer on that row). Each scorer documents its range. A row that could
+not be scored is NaN and is left out of its cluster's mean (Eq. 5).
+
+``gold-pmi`` judges the gold answer alone and needs no generated answer; a scorer says so with
+``needs_generation = False`` and the loop then skips generation.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ import numpy as np
 from kmq.errors import KmqError
 from kmq.examples import Message
 
-FEEDBACK_SCORERS = ("similarity", "perplexity", "reward-gap", "judge")
+FEEDBACK_SCORERS = ("gold-pmi", "pmi-gap", "similarity", "perplexity", "reward-gap", "judge")
+DEFAULT_FEEDBACK = "similarity"
 
 
 @runtime_checkable
 class FeedbackScorer(Protocol):
-    """``score`` returns one float per row: higher = more left to learn there."""
+    """``score`` returns one float per row: higher = its cluster deserves more weight.
+
+    An optional class attribute ``needs_generation`` (default True) set to False says that
+    ``score`` ignores ``generated``, so the loop need not generate.
+    """
 
     name: str
     direction: str
@@ -45,7 +53,20 @@ def gap(
     return values[: len(gold)] - values[len(gold) :]
 
 
+def needs_generation(scorer: FeedbackScorer) -> bool:
+    """Whether ``scorer`` reads the generated answers (True unless it says otherwise)."""
+    return bool(getattr(scorer, "needs_generation", True))
+
+
 def _factory(name: str) -> Callable[..., FeedbackScorer]:
+    if name == "gold-pmi":
+        from kmq.feedback.pmi import GoldPMIFeedback
+
+        return GoldPMIFeedback
+    if name == "pmi-gap":
+        from kmq.feedback.pmi import PMIGapFeedback
+
+        return PMIGapFeedback
     if name == "similarity":
         from kmq.feedback.similarity import SimilarityFeedback
 

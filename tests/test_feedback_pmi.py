@@ -1,0 +1,170 @@
+"""``gold-pmi`` and ``pmi-gap`` feedback on a tiny LM trained here to answer its prompts.
+
+The model learns 9 (animal, colour) questions, each answered in two sentences whose second one
+names the colour, and the same answers without any prompt. It then knows which answer fits
+which prompt, so each corrupted twin of a clean answer (words shuffled, another prompt's answer,
+the first sentence only) must tell it less about its prompt than the clean answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from kmq.examples import Message
+from kmq.feedback import get_feedback_scorer, needs_generation
+from kmq.feedback.pmi import GoldPMIFeedback, pmi_windows
+from kmq.models import ChatFormat
+from kmq.quality.lm import score_responses, token_ids
+from tests.test_quality_lm import CHATML, byte_tokenizer
+
+ANIMALS = ("Cats", "Dogs", "Owls")
+COLOURS = ("red", "blue", "green")
+PAIRS = list(itertools.product(ANIMALS, COLOURS))
+
+
+def prompt(animal: str, colour: str) -> list[Message]:
+    return [Message("user", f"Tell me about {animal.lower()} and {colour}.")]
+
+
+def answer(animal: str, colour: str) -> str:
+    return f"{animal} are nice. The colour is {colour}."
+
+
+@pytest.fixture(scope="module")
+def taught_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama trained (full batch, 300 Adam steps, ~seconds) on the 9 answers, each
+    after its prompt and after no prompt; loss on the answer and its end-of-turn only."""
+    tokenizer = byte_tokenizer(chat_template=CHATML)
+    chat = ChatFormat(tokenizer)
+    contexts = [chat.context(prompt(*p)) for p in PAIRS] + [chat.context(None)] * len(PAIRS)
+    responses = [chat.response(answer(*p)) for p in PAIRS] * 2
+    rows = list(zip(token_ids(tokenizer, contexts), token_ids(tokenizer, responses), strict=True))
+    width = max(len(c) + len(r) for c, r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, (c, r) in enumerate(rows):
+        ids[i, : len(c) + len(r)] = torch.tensor(c + r)
+        labels[i, len(c) : len(c) + len(r)] = torch.tensor(r)
+        mask[i, : len(c) + len(r)] = 1
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(300):
+        optimizer.zero_grad()
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+    folder = tmp_path_factory.mktemp("taught-lm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def twins() -> tuple[list[list[Message]], dict[str, list[str]]]:
+    """Every prompt with its clean answer and the three corrupted twins of it."""
+    rng = np.random.default_rng(0)
+    prompts = [prompt(*p) for p in PAIRS]
+    clean = [answer(*p) for p in PAIRS]
+    shuffled = []
+    for text in clean:
+        words = text.split()
+        shuffled.append(" ".join(words[i] for i in rng.permutation(len(words))))
+    swapped = [
+        answer(ANIMALS[(ANIMALS.index(a) + 1) % 3], COLOURS[(COLOURS.index(c) + 1) % 3])
+        for a, c in PAIRS
+    ]
+    truncated = [text.split(". ")[0] + "." for text in clean]
+    corrupted = {"shuffle": shuffled, "swap": swapped, "truncate": truncated}
+    assert all(x != y for twin in corrupted.values() for x, y in zip(twin, clean, strict=True))
+    return prompts, {"clean": clean, **corrupted}
+
+
+def test_gold_pmi_is_the_nll_drop_the_prompt_brings_summed_over_the_answer(
+    taught_lm: Path,
+) -> None:
+    scorer = GoldPMIFeedback(model=str(taught_lm), batch_size=4)
+    prompts, answers = twins()
+    scores = scorer.score(prompts, answers["clean"], [""] * len(prompts))
+    model, tokenizer = scorer._lm  # type: ignore[misc]
+    given = score_responses(model, tokenizer, prompts, answers["clean"])
+    alone = score_responses(model, tokenizer, [None] * len(prompts), answers["clean"])
+    expected = (alone.nll - given.nll) * given.response_tokens
+    assert np.allclose(scores, expected)
+    assert (scores > 1.0).all()  # the prompt names the animal and the colour
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "swap", "truncate"])
+def test_gold_pmi_ranks_every_clean_answer_above_its_corrupted_twin(
+    taught_lm: Path, kind: str
+) -> None:
+    scorer = get_feedback_scorer("gold-pmi", model=str(taught_lm), batch_size=4)
+    prompts, answers = twins()
+    unused = [""] * len(prompts)
+    clean = scorer.score(prompts, answers["clean"], unused)
+    bad = scorer.score(prompts, answers[kind], unused)
+    assert (clean > bad).all(), (kind, clean.round(2).tolist(), bad.round(2).tolist())
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "swap", "truncate"])
+def test_pmi_gap_falls_when_the_gold_answer_is_corrupted(taught_lm: Path, kind: str) -> None:
+    scorer = get_feedback_scorer("pmi-gap", model=str(taught_lm), batch_size=4)
+    prompts, answers = twins()
+    generated = [f"{a} are nice." for a, _ in PAIRS]  # a model that has not learnt the colour
+    clean = scorer.score(prompts, answers["clean"], generated)
+    bad = scorer.score(prompts, answers[kind], generated)
+    assert (clean > 0).all()
+    assert (clean > bad).all(), (kind, clean.round(2).tolist(), bad.round(2).tolist())
+
+
+def test_a_swapped_answer_tells_nothing_about_its_prompt(taught_lm: Path) -> None:
+    scorer = get_feedback_scorer("gold-pmi", model=str(taught_lm), batch_size=4)
+    prompts, answers = twins()
+    assert (scorer.score(prompts, answers["swap"], [""] * len(prompts)) < 0).all()
+
+
+def test_only_pmi_gap_needs_generations() -> None:
+    assert not needs_generation(get_feedback_scorer("gold-pmi"))
+    assert needs_generation(get_feedback_scorer("pmi-gap"))
+    assert needs_generation(get_feedback_scorer("similarity"))
+
+
+def test_empty_gold_answer_is_nan(taught_lm: Path) -> None:
+    scorer = get_feedback_scorer("gold-pmi", model=str(taught_lm), batch_size=4)
+    out = scorer.score([prompt("Cats", "red")] * 2, ["", answer("Cats", "red")], ["", ""])
+    assert np.isnan(out[0]) and np.isfinite(out[1])
+
+
+def test_long_rows_keep_half_the_window_for_the_prompt() -> None:
+    tokenizer = byte_tokenizer(chat_template=CHATML)
+    long_prompt = [Message("user", "q" * 100)]
+    short_prompt = [Message("user", "hi")]
+    rows, given, alone = pmi_windows(tokenizer, [long_prompt, short_prompt], ["a" * 100] * 2, 64)
+    assert rows == [0, 1]
+    (context, answer), (short_context, short_answer) = given
+    assert len(context) == 32 and len(answer) == 32  # the prompt's last 32 tokens stay
+    assert len(short_context) + len(short_answer) == 64 and len(short_answer) > 32
+    assert [r for _, r in alone] == [answer, short_answer]  # same answer tokens without x
+    header = token_ids(tokenizer, [ChatFormat(tokenizer).context(None)])[0]
+    assert all(c == header for c, _ in alone)
