@@ -115,7 +115,7 @@ def test_gold_pmi_is_the_nll_drop_the_prompt_brings_summed_over_the_answer(
     assert (scores > 1.0).all()  # the prompt names the animal and the colour
 
 
-@pytest.mark.parametrize("kind", ["shuffle", "swap", "truncate"])
+@pytest.mark.parametrize("kind", ["swap", "truncate"])
 def test_gold_pmi_ranks_every_clean_answer_above_its_corrupted_twin(
     taught_lm: Path, kind: str
 ) -> None:
@@ -127,7 +127,7 @@ def test_gold_pmi_ranks_every_clean_answer_above_its_corrupted_twin(
     assert (clean > bad).all(), (kind, clean.round(2).tolist(), bad.round(2).tolist())
 
 
-@pytest.mark.parametrize("kind", ["shuffle", "swap", "truncate"])
+@pytest.mark.parametrize("kind", ["swap", "truncate"])
 def test_pmi_gap_falls_when_the_gold_answer_is_corrupted(taught_lm: Path, kind: str) -> None:
     scorer = get_feedback_scorer("pmi-gap", model=str(taught_lm), batch_size=4)
     prompts, answers = twins()
@@ -136,6 +136,20 @@ def test_pmi_gap_falls_when_the_gold_answer_is_corrupted(taught_lm: Path, kind: 
     bad = scorer.score(prompts, answers[kind], generated)
     assert (clean > 0).all()
     assert (clean > bad).all(), (kind, clean.round(2).tolist(), bad.round(2).tolist())
+
+
+@pytest.mark.parametrize("name", ["gold-pmi", "pmi-gap"])
+def test_shuffled_answers_score_lower_on_average(taught_lm: Path, name: str) -> None:
+    """Only the mean (what a cluster gets, Eq. 5) is pinned: a shuffled answer is out of the
+    tiny model's distribution with and without the prompt, so its PMI row by row is erratic
+    (here from -13 to +10 nats around the clean answers' ~2), as it is only partly lowered on
+    real data (benchmarks/results/corruption.md)."""
+    scorer = get_feedback_scorer(name, model=str(taught_lm), batch_size=4)
+    prompts, answers = twins()
+    generated = [f"{a} are nice." for a, _ in PAIRS]
+    clean = scorer.score(prompts, answers["clean"], generated)
+    shuffled = scorer.score(prompts, answers["shuffle"], generated)
+    assert shuffled.mean() < clean.mean()
 
 
 def test_a_swapped_answer_tells_nothing_about_its_prompt(taught_lm: Path) -> None:
