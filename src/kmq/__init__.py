@@ -1,12 +1,6 @@
 """kmq: diversity-first data selection for instruction tuning (Diversify and Conquer)."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("kmq")
-except PackageNotFoundError:
-    __version__ = "0+unknown"
-
+from kmq._version import __version__
 from kmq.clustering import Clustering, choose_k, kmeans
 from kmq.encoders import Encoder, get_encoder
 from kmq.examples import Example, Message

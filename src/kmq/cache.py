@@ -18,24 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kmq.cachedir import default_cache_dir
 from kmq.encoders import Encoder
 from kmq.rowcache import Compute, RowStore, keys_digest, row_keys
 
 SHARD_ROWS = 4096
 CHUNKING = "token-windows/mean-by-tokens/v2"
-
-
-def default_cache_dir() -> Path:
-    """``$KMQ_CACHE_DIR``, else ``~/.cache/kmq``."""
-    env = os.environ.get("KMQ_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "kmq"
 
 
 class ContentHash:

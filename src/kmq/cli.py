@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from kmq import __version__
+from kmq._version import __version__
 from kmq.allocation import ALLOCATIONS
 from kmq.backends import COMPUTE_TYPES, LM_BACKENDS
 from kmq.cli_iterate import EXTERNAL_VERBS, add_iterate, print_state

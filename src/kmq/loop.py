@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from kmq import __version__
+from kmq._version import __version__
 from kmq.engines import Engine
 from kmq.errors import KmqError
 from kmq.examples import Example

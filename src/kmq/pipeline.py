@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kmq import __version__
 from kmq._imports import require
+from kmq._version import __version__
 from kmq.atomic import atomic_path, write_json
 from kmq.clustering import (
     DEFAULT_NITER,

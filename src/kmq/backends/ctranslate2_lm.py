@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from kmq._imports import require
 from kmq.backends import COMPUTE_TYPES
-from kmq.cache import default_cache_dir
+from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 from kmq.examples import Message
 from kmq.models import converted_model_dir, model_identity
