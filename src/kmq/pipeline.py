@@ -26,8 +26,7 @@ from kmq.clustering import (
     DEFAULT_NITER,
     SILHOUETTE_SAMPLE,
     Clustering,
-    choose_k,
-    default_k_grid,
+    resolve_k,
 )
 from kmq.decontaminate import (
     CONTAMINATION,
@@ -113,42 +112,6 @@ def cluster(
         show_progress=show_progress,
     )
     return (engine or get_engine()).kmeans(embeddings, k, seed=seed, niter=niter), scores
-
-
-def resolve_k(
-    embeddings: np.ndarray,
-    k: int | Literal["auto"],
-    *,
-    budget: int | None = None,
-    seed: SeedLike = 0,
-    k_grid: Sequence[int] | None = None,
-    niter: int = DEFAULT_NITER,
-    silhouette_sample: int = SILHOUETTE_SAMPLE,
-    show_progress: bool = False,
-    n_pool: int | None = None,
-) -> tuple[int, dict[int, float] | None]:
-    """``k`` itself, or (``"auto"``) the k on ``k_grid`` with the best silhouette on
-    ``embeddings``, and the scores. The default grid follows ``n_pool`` rows (default: all of
-    ``embeddings``; the streaming path passes a sample and the pool's size)."""
-    if k != "auto":
-        return int(k), None
-    n = len(embeddings) if n_pool is None else n_pool
-    grid = list(k_grid) if k_grid else default_k_grid(n, budget)
-    choice = choose_k(
-        embeddings,
-        grid,
-        seed=seed,
-        sample_size=silhouette_sample,
-        niter=niter,
-        show_progress=show_progress,
-    )
-    log.info(
-        "k by silhouette on %d rows: %s → k=%d",
-        choice.sample_size,
-        ", ".join(f"{kk}: {s:.4f}" for kk, s in choice.scores.items()),
-        choice.k,
-    )
-    return choice.k, choice.scores
 
 
 def select(

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from kmq.atomic import write_json
 from kmq.cache import ContentHash, embed_rows, encode_shards
 from kmq.chunks import CHUNK_ROWS, take_rows
-from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids
+from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids, resolve_k
 from kmq.errors import KmqError, Reject
 from kmq.exact import DUPLICATES, KEY_DTYPE, find_duplicates, text_key, write_duplicates
 from kmq.examples import Example
@@ -71,7 +71,6 @@ from kmq.pipeline import (
     make_selector,
     nothing_valid,
     resolve_budget,
-    resolve_k,
     write_clusters,
     write_selection_table,
 )
