@@ -165,7 +165,8 @@ def real_vectors(pool: Path) -> Path | None:
 
 def worker(args: argparse.Namespace) -> None:
     """Run one streaming selection and print what it measured as one JSON line."""
-    from kmq.pipeline import SelectConfig, select_file
+    from kmq.config import SelectConfig
+    from kmq.pipeline import select_file
     from kmq.selectors import get_selector
     from kmq.streaming import centroid_cosine
 

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 import kmq.scoring
 from kmq.cli import main
 from kmq.clustering import kmeans
+from kmq.config import SelectConfig
 from kmq.errors import KmqError
 from kmq.loop import IterativeSelection
-from kmq.pipeline import SelectConfig, select, select_file
+from kmq.pipeline import select, select_file
 from kmq.selectors import KMQSelector
 from kmq.selectors.kmq import candidate_multiple, draw_candidates
 from tests.conftest import make_blobs

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from kmq.clustering import kmeans
+from kmq.config import SelectConfig
 from kmq.engines import get_engine
 from kmq.errors import KmqError
 from kmq.loop import IterateConfig, IterativeSelection
-from kmq.pipeline import TABLE, SelectConfig, select, select_file
+from kmq.pipeline import TABLE, select, select_file
 from kmq.selectors import get_selector
 from tests.conftest import SHARED, FakeEncoder, make_blobs
 

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import kmq
+from kmq.config import SelectConfig
 from kmq.errors import InputError, KmqError
 from kmq.formats import FieldMap, load_pool
-from kmq.pipeline import SelectConfig, select_file
+from kmq.pipeline import select_file
 from tests.test_pipeline import config, write_pool
 
 ALPACA = [

@@ -19,9 +19,10 @@ from kmq import streaming
 from kmq.chunks import read_rows, spans, take_rows
 from kmq.cli import build_parser
 from kmq.clustering import assign, fit_centroids, kmeans, normalize
+from kmq.config import SelectConfig
 from kmq.errors import InputError, KmqError
 from kmq.formats import ExampleStream, load_pool
-from kmq.pipeline import SelectConfig, select_file
+from kmq.pipeline import select_file
 from tests.conftest import FakeEncoder, make_blobs
 
 SOURCES = ("alpha", "beta", "gamma", None)

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from kmq.atomic import write_json, write_text
+from kmq.config import SelectConfig
 from kmq.examples import Example
 from kmq.formats import LoadedPool, load_pool
 from kmq.loop import IterateConfig, IterativeSelection
-from kmq.pipeline import SelectConfig, select_file
+from kmq.pipeline import select_file
 
 log = logging.getLogger("kmq.benchmarks")
 

@@ -2,10 +2,11 @@
 
 from kmq._version import __version__
 from kmq.clustering import Clustering, choose_k, kmeans
+from kmq.config import SelectConfig
 from kmq.encoders import Encoder, get_encoder
 from kmq.examples import Example, Message
 from kmq.formats import FieldMap, LoadedPool, load_pool
-from kmq.pipeline import SelectConfig, SelectRun, select, select_file
+from kmq.pipeline import SelectRun, select, select_file
 from kmq.selectors import SELECTORS, SelectionResult, Selector, get_selector
 
 __all__ = [

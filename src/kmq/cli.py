@@ -19,6 +19,7 @@ from kmq._version import __version__
 from kmq.allocation import ALLOCATIONS
 from kmq.backends import COMPUTE_TYPES, LM_BACKENDS
 from kmq.cli_iterate import EXTERNAL_VERBS, add_iterate, print_state
+from kmq.config import SelectConfig
 from kmq.dryrun import dry_run, dry_run_lines
 from kmq.engines import ENGINES
 from kmq.errors import KmqError
@@ -27,7 +28,7 @@ from kmq.export import OUTPUT_FORMATS
 from kmq.formats import FORMATS, FieldMap
 from kmq.loop import IterativeSelection
 from kmq.outdir import not_an_output
-from kmq.pipeline import MANIFEST, TABLE, SelectConfig, select_file
+from kmq.pipeline import MANIFEST, TABLE, select_file
 from kmq.progress import quiet_libraries
 from kmq.quality import QUALITY_SCORERS
 from kmq.replay import check_same_input, config_from_manifest, read_manifest

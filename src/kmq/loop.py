@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from kmq._version import __version__
+from kmq.config import SelectConfig, make_engine, quality_multiple, resolve_budget
 from kmq.engines import Engine
 from kmq.errors import KmqError
 from kmq.examples import Example
@@ -32,15 +33,11 @@ from kmq.feedback import DEFAULT_FEEDBACK, FeedbackScorer, get_feedback_scorer, 
 from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
 from kmq.pipeline import (
     CLUSTERS,
-    SelectConfig,
     check_feasible,
     cluster,
     embed_pool,
     exclusion,
-    make_engine,
     pool_quality,
-    quality_multiple,
-    resolve_budget,
     write_clusters,
     write_table,
 )

@@ -10,8 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from os import PathLike
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -28,33 +27,37 @@ from kmq.clustering import (
     Clustering,
     resolve_k,
 )
+from kmq.config import (
+    SelectConfig,
+    input_label,
+    make_encoder,
+    make_engine,
+    make_selector,
+    quality_multiple,
+    resolve_budget,
+)
 from kmq.decontaminate import (
     CONTAMINATION,
-    NGRAM,
     Contamination,
     find_contamination,
     read_eval,
     write_contamination,
 )
 from kmq.dedup import DedupResult, semdedup
-from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from kmq.engines import Engine, get_engine
 from kmq.errors import KmqError, Reject
 from kmq.exact import DUPLICATES, ExactDuplicates, exact_duplicates, write_duplicates
-from kmq.examples import TEXT_VIEWS
 from kmq.export import check_output_format, to_record, write_output
 from kmq.formats import (
-    FieldMap,
     LoadedPool,
-    is_shard_folder,
     load_pool,
     write_rejects,
 )
 from kmq.outdir import check_out, staged
 from kmq.random import SeedLike, seed_sequence, stream
 from kmq.scoring import compute_quality, fill_missing
-from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, Selector, get_selector
-from kmq.selectors.kmq import DEFAULT_CANDIDATES, candidate_multiple
+from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, get_selector
+from kmq.selectors.kmq import candidate_multiple
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 if TYPE_CHECKING:
@@ -72,19 +75,6 @@ DEDUP = "dedup.jsonl"
 EMBED_MAX_CHARS = 50_000
 # The random stream (under --seed) that --sample draws from, apart from the selection's own.
 SAMPLE_STREAM = 0x53414D50
-
-
-def resolve_budget(budget: int | float, n: int) -> int:
-    """A count, or a fraction in (0, 1] of the ``n`` valid rows (rounded, at least 1)."""
-    if isinstance(budget, bool):
-        raise KmqError(f"budget must be a count or a fraction in (0, 1], got {budget!r}")
-    if isinstance(budget, float | np.floating):
-        if not 0 < budget <= 1:
-            raise KmqError(f"a fractional budget must be in (0, 1], got {budget}")
-        return max(1, round(float(budget) * n))
-    if int(budget) < 1:
-        raise KmqError(f"budget must be >= 1, got {budget}")
-    return int(budget)
 
 
 def cluster(
@@ -206,121 +196,6 @@ def check_embeddings(embeddings: Any) -> None:
             " to select from records (a list, a datasets.Dataset, a DataFrame or an Arrow table) "
             "use select_file(SelectConfig(input=records, out=FOLDER, budget=...))"
         )
-
-
-def is_path(value: Any) -> bool:
-    return isinstance(value, str | PathLike)
-
-
-def input_label(value: Any) -> str:
-    """A path as given; records in memory as ``<records: TYPE, N rows>``."""
-    if is_path(value):
-        return str(value)
-    size = f", {len(value)} rows" if hasattr(value, "__len__") else ""
-    return f"<records: {type(value).__name__}{size}>"
-
-
-@dataclass
-class SelectConfig:
-    """Everything ``kmq select`` takes; written whole into ``manifest.json``.
-
-    ``input`` is a path, or records in memory (see :func:`kmq.formats.load_pool`), which the
-    manifest names by their type and size.
-    """
-
-    input: str | Any
-    out: str
-    budget: int | float = 0.05
-    method: str = "kmq"
-    k: int | Literal["auto"] = "auto"
-    k_grid: list[int] | None = None
-    seed: int = 0
-    allocation: str = "balanced"
-    quality_field: str | None = None
-    quality: str | None = None
-    quality_options: dict[str, Any] = field(default_factory=dict)
-    quality_weighting: str = "auto"
-    temperature: float = 1.0
-    quality_candidates: int | str | None = DEFAULT_CANDIDATES
-    encoder: str | Encoder = DEFAULT_ENCODER
-    device: str | None = None
-    view: str = "user"
-    batch_size: int = 64
-    max_length: int | None = None
-    cache_dir: str | None = None
-    exclude: str | None = None
-    on_invalid: Literal["error", "skip"] = "error"
-    fields: FieldMap = field(default_factory=FieldMap)
-    format: str | None = None
-    niter: int = DEFAULT_NITER
-    silhouette_sample: int = SILHOUETTE_SAMPLE
-    deita_threshold: float = 0.9
-    qdit_alpha: float = 0.5
-    n_neighbors: int = 50
-    dedup: float | None = None
-    progress: bool = True
-    streaming: bool = False
-    kmeans_sample: int | None = None
-    sample: int | None = None
-    embedding_dtype: Literal["float16", "float32"] | None = None
-    output_shard_rows: int | None = None
-    engine: str = "local"
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    output_format: str = "native"
-    keep_duplicates: bool = False
-    decontaminate: list[str] | None = None
-    ngram: int = NGRAM
-
-    def validate(self) -> None:
-        if self.method not in SELECTORS:
-            raise KmqError(f"--method must be one of {', '.join(SELECTORS)}; got {self.method!r}")
-        if self.view not in TEXT_VIEWS:
-            raise KmqError(f"--view must be one of {', '.join(TEXT_VIEWS)}; got {self.view!r}")
-        if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
-            raise KmqError(f"--k must be a positive integer or 'auto', got {self.k!r}")
-        if self.quality and self.quality_field:
-            raise KmqError(
-                f"give either --quality {self.quality} (a scorer) or --quality-field "
-                f"{self.quality_field} (a column), not both"
-            )
-        candidate_multiple(self.quality_candidates)
-        if self.embedding_dtype not in (None, "float16", "float32"):
-            raise KmqError(
-                f"--embedding-dtype must be float16 or float32, got {self.embedding_dtype!r}"
-            )
-        for name in ("kmeans_sample", "output_shard_rows", "max_length", "sample"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                flag = "--" + name.replace("_", "-")
-                raise KmqError(f"{flag} must be a positive integer, got {value!r}")
-        for name, low in (("niter", 1), ("batch_size", 1), ("silhouette_sample", 2), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                flag = "--" + name.replace("_", "-")
-                raise KmqError(f"{flag} must be an integer >= {low}, got {value!r}")
-        if self.k_grid is not None and (not self.k_grid or min(self.k_grid) < 2):
-            raise KmqError(f"--k-grid must list integers >= 2, got {self.k_grid!r}")
-        make_engine(self)
-        if self.engine != "local" and self.is_streaming():
-            raise KmqError(f"--engine {self.engine} does not run --streaming selections")
-        check_output_format(self.output_format)
-        if self.decontaminate and self.is_streaming():
-            raise KmqError("--decontaminate runs on pools read in memory, not --streaming")
-        if not isinstance(self.ngram, int) or self.ngram < 1:
-            raise KmqError(f"--ngram must be a positive integer, got {self.ngram!r}")
-        if self.streaming and not is_path(self.input):
-            raise KmqError("--streaming reads files; records in memory are selected in memory")
-        if self.output_format != "native" and self.is_streaming():
-            raise KmqError(
-                f"--output-format {self.output_format}: streaming runs write the rows as read "
-                "(native) only"
-            )
-        if self.sample is not None and self.is_streaming():
-            raise KmqError("--sample applies to in-memory runs only, not to --streaming ones")
-
-    def is_streaming(self) -> bool:
-        """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
-        return self.streaming or (is_path(self.input) and is_shard_folder(self.input))
 
 
 @dataclass
@@ -689,31 +564,6 @@ def sample_pool(pool: LoadedPool, size: int, seed: int) -> LoadedPool:
     return replace(pool, examples=[pool.examples[i] for i in keep], quality=quality)
 
 
-def make_selector(config: SelectConfig, **options: Any) -> Selector:
-    """The selector ``config`` names, with its settings (and ``options`` for it)."""
-    return get_selector(
-        config.method,
-        allocation=config.allocation,
-        weighting=config.quality_weighting,
-        temperature=config.temperature,
-        threshold=config.deita_threshold,
-        alpha=config.qdit_alpha,
-        n_neighbors=config.n_neighbors,
-        show_progress=config.progress,
-        candidates=quality_multiple(config),
-        **options,
-    )
-
-
-def quality_multiple(config: SelectConfig) -> int | None:
-    """M when kMQ draws among M × quota candidates scored by a ``--quality`` scorer; None when
-    every row is scored (``--quality-candidates 0|all``, a ``--quality-field`` column, which
-    is read whole, or another method: deita and qdit rank every row's quality)."""
-    if not config.quality or config.method != "kmq":
-        return None
-    return candidate_multiple(config.quality_candidates)
-
-
 def pool_quality(
     pool: LoadedPool, config: SelectConfig, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
@@ -738,22 +588,6 @@ def pool_quality(
 def column_quality_info(column: str) -> dict[str, Any]:
     """The manifest's ``quality`` for scores read from a column (``--quality-field``)."""
     return {"scorer": "column", "column": column, "direction": "as given; higher = better"}
-
-
-def make_engine(config: SelectConfig) -> Engine:
-    """The engine ``config`` names (``--engine``), with its options (nothing starts yet)."""
-    return get_engine(config.engine, **config.engine_options)
-
-
-def make_encoder(config: SelectConfig) -> Encoder:
-    return get_encoder(
-        config.encoder,
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        device=config.device,
-        show_progress=False,
-        cache_dir=config.cache_dir,
-    )
 
 
 def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:

@@ -1,6 +1,6 @@
 """Replay a recorded selection: ``kmq select --config manifest.json --out NEW``.
 
-``manifest.json`` holds the whole :class:`~kmq.pipeline.SelectConfig` of a run. Rebuilt from it
+``manifest.json`` holds the whole :class:`~kmq.config.SelectConfig` of a run. Rebuilt from it
 (output folder new, input optionally moved), the run makes the same picks on the same input:
 every random draw derives from the recorded seed. :func:`check_same_input` says when the input
 is not the bytes the manifest recorded.
@@ -14,9 +14,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from kmq.config import SelectConfig
 from kmq.errors import KmqError
 from kmq.formats import FieldMap
-from kmq.pipeline import SelectConfig
 
 log = logging.getLogger("kmq")
 

@@ -46,6 +46,7 @@ from kmq.atomic import write_json
 from kmq.cache import ContentHash, embed_rows, encode_shards
 from kmq.chunks import CHUNK_ROWS, take_rows
 from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids, resolve_k
+from kmq.config import SelectConfig, make_encoder, make_selector, resolve_budget
 from kmq.errors import KmqError, Reject
 from kmq.exact import DUPLICATES, KEY_DTYPE, find_duplicates, text_key, write_duplicates
 from kmq.examples import Example
@@ -57,7 +58,6 @@ from kmq.pipeline import (
     REJECTS,
     TABLE,
     PoolSummary,
-    SelectConfig,
     SelectRun,
     Timer,
     build_manifest,
@@ -67,10 +67,7 @@ from kmq.pipeline import (
     column_quality_info,
     exact_mask,
     exclusion,
-    make_encoder,
-    make_selector,
     nothing_valid,
-    resolve_budget,
     write_clusters,
     write_selection_table,
 )
