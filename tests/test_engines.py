@@ -17,7 +17,8 @@ from kmq.config import SelectConfig
 from kmq.engines import get_engine
 from kmq.errors import KmqError
 from kmq.loop import IterateConfig, IterativeSelection
-from kmq.pipeline import TABLE, select, select_file
+from kmq.outputs import TABLE
+from kmq.pipeline import select, select_file
 from kmq.selectors import get_selector
 from tests.conftest import SHARED, FakeEncoder, make_blobs
 

@@ -14,7 +14,8 @@ import pytest
 from kmq.config import SelectConfig
 from kmq.errors import KmqError
 from kmq.loop import IterativeSelection, source_weights
-from kmq.pipeline import CLUSTERS, SelectRun, select_file
+from kmq.outputs import CLUSTERS, SelectRun
+from kmq.pipeline import select_file
 from kmq.report import distinctive_terms, markdown_html, write_report
 from kmq.reweight import uniform
 from tests.test_loop import (

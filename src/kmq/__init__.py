@@ -6,7 +6,8 @@ from kmq.config import SelectConfig
 from kmq.encoders import Encoder, get_encoder
 from kmq.examples import Example, Message
 from kmq.formats import FieldMap, LoadedPool, load_pool
-from kmq.pipeline import SelectRun, select, select_file
+from kmq.outputs import SelectRun
+from kmq.pipeline import select, select_file
 from kmq.selectors import SELECTORS, SelectionResult, Selector, get_selector
 
 __all__ = [

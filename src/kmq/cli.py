@@ -28,7 +28,8 @@ from kmq.export import OUTPUT_FORMATS
 from kmq.formats import FORMATS, FieldMap
 from kmq.loop import IterativeSelection
 from kmq.outdir import not_an_output
-from kmq.pipeline import MANIFEST, TABLE, select_file
+from kmq.outputs import MANIFEST, TABLE
+from kmq.pipeline import select_file
 from kmq.progress import quiet_libraries
 from kmq.quality import QUALITY_SCORERS
 from kmq.replay import check_same_input, config_from_manifest, read_manifest

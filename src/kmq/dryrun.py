@@ -17,7 +17,7 @@ import numpy as np
 from kmq.config import SelectConfig, make_encoder, resolve_budget
 from kmq.exact import exact_duplicates
 from kmq.formats import load_pool
-from kmq.pipeline import source_counts
+from kmq.outputs import source_counts
 from kmq.validate import reason_counts
 
 SAMPLE = 64  # texts timed through the encoder

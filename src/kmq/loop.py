@@ -31,19 +31,12 @@ from kmq.errors import KmqError
 from kmq.examples import Example
 from kmq.feedback import DEFAULT_FEEDBACK, FeedbackScorer, get_feedback_scorer, needs_generation
 from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
-from kmq.pipeline import (
-    CLUSTERS,
-    check_feasible,
-    cluster,
-    embed_pool,
-    exclusion,
-    pool_quality,
-    write_clusters,
-    write_table,
-)
+from kmq.outputs import CLUSTERS, write_clusters, write_table
+from kmq.pipeline import cluster, embed_pool, pool_quality
 from kmq.reweight import cluster_means, uniform, update
 from kmq.rundir import RunDir
 from kmq.selectors import KMQSelector, SelectionResult
+from kmq.stages import check_feasible, exclusion
 from kmq.training import Trainer
 
 log = logging.getLogger("kmq")

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
-import resource
-import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from kmq._imports import require
-from kmq._version import __version__
-from kmq.atomic import atomic_path, write_json
+from kmq.atomic import write_json
 from kmq.clustering import (
     DEFAULT_NITER,
     SILHOUETTE_SAMPLE,
@@ -29,7 +20,6 @@ from kmq.clustering import (
 )
 from kmq.config import (
     SelectConfig,
-    input_label,
     make_encoder,
     make_engine,
     make_selector,
@@ -43,36 +33,50 @@ from kmq.decontaminate import (
     read_eval,
     write_contamination,
 )
-from kmq.dedup import DedupResult, semdedup
+from kmq.dedup import semdedup
 from kmq.engines import Engine, get_engine
-from kmq.errors import KmqError, Reject
-from kmq.exact import DUPLICATES, ExactDuplicates, exact_duplicates, write_duplicates
-from kmq.export import check_output_format, to_record, write_output
+from kmq.errors import KmqError
+from kmq.exact import DUPLICATES, exact_duplicates, write_duplicates
+from kmq.export import write_output
 from kmq.formats import (
     LoadedPool,
     load_pool,
     write_rejects,
 )
 from kmq.outdir import check_out, staged
+from kmq.outputs import (
+    CLUSTERS,
+    DEDUP,
+    MANIFEST,
+    REJECTS,
+    TABLE,
+    PoolSummary,
+    SelectRun,
+    Timer,
+    build_manifest,
+    source_counts,
+    write_clusters,
+    write_dedup,
+    write_table,
+)
 from kmq.random import SeedLike, seed_sequence, stream
 from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, get_selector
 from kmq.selectors.kmq import candidate_multiple
+from kmq.stages import (
+    cap_texts,
+    check_feasible,
+    check_vectors,
+    column_quality_info,
+    exact_mask,
+    exclusion,
+    nothing_valid,
+)
+from kmq.streaming import select_streaming
 from kmq.validate import REPAIRS, checks_summary, write_repairs
-
-if TYPE_CHECKING:
-    from kmq.streaming import StreamedPool
 
 log = logging.getLogger("kmq")
 
-MANIFEST = "manifest.json"
-TABLE = "selection.parquet"
-REJECTS = "rejects.jsonl"
-CLUSTERS = "clusters.npz"
-DEDUP = "dedup.jsonl"
-# Characters of a row's text that are embedded at most (about 12,500 tokens, ~50 MiniLM
-# windows); the longest row of the 71k-row mix pool has 26,253.
-EMBED_MAX_CHARS = 50_000
 # The random stream (under --seed) that --sample draws from, apart from the selection's own.
 SAMPLE_STREAM = 0x53414D50
 
@@ -198,136 +202,6 @@ def check_embeddings(embeddings: Any) -> None:
         )
 
 
-@dataclass
-class SelectRun:
-    """What :func:`select_file` did: the result, the pool and the manifest it wrote.
-
-    ``result.indices`` index the pool's valid rows; :attr:`rows` are the picks' rows in the
-    input (the same when no row was rejected), so ``dataset.select(run.rows)`` is the selection.
-    """
-
-    result: SelectionResult
-    pool: LoadedPool | StreamedPool
-    manifest: dict[str, Any]
-    out: Path
-
-    @property
-    def rows(self) -> list[int]:
-        """The input row (0-based record index) of every pick, in pick order."""
-        if isinstance(self.pool, LoadedPool):
-            return [self.pool.examples[i].row for i in self.result.indices]
-        return self.pool.rows[self.result.indices].tolist()
-
-    def records(self, output_format: str = "native") -> list[dict[str, Any]]:
-        """The picked records in pick order: as read (``native``) or as ``messages`` /
-        ``sharegpt`` / ``alpaca`` records (see :mod:`kmq.export`)."""
-        check_output_format(output_format)
-        if not isinstance(self.pool, LoadedPool):
-            raise KmqError(
-                f"a streaming run keeps no records in memory; read {self.out}/selected-*"
-            )
-        picked = [self.pool.examples[i] for i in self.result.indices]
-        if output_format == "native":
-            return [dict(example.fields) for example in picked]
-        return [to_record(example, output_format) for example in picked]
-
-    def to_dataset(self, output_format: str = "native") -> Any:
-        """The picks as a ``datasets.Dataset``, in pick order: for a Dataset input and
-        ``native``, ``dataset.select(run.rows)`` (its features kept); else built from
-        :meth:`records`."""
-        datasets = require("datasets")
-        data = self.pool.data if isinstance(self.pool, LoadedPool) else None
-        if output_format == "native" and isinstance(data, datasets.Dataset):
-            return data.select(self.rows)
-        return datasets.Dataset.from_list(self.records(output_format))
-
-
-class Timer:
-    """Named wall-clock stages."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - started, 3)
-
-
-def read_exclude(path: Path) -> list[str]:
-    """Ids never to pick: a selection table (Parquet), a JSON array or JSONL of ids or of
-    objects with an ``id``, or plain text with one id per line. A JSON object is refused (it
-    holds no list of ids kmq could read without guessing)."""
-    if not path.exists():
-        raise KmqError(f"--exclude file not found: {path}")
-    if not path.is_file():
-        raise KmqError(f"--exclude {path} is a folder; give a file of ids")
-    if path.suffix == ".parquet":
-        try:
-            names = pq.read_schema(path).names
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise KmqError(f"--exclude {path}: not a readable Parquet file ({exc})") from None
-        if "id" not in names:
-            raise KmqError(
-                f"--exclude {path}: no 'id' column (it has {', '.join(names) or 'none'})"
-            )
-        return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise KmqError(f"--exclude {path}: not UTF-8 text (byte {exc.start})") from None
-    if path.suffix == ".json":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise KmqError(
-                f"--exclude {path}, line {exc.lineno} column {exc.colno}: not valid JSON "
-                f"({exc.msg})"
-            ) from None
-        if not isinstance(items, list):
-            raise KmqError(
-                f"--exclude {path}: a JSON {json_kind(items)}, expected an array of ids "
-                '(["a", "b"]) or of objects with an "id"'
-            )
-        return exclude_ids(path, "item", list(enumerate(items, start=1)))
-    if path.suffix == ".jsonl":
-        lines = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                lines.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise KmqError(
-                    f"--exclude {path}, line {number}: not valid JSON ({exc.msg})"
-                ) from None
-        return exclude_ids(path, "line", lines)
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def json_kind(value: Any) -> str:
-    """What JSON calls the type of a parsed ``value``."""
-    kinds = {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}
-    return kinds.get(type(value), "null" if value is None else type(value).__name__)
-
-
-def exclude_ids(path: Path, unit: str, items: list[tuple[int, Any]]) -> list[str]:
-    """The id of every (number, item): the item itself or its ``id`` field."""
-    ids = []
-    for number, item in items:
-        value = item.get("id") if isinstance(item, dict) else item
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise KmqError(
-                f"--exclude {path}, {unit} {number}: expected an id (a string, or an object "
-                f"with 'id'), got {json.dumps(item)[:80]}"
-            )
-        ids.append(str(value))
-    return ids
-
-
 def select_file(config: SelectConfig) -> SelectRun:
     """Load → embed (cached) → cluster → select → write, as ``kmq select`` does.
 
@@ -337,8 +211,6 @@ def select_file(config: SelectConfig) -> SelectRun:
     config.validate()
     check_out(config.out)
     if config.is_streaming():
-        from kmq.streaming import select_streaming  # it builds on this module
-
         return select_streaming(config)
     streaming_only = {
         "--kmeans-sample": config.kmeans_sample,
@@ -500,38 +372,6 @@ def select_file(config: SelectConfig) -> SelectRun:
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
 
 
-def nothing_valid(config: SelectConfig, rejects: Sequence[Reject]) -> NoReturn:
-    """Stop a run whose input has no valid row; with rejects, ``--out`` holds only
-    ``rejects.jsonl`` (every row and why), which the error names."""
-    if not rejects:
-        raise KmqError(f"{input_label(config.input)}: no valid rows to select from")
-    with staged(config.out) as folder:
-        write_rejects(rejects, folder / REJECTS)
-    raise KmqError(
-        f"{input_label(config.input)}: every row was rejected ({len(rejects)}), nothing to select; "
-        f"each row and its reason are in {Path(config.out) / REJECTS}"
-    )
-
-
-def check_feasible(config: SelectConfig, n: int, budget: int, excluded: int) -> None:
-    """Before any embedding: the budget fits the rows left, and k (or the k grid) the pool."""
-    left = n - excluded
-    if left == 0:
-        raise KmqError(
-            f"--exclude {config.exclude} names every one of the {n} valid rows: "
-            "nothing is left to select"
-        )
-    if budget > left:
-        named = f" ({excluded} excluded by --exclude {config.exclude})" if excluded else ""
-        raise KmqError(f"--budget {budget} exceeds the {left} rows left to select of {n}{named}")
-    if not (config.method in CLUSTERED or config.k != "auto" or config.dedup is not None):
-        return
-    if config.k != "auto" and config.k > n:
-        raise KmqError(f"--k {config.k} exceeds the {n} valid rows (k-means needs k <= rows)")
-    if config.k == "auto" and config.k_grid and max(config.k_grid) > n:
-        raise KmqError(f"--k-grid {config.k_grid} has a k above the {n} valid rows")
-
-
 def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | None:
     """The rows ``--decontaminate`` drops (``None`` without evaluation files), logged."""
     if not config.decontaminate:
@@ -546,14 +386,6 @@ def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | N
         len(found.removed),
     )
     return found
-
-
-def exact_mask(duplicates: ExactDuplicates | None, n: int) -> np.ndarray:
-    """Mask of the rows removed as exact duplicates (none when dedup is off), logged."""
-    if duplicates is None:
-        return np.zeros(n, dtype=bool)
-    log.info("removed %d exact duplicates (kept their first copies)", len(duplicates.removed))
-    return duplicates.mask(n)
 
 
 def sample_pool(pool: LoadedPool, size: int, seed: int) -> LoadedPool:
@@ -585,11 +417,6 @@ def pool_quality(
     return fill_missing(scores.values, rows), info
 
 
-def column_quality_info(column: str) -> dict[str, Any]:
-    """The manifest's ``quality`` for scores read from a column (``--quality-field``)."""
-    return {"scorer": "column", "column": column, "direction": "as given; higher = better"}
-
-
 def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
     """The pool's embeddings (cached) and what made them; none for plain random selection."""
     if config.method == "random" and config.k == "auto":
@@ -613,228 +440,3 @@ def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict
         "cache_hit": cache_hit,
     }
     return embeddings, info
-
-
-def cap_texts(texts: list[str], ids: Sequence[str]) -> list[str]:
-    """``texts`` with each cut to its first :data:`EMBED_MAX_CHARS` characters (a warning names
-    how many were cut and the longest), so one huge row cannot take hours and gigabytes."""
-    long = [i for i, text in enumerate(texts) if len(text) > EMBED_MAX_CHARS]
-    if not long:
-        return texts
-    longest = max(long, key=lambda i: len(texts[i]))
-    log.warning(
-        "%d rows are longer than %s characters: only their first %s are embedded "
-        "(the longest: id %s, %s characters)",
-        len(long),
-        f"{EMBED_MAX_CHARS:,}",
-        f"{EMBED_MAX_CHARS:,}",
-        ids[longest],
-        f"{len(texts[longest]):,}",
-    )
-    return [text[:EMBED_MAX_CHARS] for text in texts]
-
-
-def check_vectors(vectors: np.ndarray, encoder: str, cache_dir: str | None) -> None:
-    """Refuse vectors that cannot be clustered: any NaN/inf, or every row all-zero (an API
-    that answers zeros); a few all-zero rows only warn (e.g. a static model that knows none of
-    a text's tokens)."""
-    n = len(vectors)
-    where = f"--cache-dir {cache_dir}" if cache_dir else "the kmq cache ($KMQ_CACHE_DIR)"
-    fix = f"; they may be cached in {where}: remove that entry or give another --cache-dir"
-    broken = n - int(np.isfinite(vectors).all(axis=1).sum())
-    if broken:
-        raise KmqError(f"the encoder {encoder} returned {broken} of {n} vectors with NaN/inf{fix}")
-    zero = int((~np.any(vectors != 0, axis=1)).sum())
-    if zero == n:
-        raise KmqError(
-            f"the encoder {encoder} returned an all-zero vector for every one of the {n} rows: "
-            f"nothing to cluster{fix}"
-        )
-    if zero:
-        log.warning("the encoder %s returned %d all-zero vectors of %d", encoder, zero, n)
-
-
-def exclusion(ids: list[str], path: str | None) -> tuple[np.ndarray, int]:
-    """Mask of the pool rows named in ``--exclude``, and how many named ids are not in the pool."""
-    mask = np.zeros(len(ids), dtype=bool)
-    if path is None:
-        return mask, 0
-    wanted = set(read_exclude(Path(path)))
-    position = {id_: i for i, id_ in enumerate(ids)}
-    hits = [position[w] for w in wanted if w in position]
-    mask[hits] = True
-    unknown = len(wanted) - len(hits)
-    if unknown:
-        log.warning("%d ids in %s are not in the pool", unknown, path)
-    return mask, unknown
-
-
-def write_table(
-    path: Path, pool: LoadedPool, result: SelectionResult, quality: np.ndarray | None
-) -> None:
-    """One row per pick: pick order, input row, id, cluster, source, quality, score, reason."""
-    idx = result.indices
-    write_selection_table(
-        path,
-        result,
-        quality,
-        rows=np.array([pool.examples[i].row for i in idx], dtype=np.int64),
-        ids=[pool.examples[i].id for i in idx],
-        sources=[pool.examples[i].source for i in idx],
-    )
-
-
-def write_selection_table(
-    path: Path,
-    result: SelectionResult,
-    quality: np.ndarray | None,
-    *,
-    rows: np.ndarray,
-    ids: list[str],
-    sources: list[str | None],
-) -> None:
-    """:func:`write_table` given the input row, id and source of every pick (in pick order)."""
-    idx = result.indices
-    picked_quality = quality[idx] if quality is not None else np.full(len(idx), np.nan)
-    table = pa.table(
-        {
-            "pick_order": np.arange(len(idx), dtype=np.int64),
-            "index": np.asarray(rows, dtype=np.int64),
-            "id": ids,
-            "cluster": (
-                result.labels[idx] if result.labels is not None else np.full(len(idx), -1)
-            ).astype(np.int64),
-            "source": sources,
-            "quality": picked_quality.astype(np.float64),
-            f"{result.score_name}_score": result.scores,
-            "reason": result.reasons,
-        }
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def write_dedup(path: Path, pool: LoadedPool, dedup: DedupResult) -> None:
-    """One line per near-duplicate removed: its input row and id, its kept twin's, the cosine."""
-    lines = []
-    for row, twin, sim in zip(dedup.removed, dedup.twin, dedup.similarity, strict=True):
-        ex, kept = pool.examples[row], pool.examples[twin]
-        record = {
-            "index": ex.row,
-            "id": ex.id,
-            "twin_index": kept.row,
-            "twin_id": kept.id,
-            "similarity": round(float(sim), 6),
-        }
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(lines), encoding="utf-8")
-
-
-def write_clusters(path: Path, fitted: Clustering, distances: np.ndarray | None = None) -> None:
-    """Labels of every pool row and the centroids (``np.load(path)["labels"|"centroids"]``);
-    the streaming path adds each row's squared L2 ``distances`` to its centre."""
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        if distances is None:
-            np.savez(fh, labels=fitted.labels_, centroids=fitted.centroids_)
-        else:
-            np.savez(fh, labels=fitted.labels_, centroids=fitted.centroids_, distances=distances)
-
-
-def source_counts(pool: LoadedPool, rows: np.ndarray | None = None) -> dict[str, int] | None:
-    sources = [ex.source for ex in pool.examples]
-    if all(s is None for s in sources):
-        return None
-    picked = sources if rows is None else [sources[i] for i in rows]
-    return dict(sorted(Counter(s if s is not None else "(none)" for s in picked).items()))
-
-
-def entropy(counts: dict[str, int]) -> float:
-    """Shannon entropy (nats) of a count distribution."""
-    p = np.array(list(counts.values()), dtype=np.float64)
-    p = p[p > 0] / p.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-@dataclass
-class PoolSummary:
-    """What the manifest says of the input: where it is, what it held, its sources (rows per
-    source in the pool and in the selection; None when no row has one)."""
-
-    input: dict[str, Any]  # path, sha256, kind, compressed, format
-    records: int
-    valid: int
-    rejected: int
-    sources: dict[str, int] | None
-    selected_sources: dict[str, int] | None
-
-
-def build_manifest(
-    config: SelectConfig,
-    pool: PoolSummary,
-    result: SelectionResult,
-    fitted: Clustering | None,
-    embedding: dict[str, Any] | None,
-    quality_info: dict[str, Any] | None,
-    excluded: dict[str, int | None],
-    timer: Timer,
-    rows_written: str | list[str],
-    streaming: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """``manifest.json``; ``rows_written`` names the selected-rows file(s), ``streaming`` (only
-    in streaming runs) how the pool was streamed."""
-    pool_sources = pool.sources
-    picked_sources = pool.selected_sources
-    encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
-    config_dict = asdict(replace(config, encoder=encoder, input=input_label(config.input)))
-    clusters = None
-    if fitted is not None:
-        clusters = {
-            "k": fitted.k,
-            "inertia": fitted.inertia_,
-            "silhouette": {str(k): s for k, s in (result.silhouette or {}).items()} or None,
-            "pool": fitted.sizes_.tolist(),
-            "quota": None if result.quotas is None else result.quotas.tolist(),
-            "selected": np.bincount(fitted.labels_[result.indices], minlength=fitted.k).tolist(),
-        }
-    return {
-        "tool": "kmq",
-        "version": __version__,
-        "python": platform.python_version(),
-        "config": config_dict,
-        "seed": config.seed,
-        "input": pool.input,
-        "counts": {
-            "records": pool.records,
-            "valid": pool.valid,
-            "rejected": pool.rejected,
-            **excluded,
-            "budget": result.budget,
-            "selected": len(result),
-            "shortfall": result.shortfall,
-        },
-        "method": result.method,
-        "score_name": f"{result.score_name}_score",
-        "notes": result.notes,
-        "embedding": embedding,
-        "quality": quality_info,
-        "clusters": clusters,
-        "sources": None
-        if pool_sources is None
-        else {
-            "pool": pool_sources,
-            "selected": picked_sources,
-            "entropy_pool": entropy(pool_sources),
-            "entropy_selected": entropy(picked_sources or {}),
-        },
-        "timings_s": timer.seconds,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "outputs": {
-            "clusters": CLUSTERS if fitted is not None else None,
-            "rows": rows_written,
-            "table": TABLE,
-            "rejects": REJECTS if pool.rejected else None,
-            "dedup": DEDUP if config.dedup is not None else None,
-            "duplicates": None if config.keep_duplicates else DUPLICATES,
-        },
-    } | ({"streaming": streaming} if streaming is not None else {})

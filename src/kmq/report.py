@@ -39,7 +39,7 @@ from kmq.atomic import write_text
 from kmq.errors import KmqError
 from kmq.formats import FieldMap, LoadedPool, load_pool
 from kmq.loop import IterativeSelection, source_weights
-from kmq.pipeline import CLUSTERS, MANIFEST, TABLE, entropy
+from kmq.outputs import CLUSTERS, MANIFEST, TABLE, entropy
 from kmq.reweight import cluster_means, uniform
 from kmq.selectors import CLUSTERED
 

@@ -52,7 +52,7 @@ from kmq.exact import DUPLICATES, KEY_DTYPE, find_duplicates, text_key, write_du
 from kmq.examples import Example
 from kmq.formats import ExampleStream, write_rejects, write_selected_shards
 from kmq.outdir import check_out, staged
-from kmq.pipeline import (
+from kmq.outputs import (
     CLUSTERS,
     MANIFEST,
     REJECTS,
@@ -61,6 +61,13 @@ from kmq.pipeline import (
     SelectRun,
     Timer,
     build_manifest,
+    write_clusters,
+    write_selection_table,
+)
+from kmq.random import make_rng
+from kmq.rowcache import keys_array, row_key
+from kmq.selectors import CLUSTERED, SelectionResult, Selector
+from kmq.stages import (
     cap_texts,
     check_feasible,
     check_vectors,
@@ -68,12 +75,7 @@ from kmq.pipeline import (
     exact_mask,
     exclusion,
     nothing_valid,
-    write_clusters,
-    write_selection_table,
 )
-from kmq.random import make_rng
-from kmq.rowcache import keys_array, row_key
-from kmq.selectors import CLUSTERED, SelectionResult, Selector
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 log = logging.getLogger("kmq")
