@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kmq.cli import build_parser, select_config
+from kmq.cli import build_parser
+from kmq.cli.args import select_config
 from kmq.errors import KmqError
 from kmq.examples import Example, Message
 from kmq.export import to_record

@@ -1,0 +1,307 @@
+"""Flag groups that several subcommands share (input, selection, scorer), and the
+:class:`~kmq.config.SelectConfig` they make."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kmq.backends import COMPUTE_TYPES, LM_BACKENDS
+from kmq.config import SelectConfig
+from kmq.engines import ENGINES
+from kmq.examples import TEXT_VIEWS
+from kmq.formats import FORMATS, FieldMap
+from kmq.quality import QUALITY_SCORERS
+from kmq.selectors.kmq import DEFAULT_CANDIDATES, WEIGHTINGS
+
+
+def budget_arg(text: str) -> int | float:
+    """``940`` is a count, ``0.05`` a fraction of the pool."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+
+
+def k_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}"
+        ) from None
+
+
+def candidates_arg(text: str) -> int | str:
+    """``--quality-candidates``: M >= 1, or 0 / 'all' (score every row)."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer M, or 0 / 'all' (score every row); got {text!r}"
+        )
+    return value
+
+
+def grid_arg(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_input_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """How to read the pool: shared by every subcommand that takes one."""
+    p.add_argument(
+        "input",
+        nargs="?" if optional else None,
+        help="JSONL/JSON/Parquet/CSV (optionally .gz) or a save_to_disk folder",
+    )
+    g = p.add_argument_group("reading the input")
+    g.add_argument(
+        "--on-invalid",
+        choices=["error", "skip"],
+        default="error",
+        help="stop at the first bad row (default) or skip it into rejects.jsonl",
+    )
+    g.add_argument("--format", choices=FORMATS, default=None, help="skip format detection")
+    for name in ("prompt", "response", "system", "messages", "id", "source"):
+        g.add_argument(
+            f"--{name}-field", dest=f"{name}_field", default=None, help=f"field holding the {name}"
+        )
+    p.add_argument("--cache-dir", help="embedding/score cache ($KMQ_CACHE_DIR or ~/.cache/kmq)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide progress bars (kmq's and those of the libraries that load models)",
+    )
+
+
+def field_map(args: argparse.Namespace) -> FieldMap:
+    return FieldMap(
+        messages_field=args.messages_field,
+        prompt_field=args.prompt_field,
+        response_field=args.response_field,
+        system_field=args.system_field,
+        id_field=args.id_field,
+        source_field=args.source_field,
+    )
+
+
+def add_scorer_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """The quality scorer and its settings: shared by ``select`` and ``score``."""
+    g = p.add_argument_group("quality scorer")
+    g.add_argument(
+        "--quality",
+        choices=QUALITY_SCORERS,
+        required=required,
+        help="compute quality with this scorer (cached); higher = better",
+    )
+    g.add_argument(
+        "--quality-model", help="model for ifd/perplexity/judge (default smollm2)/reward"
+    )
+    g.add_argument("--quality-max-length", type=int, help="tokens per scored row")
+    g.add_argument("--quality-batch-size", type=int, help="rows per forward pass")
+    g.add_argument(
+        "--lm-backend",
+        choices=LM_BACKENDS,
+        help="inference engine of the LM scores (ifd/pmi/perplexity) and the perplexity "
+        "feedback: torch (default, the reference) or ctranslate2 (pip install ctranslate2)",
+    )
+    g.add_argument(
+        "--lm-compute-type",
+        choices=COMPUTE_TYPES,
+        help="ctranslate2: weights and arithmetic (default int8)",
+    )
+    g.add_argument(
+        "--lm-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="torch: weights and arithmetic of the model-based scorers (default float32; "
+        "bfloat16 is much faster on CPUs with AMX/AVX512-BF16, see lm_backend.md)",
+    )
+    g.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="torch device of the encoder, the model-based scorers and the built-in trainer "
+        "(default: the encoder on cpu, the rest on cuda when available)",
+    )
+    g.add_argument("--judge-backend", choices=["local", "http"], help="judge: local model or HTTP")
+    g.add_argument("--judge-base-url", help="judge: OpenAI-compatible base URL, e.g. http://h/v1")
+    g.add_argument("--judge-api-key-env", help="judge: env var holding the API key")
+    g.add_argument("--judge-concurrency", type=int, help="judge: requests in flight at most")
+    g.add_argument("--judge-timeout", type=float, help="judge: seconds per request")
+
+
+def scorer_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Scorer settings by the names the scorers take (unset ones stay at their defaults)."""
+    return {
+        "model": args.quality_model,
+        "max_length": args.quality_max_length,
+        "batch_size": args.quality_batch_size,
+        "lm_backend": args.lm_backend,
+        "compute_type": args.lm_compute_type,
+        "dtype": args.lm_dtype,
+        "device": args.device,
+        "backend": args.judge_backend,
+        "base_url": args.judge_base_url,
+        "api_key_env": args.judge_api_key_env,
+        "max_concurrency": args.judge_concurrency,
+        "timeout": args.judge_timeout,
+    }
+
+
+def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> None:
+    """Budget, seed, clustering, quality and embedding: shared by ``select`` and ``iterate``."""
+    if budget:
+        p.add_argument(
+            "--budget",
+            type=budget_arg,
+            default=0.05,
+            help="rows to pick: a count (940) or a fraction of the pool (0.05; default)",
+        )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--exclude", help="file of ids never to pick (text, JSON(L) or a selection.parquet)"
+    )
+    c = p.add_argument_group("clustering")
+    c.add_argument(
+        "--k",
+        type=k_arg,
+        default="auto",
+        help="number of clusters, or 'auto' to choose by silhouette (default)",
+    )
+    c.add_argument(
+        "--k-grid",
+        type=grid_arg,
+        default=None,
+        help="k values tried by --k auto (default: powers of 2 from 8 to min(4096, n/4, budget))",
+    )
+    c.add_argument("--niter", type=int, default=10, help="k-means Lloyd iterations")
+    c.add_argument("--silhouette-sample", type=int, default=5000)
+    q = p.add_argument_group("quality inside clusters (kmq)")
+    q.add_argument("--quality-field", help="numeric field of the input holding a quality score")
+    q.add_argument(
+        "--quality-weighting",
+        choices=WEIGHTINGS,
+        default="auto",
+        help="draw ∝ q^(1/T) (linear), ∝ exp(q/T) (softmax); auto: linear if every q >= 0",
+    )
+    q.add_argument("--temperature", type=float, default=1.0, help="quality weighting temperature")
+    q.add_argument(
+        "--quality-candidates",
+        type=candidates_arg,
+        default=DEFAULT_CANDIDATES,
+        metavar="M",
+        help=f"kmq with a --quality scorer: score only M × quota uniformly drawn candidates per "
+        f"cluster and draw the quota among them (default {DEFAULT_CANDIDATES}; 0 or 'all': "
+        "score every row)",
+    )
+    add_scorer_args(p, required=False)
+    e = p.add_argument_group("embedding")
+    e.add_argument(
+        "--encoder",
+        default="minilm",
+        help="'minilm' (packaged, offline; default), 'static' (model2vec distilled from it), "
+        "'causal:MODEL[,pooling=mean|last,layer=N]', 'api:MODEL,base_url=URL', "
+        "or a sentence-transformers path/name",
+    )
+    e.add_argument(
+        "--view",
+        choices=TEXT_VIEWS,
+        default="user",
+        help="text embedded: 'user' (system+user turns; default) or 'full' (all turns)",
+    )
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="encoder window in tokens (minilm/sentence-transformers: longer texts are "
+        "chunked and mean-pooled; causal: longer texts are cut)",
+    )
+    r = p.add_argument_group(
+        "engine",
+        "Where embedding, the assignment to k-means centres and the per-cluster draws run. "
+        "Every engine selects the same rows for the same seed and embeddings.",
+    )
+    r.add_argument(
+        "--engine",
+        choices=list(ENGINES),
+        default="local",
+        help="local (this process; default) or ray (a Ray cluster; pip install 'kmq[ray]')",
+    )
+    r.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="a running Ray cluster: 'auto' (the one this node joined) or ray://HOST:10001 "
+        "(default: start a local one)",
+    )
+    r.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="at most N encoder replicas and tasks at a time (default: every CPU)",
+    )
+
+
+def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectConfig:
+    return SelectConfig(
+        input=args.input,
+        out=out,
+        budget=args.budget,
+        method=method,
+        k=args.k,
+        k_grid=args.k_grid,
+        seed=args.seed,
+        allocation=getattr(args, "allocation", "balanced"),
+        quality_field=args.quality_field,
+        quality=args.quality,
+        quality_options=scorer_options(args),
+        quality_weighting=args.quality_weighting,
+        temperature=args.temperature,
+        quality_candidates=args.quality_candidates,
+        encoder=args.encoder,
+        view=args.view,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        cache_dir=args.cache_dir,
+        exclude=args.exclude,
+        on_invalid=args.on_invalid,
+        fields=field_map(args),
+        format=args.format,
+        niter=args.niter,
+        silhouette_sample=args.silhouette_sample,
+        deita_threshold=getattr(args, "deita_threshold", 0.9),
+        qdit_alpha=getattr(args, "qdit_alpha", 0.5),
+        n_neighbors=getattr(args, "knn", 50),
+        dedup=getattr(args, "dedup", None),
+        progress=not args.no_progress,
+        engine=args.engine,
+        engine_options={
+            key: value
+            for key, value in {"address": args.ray_address, "workers": args.ray_workers}.items()
+            if value is not None
+        },
+        streaming=getattr(args, "streaming", False),
+        kmeans_sample=getattr(args, "kmeans_sample", None),
+        sample=getattr(args, "sample", None),
+        embedding_dtype=getattr(args, "embedding_dtype", None),
+        output_shard_rows=getattr(args, "output_shard_rows", None),
+        output_format=getattr(args, "output_format", "native"),
+        keep_duplicates=getattr(args, "keep_duplicates", False),
+        decontaminate=getattr(args, "decontaminate", None),
+        ngram=getattr(args, "ngram", 13),
+    )
