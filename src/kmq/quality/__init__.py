@@ -48,15 +48,15 @@ def _factory(name: str) -> Callable[..., QualityScorer]:
 
         return RewardScorer
     if name == "ifd":
-        from kmq.quality.lm import IFDScorer
+        from kmq.quality.lm_scorers import IFDScorer
 
         return IFDScorer
     if name == "pmi":
-        from kmq.quality.lm import PMIScorer
+        from kmq.quality.lm_scorers import PMIScorer
 
         return PMIScorer
     if name == "perplexity":
-        from kmq.quality.lm import PerplexityScorer
+        from kmq.quality.lm_scorers import PerplexityScorer
 
         return PerplexityScorer
     from kmq.quality.heuristics import ColumnScorer, LengthScorer
