@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kmq.backends import COMPUTE_TYPES, LM_BACKENDS
+from kmq.backends import LM_BACKENDS
+from kmq.backends.ctranslate2_lm import COMPUTE_TYPES
 from kmq.config import SelectConfig
 from kmq.engines import ENGINES
 from kmq.examples import TEXT_VIEWS
