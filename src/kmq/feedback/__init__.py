@@ -42,17 +42,6 @@ class FeedbackScorer(Protocol):
     ) -> np.ndarray: ...
 
 
-def gap(
-    measure: Callable[[list[Sequence[Message]], list[str]], np.ndarray],
-    prompts: Sequence[Sequence[Message]],
-    gold: Sequence[str],
-    generated: Sequence[str],
-) -> np.ndarray:
-    """Eq. 4: measure(x ⊕ y_gold) − measure(x ⊕ y_gen), both sides in one batched call."""
-    values = np.asarray(measure([*prompts, *prompts], [*gold, *generated]), dtype=np.float64)
-    return values[: len(gold)] - values[len(gold) :]
-
-
 def needs_generation(scorer: FeedbackScorer) -> bool:
     """Whether ``scorer`` reads the generated answers (True unless it says otherwise)."""
     return bool(getattr(scorer, "needs_generation", True))
