@@ -175,11 +175,11 @@ def test_select_file_scores_only_the_candidates(
         )
         for name, m in (("all", "all"), ("1", 1), ("60", 60))
     }
-    n = runs["all"].manifest["counts"]["valid"]
+    n = runs["all"].manifest.counts["valid"]
     assert scored == [n, 12, n]  # budget 12: one candidate per quota row
-    info = runs["1"].manifest["quality"]
+    info = runs["1"].manifest.quality
     assert info["rows_scored"] == 12 and info["candidates"] == 1 and info["missing"] == 0
-    assert runs["all"].manifest["quality"]["candidates"] is None
+    assert runs["all"].manifest.quality["candidates"] is None
     # M covering every cluster: the very same output as full scoring
     table = "selection.parquet"
     assert (tmp_path / "60" / table).read_bytes() == (tmp_path / "all" / table).read_bytes()
@@ -187,7 +187,7 @@ def test_select_file_scores_only_the_candidates(
     deita = select_file(
         config(tmp_path, pool, method="deita", quality="length", out=str(tmp_path / "deita"))
     )
-    assert deita.manifest["quality"]["rows_scored"] == n
+    assert deita.manifest.quality["rows_scored"] == n
 
 
 def test_cli_takes_quality_candidates(tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ def test_ray_engine_reuses_the_local_cache(tmp_path: Path, pool: Path) -> None:
         engine="ray",
     )
     run = select_file(config)
-    assert run.manifest["embedding"]["cache_hit"] is True
+    assert run.manifest.embedding["cache_hit"] is True
     assert encoder.calls == 0
     assert cached_embeddings(local) == before
 

@@ -108,7 +108,7 @@ def test_messages_output_loads_with_datasets_and_takes_smollm2_template(tmp_path
         )
     )
     out = tmp_path / "out" / "selected.jsonl"
-    assert run.manifest["outputs"]["rows"] == "selected.jsonl"
+    assert run.manifest.outputs["rows"] == "selected.jsonl"
     data = datasets.load_dataset("json", data_files=str(out), split="train")
     assert sorted(data["id"]) == ["lead", "lead-sys", "ok-0", "ok-1"]
     lead = data[data["id"].index("lead")]
@@ -150,7 +150,7 @@ def test_parquet_input_gives_parquet(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), parquet)
     run = select_file(config(tmp_path, parquet, output_format="alpaca"))
     table = pq.read_table(tmp_path / "out" / "selected.parquet").to_pylist()
-    assert len(table) == 12 and run.manifest["config"]["output_format"] == "alpaca"
+    assert len(table) == 12 and run.manifest.config["output_format"] == "alpaca"
     first = table[0]
     assert set(first) == {"id", "source", "instruction", "input", "output", "system", "history"}
     assert first["output"].startswith("answer ")

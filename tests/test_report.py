@@ -162,7 +162,7 @@ def test_select_report_matches_the_manifest(selected: SelectRun) -> None:
     assert path == selected.out / "report.html"
     _, page = read_page(path)
     assert set(SECTIONS) <= set(page.ids)
-    m = selected.manifest
+    m = selected.manifest.to_dict()
     counts = m["counts"]
     summary = page.kv()
     assert summary["budget"] == f"{counts['budget']:,} rows (0.2 of the valid rows)"
@@ -184,7 +184,7 @@ def test_select_report_cluster_table(selected: SelectRun) -> None:
     _, page = read_page(write_report(selected.out))
     header, *rows = page.table("clusters", "cluster")
     assert header[:7] == ["cluster", "label", "size", "quota", "picked", "picked %", "mean quality"]
-    clusters = selected.manifest["clusters"]
+    clusters = selected.manifest.clusters
     assert len(rows) == clusters["k"]
     for row in rows:
         j = int(row[0])
@@ -203,7 +203,7 @@ def test_select_report_cluster_table(selected: SelectRun) -> None:
 def test_select_report_quality_and_map(selected: SelectRun) -> None:
     _, page = read_page(write_report(selected.out))
     stats = {row[0]: row[1] for row in page.table("quality", "rows")[1:]}
-    assert stats == {"pool": str(selected.manifest["counts"]["valid"]), "selected": "24"}
+    assert stats == {"pool": str(selected.manifest.counts["valid"]), "selected": "24"}
     assert len(page.images) == 4  # sources, clusters, map, quality
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
@@ -228,7 +228,7 @@ def test_cluster_table_is_capped(selected: SelectRun, tmp_path: Path) -> None:
 
 
 def test_missing_input_is_said_not_fatal(selected: SelectRun) -> None:
-    Path(selected.manifest["input"]["path"]).unlink()
+    Path(selected.manifest.input["path"]).unlink()
     text, page = read_page(write_report(selected.out))
     assert "the input could not be read" in text
     assert set(SECTIONS) <= set(page.ids)
@@ -238,7 +238,7 @@ def test_missing_input_is_said_not_fatal(selected: SelectRun) -> None:
 
 
 def test_changed_input_is_not_used(selected: SelectRun) -> None:
-    pool = Path(selected.manifest["input"]["path"])
+    pool = Path(selected.manifest.input["path"])
     pool.write_text(pool.read_text().replace("question", "zquestion"))
     text, _ = read_page(write_report(selected.out))
     assert "changed since the selection" in text

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from kmq._imports import require
 from kmq._version import __version__
-from kmq.atomic import atomic_path
+from kmq.atomic import atomic_path, write_json
 from kmq.clustering import Clustering
 from kmq.config import SelectConfig, input_label
 from kmq.dedup import DedupResult
@@ -49,6 +49,94 @@ DEDUP = "dedup.jsonl"
 
 
 @dataclass
+class Manifest:
+    """``manifest.json``, the record of one ``kmq select`` run: written by :meth:`write`, read
+    back by :meth:`read` (``kmq inspect``, ``kmq report``, ``--config`` replays, the
+    benchmarks).
+
+    The sections stay JSON objects: ``config`` (the whole :class:`~kmq.config.SelectConfig`),
+    ``input`` (path, sha256, kind, compressed, format), ``counts`` (records, valid, rejected,
+    excluded…, budget, selected, shortfall), ``embedding`` (encoder, view, dim, cache_hit; None
+    when nothing was embedded), ``quality`` (the scorer's summary; None without quality),
+    ``clusters`` (k, inertia, silhouette per k tried, rows per cluster in the pool, quota and
+    selection; None without clustering), ``sources`` (rows per source and their entropy; None
+    when no row has a source), ``timings_s`` (seconds per stage), ``outputs`` (the file of each
+    output, None when not written), ``checks`` (rejects per reason, repairs) and, in streaming
+    runs only, ``streaming``. Keys this version does not know are kept in ``extra``.
+    """
+
+    tool: str
+    version: str
+    python: str
+    config: dict[str, Any]
+    seed: int
+    input: dict[str, Any]
+    counts: dict[str, Any]
+    method: str
+    score_name: str
+    notes: list[str]
+    embedding: dict[str, Any] | None
+    quality: dict[str, Any] | None
+    clusters: dict[str, Any] | None
+    sources: dict[str, Any] | None
+    timings_s: dict[str, float]
+    peak_rss_mb: float | None
+    outputs: dict[str, Any]
+    streaming: dict[str, Any] | None = None
+    checks: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int | None:
+        """The number of clusters the run selected with (None when it did not cluster)."""
+        return None if self.clusters is None else int(self.clusters["k"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, in the file's key order (``streaming`` only in streaming runs)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if self.streaming is None:
+            del out["streaming"]
+        return out | self.extra
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """A manifest from its JSON object; sections that older versions did not write are
+        None."""
+        names = {f.name for f in fields(cls)} - {"extra"}
+        if not isinstance(data, dict) or data.get("tool") != "kmq" or "config" not in data:
+            raise KmqError("not a manifest.json written by kmq select")
+        known: dict[str, Any] = {name: data.get(name) for name in names}
+        known["notes"] = known["notes"] or []
+        known["timings_s"] = known["timings_s"] or {}
+        known["outputs"] = known["outputs"] or {}
+        extra = {key: value for key, value in data.items() if key not in names}
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        """The manifest of an output folder, or a ``manifest.json`` itself."""
+        file = Path(path)
+        if file.is_dir():
+            file = file / MANIFEST
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise KmqError(f"{path}: no such file") from None
+        except json.JSONDecodeError as exc:
+            raise KmqError(f"{file}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        try:
+            return cls.from_dict(data)
+        except KmqError as exc:
+            raise KmqError(f"{file}: {exc}") from None
+
+    def write(self, folder: Path) -> Path:
+        """``folder/manifest.json``, written atomically; write it last: the folder is complete."""
+        path = folder / MANIFEST
+        write_json(path, self.to_dict())
+        return path
+
+
+@dataclass
 class SelectRun:
     """What :func:`select_file` did: the result, the pool and the manifest it wrote.
 
@@ -58,7 +146,7 @@ class SelectRun:
 
     result: SelectionResult
     pool: LoadedPool | StreamedPool
-    manifest: dict[str, Any]
+    manifest: Manifest
     out: Path
 
     @property
@@ -218,9 +306,11 @@ def build_manifest(
     timer: Timer,
     rows_written: str | list[str],
     streaming: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """``manifest.json``; ``rows_written`` names the selected-rows file(s), ``streaming`` (only
-    in streaming runs) how the pool was streamed."""
+    checks: dict[str, Any] | None = None,
+) -> Manifest:
+    """The run's :class:`Manifest`; ``rows_written`` names the selected-rows file(s),
+    ``streaming`` (only in streaming runs) how the pool was streamed, ``checks`` the rejects
+    and repairs."""
     pool_sources = pool.sources
     picked_sources = pool.selected_sources
     encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
@@ -235,14 +325,14 @@ def build_manifest(
             "quota": None if result.quotas is None else result.quotas.tolist(),
             "selected": np.bincount(fitted.labels_[result.indices], minlength=fitted.k).tolist(),
         }
-    return {
-        "tool": "kmq",
-        "version": __version__,
-        "python": platform.python_version(),
-        "config": config_dict,
-        "seed": config.seed,
-        "input": pool.input,
-        "counts": {
+    return Manifest(
+        tool="kmq",
+        version=__version__,
+        python=platform.python_version(),
+        config=config_dict,
+        seed=config.seed,
+        input=pool.input,
+        counts={
             "records": pool.records,
             "valid": pool.valid,
             "rejected": pool.rejected,
@@ -251,13 +341,13 @@ def build_manifest(
             "selected": len(result),
             "shortfall": result.shortfall,
         },
-        "method": result.method,
-        "score_name": f"{result.score_name}_score",
-        "notes": result.notes,
-        "embedding": embedding,
-        "quality": quality_info,
-        "clusters": clusters,
-        "sources": None
+        method=result.method,
+        score_name=f"{result.score_name}_score",
+        notes=result.notes,
+        embedding=embedding,
+        quality=quality_info,
+        clusters=clusters,
+        sources=None
         if pool_sources is None
         else {
             "pool": pool_sources,
@@ -265,9 +355,9 @@ def build_manifest(
             "entropy_pool": entropy(pool_sources),
             "entropy_selected": entropy(picked_sources or {}),
         },
-        "timings_s": timer.seconds,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "outputs": {
+        timings_s=timer.seconds,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        outputs={
             "clusters": CLUSTERS if fitted is not None else None,
             "rows": rows_written,
             "table": TABLE,
@@ -275,4 +365,6 @@ def build_manifest(
             "dedup": DEDUP if config.dedup is not None else None,
             "duplicates": None if config.keep_duplicates else DUPLICATES,
         },
-    } | ({"streaming": streaming} if streaming is not None else {})
+        streaming=streaming,
+        checks=checks,
+    )

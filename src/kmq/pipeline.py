@@ -11,7 +11,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from kmq.atomic import write_json
 from kmq.clustering import (
     DEFAULT_NITER,
     SILHOUETTE_SAMPLE,
@@ -47,7 +46,6 @@ from kmq.outdir import check_out, staged
 from kmq.outputs import (
     CLUSTERS,
     DEDUP,
-    MANIFEST,
     REJECTS,
     TABLE,
     PoolSummary,
@@ -365,10 +363,10 @@ def select_file(config: SelectConfig) -> SelectRun:
             excluded,
             timer,
             data_path.name,
+            checks=checks_summary(pool.rejects, pool.repairs),
         )
-        manifest["checks"] = checks_summary(pool.rejects, pool.repairs)
-        manifest["outputs"]["contamination"] = CONTAMINATION if contamination is not None else None
-        write_json(folder / MANIFEST, manifest)  # last: the folder is complete
+        manifest.outputs["contamination"] = CONTAMINATION if contamination is not None else None
+        manifest.write(folder)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -39,7 +38,7 @@ from kmq.atomic import write_text
 from kmq.errors import KmqError
 from kmq.formats import FieldMap, LoadedPool, load_pool
 from kmq.loop import IterativeSelection, source_weights
-from kmq.outputs import CLUSTERS, MANIFEST, TABLE, entropy
+from kmq.outputs import CLUSTERS, MANIFEST, TABLE, Manifest, entropy
 from kmq.reweight import cluster_means, uniform
 from kmq.selectors import CLUSTERED
 
@@ -156,17 +155,17 @@ class Selection:
 
 def load_select(folder: Path, centroids: np.ndarray | None) -> Selection:
     """A ``kmq select`` output folder: manifest, selection table, clusters.npz, the input."""
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    pool, caveats = read_pool(manifest["input"]["path"], manifest["config"], manifest["input"])
-    clusters = manifest.get("clusters")
+    manifest = Manifest.read(folder)
+    pool, caveats = read_pool(manifest.input["path"], manifest.config, manifest.input)
+    clusters = manifest.clusters
     data = Selection(
         summary=select_summary(manifest),
-        timings=dict(manifest.get("timings_s") or {}),
+        timings=dict(manifest.timings_s),
         picks=read_picks(folder / TABLE, pool),
         pool=pool,
-        pool_sources=(manifest.get("sources") or {}).get("pool"),
-        quality_summary=manifest.get("quality"),
-        notes=list(manifest.get("notes") or []),
+        pool_sources=(manifest.sources or {}).get("pool"),
+        quality_summary=manifest.quality,
+        notes=list(manifest.notes),
         caveats=caveats,
     )
     if clusters:
@@ -334,25 +333,25 @@ def read_rounds(loop: IterativeSelection, state: dict[str, Any], k: int) -> Roun
 # -- summary facts ------------------------------------------------------------------------------
 
 
-def select_summary(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    counts, config, source = manifest["counts"], manifest["config"], manifest["input"]
-    rejects = (manifest.get("outputs") or {}).get("rejects")
+def select_summary(manifest: Manifest) -> list[tuple[str, str]]:
+    counts, config, source = manifest.counts, manifest.config, manifest.input
+    rejects = manifest.outputs.get("rejects")
     rows = [
         ("input", input_text(source)),
-        ("method", method_text(manifest["method"], config)),
+        ("method", method_text(manifest.method, config)),
         ("rows", f"{counts['valid']:,} valid of {counts['records']:,} read"),
         ("rejected", f"{counts['rejected']:,}" + (f" (in {rejects})" if rejects else "")),
         ("excluded", f"{counts['excluded']:,}"),
         ("budget", budget_text(counts["budget"], config["budget"])),
         ("selected", selected_text(counts["selected"], counts.get("shortfall", 0))),
-        ("k", k_text(manifest.get("clusters"), config)),
-        ("seed", str(manifest["seed"])),
-        ("embedding", embedding_text(manifest.get("embedding"))),
-        ("quality", quality_text(manifest.get("quality"))),
+        ("k", k_text(manifest.clusters, config)),
+        ("seed", str(manifest.seed)),
+        ("embedding", embedding_text(manifest.embedding)),
+        ("quality", quality_text(manifest.quality)),
     ]
-    if manifest.get("peak_rss_mb") is not None:
-        rows.append(("peak memory", f"{manifest['peak_rss_mb']:,.0f} MB"))
-    rows.append(("kmq", str(manifest.get("version"))))
+    if manifest.peak_rss_mb is not None:
+        rows.append(("peak memory", f"{manifest.peak_rss_mb:,.0f} MB"))
+    rows.append(("kmq", manifest.version))
     return rows
 
 

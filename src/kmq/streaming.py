@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from kmq.atomic import write_json
 from kmq.cache import ContentHash, embed_rows, encode_shards
 from kmq.chunks import CHUNK_ROWS, take_rows
 from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids, resolve_k
@@ -54,7 +53,6 @@ from kmq.formats import ExampleStream, write_rejects, write_selected_shards
 from kmq.outdir import check_out, staged
 from kmq.outputs import (
     CLUSTERS,
-    MANIFEST,
     REJECTS,
     TABLE,
     PoolSummary,
@@ -487,7 +485,7 @@ def select_streaming(config: SelectConfig) -> SelectRun:
             timer,
             [path.name for path in files],
             streaming,
+            checks=checks_summary(pool.rejects, pool.stream.repairs),
         )
-        manifest["checks"] = checks_summary(pool.rejects, pool.stream.repairs)
-        write_json(folder / MANIFEST, manifest)  # last: the folder is complete
+        manifest.write(folder)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)

@@ -16,7 +16,7 @@ from kmq.cli.iterate import print_state
 from kmq.errors import KmqError
 from kmq.loop import IterativeSelection
 from kmq.outdir import not_an_output
-from kmq.outputs import MANIFEST, TABLE
+from kmq.outputs import MANIFEST, TABLE, Manifest
 from kmq.report import write_report
 
 stdout = Console()
@@ -62,36 +62,37 @@ def run_inspect(args: argparse.Namespace) -> int:
     path = out / MANIFEST
     if not path.exists():
         raise KmqError(not_an_output(out))
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = Manifest.read(path)
     if args.json:
         ids = pq.read_table(out / TABLE, columns=["id"]).column("id").to_pylist()
-        sys.stdout.write(json.dumps(manifest | {"selected_ids": ids}, ensure_ascii=False) + "\n")
+        record = manifest.to_dict() | {"selected_ids": ids}
+        sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return 0
     print_summary(manifest, out)
     return 0
 
 
-def print_summary(manifest: dict[str, Any], out: Path) -> None:
+def print_summary(manifest: Manifest, out: Path) -> None:
     """The run in a few lines, then pool vs selection per source (or per cluster)."""
-    counts = manifest["counts"]
-    clusters = manifest.get("clusters")
+    counts = manifest.counts
+    clusters = manifest.clusters
     lines = [
-        f"[bold]{manifest['method']}[/] selected {counts['selected']} of {counts['valid']} rows "
-        f"(budget {counts['budget']}, seed {manifest['seed']}) → {out}",
-        f"input {manifest['input']['path']} ({manifest['input']['format']}, "
-        f"{manifest['input']['kind']}); rejected {counts['rejected']}, "
+        f"[bold]{manifest.method}[/] selected {counts['selected']} of {counts['valid']} rows "
+        f"(budget {counts['budget']}, seed {manifest.seed}) → {out}",
+        f"input {manifest.input['path']} ({manifest.input['format']}, "
+        f"{manifest.input['kind']}); rejected {counts['rejected']}, "
         f"excluded {counts['excluded']}",
     ]
-    lines.extend(checks_lines(manifest.get("checks")))
+    lines.extend(checks_lines(manifest.checks))
     if clusters:
         sil = clusters.get("silhouette")
         best = f", silhouette {sil[str(clusters['k'])]:.4f}" if sil else ""
-        lines.append(f"k = {clusters['k']}{best}; allocation {manifest['config']['allocation']}")
+        lines.append(f"k = {clusters['k']}{best}; allocation {manifest.config['allocation']}")
     if counts["shortfall"]:
         lines.append(f"[yellow]shortfall: {counts['shortfall']} rows under budget[/]")
-    for note in manifest.get("notes", []):
+    for note in manifest.notes:
         lines.append(f"[yellow]note: {note}[/]")
-    quality = manifest.get("quality") or {}
+    quality = manifest.quality or {}
     if "rows_scored" in quality:
         how = (
             f"{quality['candidates']} × quota candidates per cluster"
@@ -102,11 +103,11 @@ def print_summary(manifest: dict[str, Any], out: Path) -> None:
             f"quality {quality['column']}: {quality['rows_scored']} of {quality['rows']} rows "
             f"scored ({how})"
         )
-    timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest["timings_s"].items())
-    lines.append(f"time: {timings}; peak memory {manifest['peak_rss_mb']:.0f} MB")
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest.timings_s.items())
+    lines.append(f"time: {timings}; peak memory {manifest.peak_rss_mb or 0:.0f} MB")
     for line in lines:
         stdout.print(line)
-    if manifest.get("sources") or manifest.get("clusters"):
+    if manifest.sources or manifest.clusters:
         stdout.print(composition_table(manifest))
 
 
@@ -123,18 +124,18 @@ def checks_lines(checks: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def composition_table(manifest: dict[str, Any]) -> Table:
-    sources = manifest.get("sources")
+def composition_table(manifest: Manifest) -> Table:
+    sources = manifest.sources
     if sources:
         title, pool, picked = "source", sources["pool"], sources["selected"] or {}
     else:
-        clusters = manifest.get("clusters") or {"pool": [], "selected": []}
+        clusters = manifest.clusters or {"pool": [], "selected": []}
         order = sorted(range(len(clusters["pool"])), key=lambda j: -clusters["pool"][j])[:20]
         title = "cluster (20 largest)"
         pool = {str(j): clusters["pool"][j] for j in order}
         picked = {str(j): clusters["selected"][j] for j in order}
     n_pool = sum(pool.values()) or 1
-    n_pick = manifest["counts"]["selected"] or 1
+    n_pick = manifest.counts["selected"] or 1
     table = Table(title="pool vs selection")
     for col in (title, "pool", "pool %", "selected", "selected %"):
         table.add_column(col, justify="left" if col == title else "right")
