@@ -114,5 +114,5 @@ def test_streaming_and_bad_ngram_are_refused(tmp_path: Path) -> None:
     write_chat_pool(pool)
     with pytest.raises(KmqError, match="--decontaminate runs on pools read in memory"):
         select_file(config(tmp_path, pool, streaming=True, decontaminate=["e.jsonl"]))
-    with pytest.raises(KmqError, match="--ngram must be a positive integer, got -1"):
+    with pytest.raises(KmqError, match=r"^ngram must be a positive integer, got -1"):
         select_file(config(tmp_path, pool, ngram=-1))

@@ -254,7 +254,7 @@ def test_sample_selects_from_a_seeded_subset_and_writes_the_input_rows(tmp_path:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"sample": 0}, "--sample must be a positive integer"),
+        ({"sample": 0}, "^sample must be a positive integer"),
         ({"sample": 5, "streaming": True}, "--sample applies to in-memory runs only"),
     ],
 )

@@ -298,7 +298,7 @@ def test_what_streaming_refuses_it_refuses_up_front(
         select_file(config(tmp_path, pool, kmeans_sample=10, output_shard_rows=5))
     with pytest.raises(KmqError, match="k=6 needs at least that many rows"):
         select_file(config(tmp_path, pool, streaming=True, kmeans_sample=5))
-    with pytest.raises(KmqError, match="--kmeans-sample must be a positive integer"):
+    with pytest.raises(KmqError, match=r"^kmeans_sample must be a positive integer"):
         select_file(config(tmp_path, pool, streaming=True, kmeans_sample=0))
 
 

@@ -13,10 +13,12 @@ from kmq.clustering import DEFAULT_NITER, SILHOUETTE_SAMPLE
 from kmq.decontaminate import NGRAM
 from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from kmq.engines import Engine, get_engine
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.examples import TEXT_VIEWS
 from kmq.export import check_output_format
 from kmq.formats import FieldMap, is_shard_folder
+from kmq.quality import QUALITY_SCORERS, check_quality_options
+from kmq.registry import choose
 from kmq.selectors import SELECTORS, Selector, get_selector
 from kmq.selectors.kmq import DEFAULT_CANDIDATES, candidate_multiple
 
@@ -98,42 +100,50 @@ class SelectConfig:
     ngram: int = NGRAM
 
     def validate(self) -> None:
-        if self.method not in SELECTORS:
-            raise KmqError(f"--method must be one of {', '.join(SELECTORS)}; got {self.method!r}")
-        if self.view not in TEXT_VIEWS:
-            raise KmqError(f"--view must be one of {', '.join(TEXT_VIEWS)}; got {self.view!r}")
-        if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
-            raise KmqError(f"--k must be a positive integer or 'auto', got {self.k!r}")
+        """Check every setting, before any work: a bad one raises a :class:`ParameterError`
+        naming the field (``kmq select`` names its flag instead)."""
+        choose("method", self.method, SELECTORS)
+        choose("view", self.view, TEXT_VIEWS)
+        if self.k != "auto" and (
+            isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1
+        ):
+            raise ParameterError(
+                "k", f"{{param}} must be a positive integer or 'auto', got {self.k!r}"
+            )
         if self.quality and self.quality_field:
             raise KmqError(
                 f"give either --quality {self.quality} (a scorer) or --quality-field "
                 f"{self.quality_field} (a column), not both"
             )
         candidate_multiple(self.quality_candidates)
+        if self.quality is not None:
+            check_quality(self.quality, self.quality_options)
+        make_selector(self)
         if self.embedding_dtype not in (None, "float16", "float32"):
-            raise KmqError(
-                f"--embedding-dtype must be float16 or float32, got {self.embedding_dtype!r}"
+            raise ParameterError(
+                "embedding_dtype",
+                f"{{param}} must be float16 or float32, got {self.embedding_dtype!r}",
             )
-        for name in ("kmeans_sample", "output_shard_rows", "max_length", "sample"):
+        for name in ("kmeans_sample", "output_shard_rows", "max_length", "sample", "ngram"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                flag = "--" + name.replace("_", "-")
-                raise KmqError(f"{flag} must be a positive integer, got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ParameterError(name, f"{{param}} must be a positive integer, got {value!r}")
         for name, low in (("niter", 1), ("batch_size", 1), ("silhouette_sample", 2), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                flag = "--" + name.replace("_", "-")
-                raise KmqError(f"{flag} must be an integer >= {low}, got {value!r}")
+                raise ParameterError(name, f"{{param}} must be an integer >= {low}, got {value!r}")
         if self.k_grid is not None and (not self.k_grid or min(self.k_grid) < 2):
-            raise KmqError(f"--k-grid must list integers >= 2, got {self.k_grid!r}")
+            raise ParameterError(
+                "k_grid", f"{{param}} must list integers >= 2, got {self.k_grid!r}"
+            )
         make_engine(self)
         if self.engine != "local" and self.is_streaming():
             raise KmqError(f"--engine {self.engine} does not run --streaming selections")
         check_output_format(self.output_format)
         if self.decontaminate and self.is_streaming():
             raise KmqError("--decontaminate runs on pools read in memory, not --streaming")
-        if not isinstance(self.ngram, int) or self.ngram < 1:
-            raise KmqError(f"--ngram must be a positive integer, got {self.ngram!r}")
         if self.streaming and not is_path(self.input):
             raise KmqError("--streaming reads files; records in memory are selected in memory")
         if self.output_format != "native" and self.is_streaming():
@@ -149,20 +159,39 @@ class SelectConfig:
         return self.streaming or (is_path(self.input) and is_shard_folder(self.input))
 
 
+# SelectConfig's settings of the selectors, by the name each selector takes
+SELECTOR_SETTINGS = {
+    "allocation": "allocation",
+    "quality_weighting": "weighting",
+    "temperature": "temperature",
+    "deita_threshold": "threshold",
+    "qdit_alpha": "alpha",
+    "n_neighbors": "n_neighbors",
+}
+
+
 def make_selector(config: SelectConfig, **options: Any) -> Selector:
-    """The selector ``config`` names, with its settings (and ``options`` for it)."""
-    return get_selector(
-        config.method,
-        allocation=config.allocation,
-        weighting=config.quality_weighting,
-        temperature=config.temperature,
-        threshold=config.deita_threshold,
-        alpha=config.qdit_alpha,
-        n_neighbors=config.n_neighbors,
-        show_progress=config.progress,
-        candidates=quality_multiple(config),
-        **options,
-    )
+    """The selector ``config`` names, with the settings of it that it takes (and ``options``
+    for it); a bad setting names the config's field."""
+    settings = {option: getattr(config, name) for name, option in SELECTOR_SETTINGS.items()}
+    settings |= {"show_progress": config.progress, "candidates": quality_multiple(config)}
+    try:
+        return get_selector(config.method, shared=settings, **options)
+    except ParameterError as exc:
+        field_of = {option: name for name, option in SELECTOR_SETTINGS.items()}
+        if exc.parameter not in field_of:
+            raise
+        raise ParameterError(field_of[exc.parameter], exc.template) from None
+
+
+def check_quality(name: str, options: dict[str, Any]) -> None:
+    """The quality scorer ``name`` exists and takes ``options`` (nothing is loaded); errors name
+    ``quality`` or ``quality_options['KEY']``."""
+    choose("quality", name, QUALITY_SCORERS)
+    try:
+        check_quality_options(name, options)
+    except ParameterError as exc:
+        raise ParameterError(f"quality_options[{exc.parameter!r}]", exc.template) from None
 
 
 def quality_multiple(config: SelectConfig) -> int | None:

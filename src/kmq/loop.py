@@ -608,8 +608,11 @@ class IterativeSelection:
     @property
     def feedback(self) -> FeedbackScorer:
         if self._feedback is None:
-            options = self.config.feedback_options | {"encoder": self.config.pool.encoder}
-            self._feedback = get_feedback_scorer(self.config.feedback, **options)
+            self._feedback = get_feedback_scorer(
+                self.config.feedback,
+                shared={"encoder": self.config.pool.encoder},
+                **self.config.feedback_options,
+            )
         return self._feedback
 
     def seed(self, r: int, step: int) -> int:

@@ -34,7 +34,7 @@ from kmq.decontaminate import (
 )
 from kmq.dedup import semdedup
 from kmq.engines import Engine, get_engine
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.exact import DUPLICATES, exact_duplicates, write_duplicates
 from kmq.export import write_output
 from kmq.formats import (
@@ -59,7 +59,14 @@ from kmq.outputs import (
 )
 from kmq.random import SeedLike, seed_sequence, stream
 from kmq.scoring import compute_quality, fill_missing
-from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, get_selector
+from kmq.selectors import (
+    CLUSTERED,
+    ClusterSelector,
+    KMQSelector,
+    SelectionResult,
+    Selector,
+    get_selector,
+)
 from kmq.selectors.kmq import candidate_multiple
 from kmq.stages import (
     cap_texts,
@@ -110,7 +117,7 @@ def select(
     embeddings: np.ndarray,
     budget: int | float,
     *,
-    method: str = "kmq",
+    method: str | Selector = "kmq",
     k: int | Literal["auto"] = "auto",
     labels: np.ndarray | None = None,
     quality: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
@@ -123,13 +130,18 @@ def select(
     k_grid: Sequence[int] | None = None,
     niter: int = DEFAULT_NITER,
     engine: str | Engine = "local",
+    **options: Any,
 ) -> SelectionResult:
-    """Select ``budget`` rows of ``embeddings`` (a count or a fraction) with ``method``.
+    """Select ``budget`` rows of ``embeddings`` (a count or a fraction) with ``method``: a name
+    of :data:`~kmq.selectors.SELECTORS`, built with ``options`` (e.g. ``method="qdit",
+    alpha=0.9``; an option the method does not take is refused), or a
+    :class:`~kmq.selectors.Selector` object.
 
     Clustered methods cluster first unless ``labels`` are given. The result's ``notes`` say
     when a method fell back (e.g. kMQ without quality is kM-Random). ``engine`` (a name or an
     :class:`~kmq.engines.Engine`) assigns the rows and draws the per-cluster picks; every
-    engine gives the same selection.
+    engine gives the same selection. ``allocation`` (the clustered methods),
+    ``quality_weighting`` and ``temperature`` (kmq) go to the methods that take them.
 
     ``quality`` is one score per row, or a function called once with the (ascending) rows
     whose scores the selection needs, returning their scores. ``quality_candidates`` = M
@@ -141,27 +153,27 @@ def select(
     check_embeddings(embeddings)
     n = len(embeddings)
     n_budget = resolve_budget(budget, n)
-    if method not in SELECTORS:
-        raise KmqError(f"method must be one of {', '.join(SELECTORS)}; got {method!r}")
     multiple = candidate_multiple(quality_candidates)
-    if multiple is not None and method != "kmq":
-        raise KmqError(
-            f"quality_candidates applies to method='kmq' only (other methods read every row's "
-            f"quality); got method={method!r}"
-        )
-    silhouette = None
-    if labels is None and method in CLUSTERED:
-        fitted, silhouette = cluster(
-            embeddings, k, budget=n_budget, seed=seed, k_grid=k_grid, niter=niter, engine=runner
-        )
-        labels = fitted.labels_
-    selector = get_selector(
+    selector = make_method(
         method,
+        options,
         allocation=allocation,
         weighting=quality_weighting,
         temperature=temperature,
         candidates=multiple,
     )
+    if multiple is not None and not isinstance(selector, KMQSelector):
+        raise ParameterError(
+            "quality_candidates",
+            f"{{param}} applies to method='kmq' only (other methods read every row's "
+            f"quality); got method={method!r}",
+        )
+    silhouette = None
+    if labels is None and isinstance(selector, ClusterSelector):
+        fitted, silhouette = cluster(
+            embeddings, k, budget=n_budget, seed=seed, k_grid=k_grid, niter=niter, engine=runner
+        )
+        labels = fitted.labels_
     if callable(quality):
         rows = np.arange(n, dtype=np.int64)
         if isinstance(selector, KMQSelector):
@@ -173,6 +185,28 @@ def select(
     )
     result.silhouette = silhouette
     return result
+
+
+# select()'s names of the settings the selectors take under another name
+SELECT_PARAMETERS = {"weighting": "quality_weighting", "candidates": "quality_candidates"}
+
+
+def make_method(method: str | Selector, options: dict[str, Any], **shared: Any) -> Selector:
+    """The selector :func:`select` runs: ``method`` itself, or the one it names built with
+    ``options`` and the ``shared`` settings it takes."""
+    if not isinstance(method, str):
+        if options:
+            raise ParameterError(
+                "method",
+                f"{{param}} is a selector object; give {', '.join(options)} to it, not to select()",
+            )
+        return method
+    try:
+        return get_selector(method, shared=shared, **options)
+    except ParameterError as exc:
+        if exc.parameter not in SELECT_PARAMETERS:
+            raise
+        raise ParameterError(SELECT_PARAMETERS[exc.parameter], exc.template) from None
 
 
 def scores_at(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

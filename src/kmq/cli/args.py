@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from kmq.backends import LM_BACKENDS
@@ -14,6 +15,13 @@ from kmq.examples import TEXT_VIEWS
 from kmq.formats import FORMATS, FieldMap
 from kmq.quality import QUALITY_SCORERS
 from kmq.selectors.kmq import DEFAULT_CANDIDATES, WEIGHTINGS
+
+# Every SelectConfig field with a default: the defaults of the flags that set them
+CONFIG: dict[str, Any] = {
+    f.name: f.default
+    for f in dataclasses.fields(SelectConfig)
+    if f.default is not dataclasses.MISSING
+}
 
 
 def budget_arg(text: str) -> int | float:
@@ -74,7 +82,7 @@ def add_input_args(p: argparse.ArgumentParser, *, optional: bool = False) -> Non
     g.add_argument(
         "--on-invalid",
         choices=["error", "skip"],
-        default="error",
+        default=CONFIG["on_invalid"],
         help="stop at the first bad row (default) or skip it into rejects.jsonl",
     )
     g.add_argument("--format", choices=FORMATS, default=None, help="skip format detection")
@@ -145,22 +153,26 @@ def add_scorer_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     g.add_argument("--judge-timeout", type=float, help="judge: seconds per request")
 
 
+# The scorers' options (by the names they take) and the flags' dests that set them
+SCORER_OPTIONS = {
+    "model": "quality_model",
+    "max_length": "quality_max_length",
+    "batch_size": "quality_batch_size",
+    "lm_backend": "lm_backend",
+    "compute_type": "lm_compute_type",
+    "dtype": "lm_dtype",
+    "device": "device",
+    "backend": "judge_backend",
+    "base_url": "judge_base_url",
+    "api_key_env": "judge_api_key_env",
+    "max_concurrency": "judge_concurrency",
+    "timeout": "judge_timeout",
+}
+
+
 def scorer_options(args: argparse.Namespace) -> dict[str, Any]:
     """Scorer settings by the names the scorers take (unset ones stay at their defaults)."""
-    return {
-        "model": args.quality_model,
-        "max_length": args.quality_max_length,
-        "batch_size": args.quality_batch_size,
-        "lm_backend": args.lm_backend,
-        "compute_type": args.lm_compute_type,
-        "dtype": args.lm_dtype,
-        "device": args.device,
-        "backend": args.judge_backend,
-        "base_url": args.judge_base_url,
-        "api_key_env": args.judge_api_key_env,
-        "max_concurrency": args.judge_concurrency,
-        "timeout": args.judge_timeout,
-    }
+    return {option: getattr(args, dest) for option, dest in SCORER_OPTIONS.items()}
 
 
 def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> None:
@@ -169,10 +181,10 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
         p.add_argument(
             "--budget",
             type=budget_arg,
-            default=0.05,
+            default=CONFIG["budget"],
             help="rows to pick: a count (940) or a fraction of the pool (0.05; default)",
         )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=CONFIG["seed"])
     p.add_argument(
         "--exclude", help="file of ids never to pick (text, JSON(L) or a selection.parquet)"
     )
@@ -180,30 +192,35 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
     c.add_argument(
         "--k",
         type=k_arg,
-        default="auto",
+        default=CONFIG["k"],
         help="number of clusters, or 'auto' to choose by silhouette (default)",
     )
     c.add_argument(
         "--k-grid",
         type=grid_arg,
-        default=None,
+        default=CONFIG["k_grid"],
         help="k values tried by --k auto (default: powers of 2 from 8 to min(4096, n/4, budget))",
     )
-    c.add_argument("--niter", type=int, default=10, help="k-means Lloyd iterations")
-    c.add_argument("--silhouette-sample", type=int, default=5000)
+    c.add_argument("--niter", type=int, default=CONFIG["niter"], help="k-means Lloyd iterations")
+    c.add_argument("--silhouette-sample", type=int, default=CONFIG["silhouette_sample"])
     q = p.add_argument_group("quality inside clusters (kmq)")
     q.add_argument("--quality-field", help="numeric field of the input holding a quality score")
     q.add_argument(
         "--quality-weighting",
         choices=WEIGHTINGS,
-        default="auto",
+        default=CONFIG["quality_weighting"],
         help="draw ∝ q^(1/T) (linear), ∝ exp(q/T) (softmax); auto: linear if every q >= 0",
     )
-    q.add_argument("--temperature", type=float, default=1.0, help="quality weighting temperature")
+    q.add_argument(
+        "--temperature",
+        type=float,
+        default=CONFIG["temperature"],
+        help="quality weighting temperature",
+    )
     q.add_argument(
         "--quality-candidates",
         type=candidates_arg,
-        default=DEFAULT_CANDIDATES,
+        default=CONFIG["quality_candidates"],
         metavar="M",
         help=f"kmq with a --quality scorer: score only M × quota uniformly drawn candidates per "
         f"cluster and draw the quota among them (default {DEFAULT_CANDIDATES}; 0 or 'all': "
@@ -213,7 +230,7 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
     e = p.add_argument_group("embedding")
     e.add_argument(
         "--encoder",
-        default="minilm",
+        default=CONFIG["encoder"],
         help="'minilm' (packaged, offline; default), 'static' (model2vec distilled from it), "
         "'causal:MODEL[,pooling=mean|last,layer=N]', 'api:MODEL,base_url=URL', "
         "or a sentence-transformers path/name",
@@ -221,14 +238,14 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
     e.add_argument(
         "--view",
         choices=TEXT_VIEWS,
-        default="user",
+        default=CONFIG["view"],
         help="text embedded: 'user' (system+user turns; default) or 'full' (all turns)",
     )
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=int, default=CONFIG["batch_size"])
     e.add_argument(
         "--max-length",
         type=int,
-        default=None,
+        default=CONFIG["max_length"],
         help="encoder window in tokens (minilm/sentence-transformers: longer texts are "
         "chunked and mean-pooled; causal: longer texts are cut)",
     )
@@ -240,7 +257,7 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
     r.add_argument(
         "--engine",
         choices=list(ENGINES),
-        default="local",
+        default=CONFIG["engine"],
         help="local (this process; default) or ray (a Ray cluster; pip install 'kmq[ray]')",
     )
     r.add_argument(
@@ -258,51 +275,38 @@ def add_selection_args(p: argparse.ArgumentParser, *, budget: bool = True) -> No
 
 
 def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectConfig:
+    """The :class:`SelectConfig` of the parsed flags: every flag whose dest is a field of it
+    (the flags a subcommand lacks keep the field's default), and the fields flags make up."""
+    given = vars(args)
+    settings = {name: given[name] for name in CONFIG if name in given}
+    engine_options = {"address": args.ray_address, "workers": args.ray_workers}
     return SelectConfig(
-        input=args.input,
-        out=out,
-        budget=args.budget,
-        method=method,
-        k=args.k,
-        k_grid=args.k_grid,
-        seed=args.seed,
-        allocation=getattr(args, "allocation", "balanced"),
-        quality_field=args.quality_field,
-        quality=args.quality,
-        quality_options=scorer_options(args),
-        quality_weighting=args.quality_weighting,
-        temperature=args.temperature,
-        quality_candidates=args.quality_candidates,
-        encoder=args.encoder,
-        view=args.view,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        exclude=args.exclude,
-        on_invalid=args.on_invalid,
-        fields=field_map(args),
-        format=args.format,
-        niter=args.niter,
-        silhouette_sample=args.silhouette_sample,
-        deita_threshold=getattr(args, "deita_threshold", 0.9),
-        qdit_alpha=getattr(args, "qdit_alpha", 0.5),
-        n_neighbors=getattr(args, "knn", 50),
-        dedup=getattr(args, "dedup", None),
-        progress=not args.no_progress,
-        engine=args.engine,
-        engine_options={
-            key: value
-            for key, value in {"address": args.ray_address, "workers": args.ray_workers}.items()
-            if value is not None
-        },
-        streaming=getattr(args, "streaming", False),
-        kmeans_sample=getattr(args, "kmeans_sample", None),
-        sample=getattr(args, "sample", None),
-        embedding_dtype=getattr(args, "embedding_dtype", None),
-        output_shard_rows=getattr(args, "output_shard_rows", None),
-        output_format=getattr(args, "output_format", "native"),
-        keep_duplicates=getattr(args, "keep_duplicates", False),
-        decontaminate=getattr(args, "decontaminate", None),
-        ngram=getattr(args, "ngram", 13),
+        **settings
+        | {
+            "input": args.input,
+            "out": out,
+            "method": method,
+            "quality_options": scorer_options(args),
+            "fields": field_map(args),
+            "progress": not args.no_progress,
+            "engine_options": {k: v for k, v in engine_options.items() if v is not None},
+        }
     )
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The flag of every parameter a library error may name: each option's dest (the
+    :class:`SelectConfig` field it sets) and each scorer option (``quality_options['model']``)."""
+    flags: dict[str, str] = {}
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings:
+                flags.setdefault(action.dest, max(action.option_strings, key=len))
+    for option, dest in SCORER_OPTIONS.items():
+        if dest in flags:
+            flags[f"quality_options[{option!r}]"] = flags[dest]
+    return flags

@@ -17,7 +17,13 @@ from typing import Any
 
 from rich.console import Console
 
-from kmq.cli.args import add_input_args, add_selection_args, budget_arg, select_config
+from kmq.cli.args import (
+    CONFIG,
+    add_input_args,
+    add_selection_args,
+    budget_arg,
+    select_config,
+)
 from kmq.errors import KmqError
 from kmq.feedback import DEFAULT_FEEDBACK, FEEDBACK_SCORERS
 from kmq.loop import IterateConfig, IterativeSelection
@@ -128,7 +134,7 @@ def add_iterate(sub: Any) -> None:
     )
     add_input_args(p, optional=True)
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    p.add_argument("--budget", type=budget_arg, default=0.05)
+    p.add_argument("--budget", type=budget_arg, default=CONFIG["budget"])
     add_selection_args(p, budget=False)
     add_loop_args(p, trainer=True)
     p.add_argument("--report", action="store_true", help="also write RUN/report.html")
@@ -136,7 +142,7 @@ def add_iterate(sub: Any) -> None:
 
     init = sub.add_parser("iterate-init", help="(kmq iterate init) start a run for your trainer")
     add_input_args(init)
-    init.add_argument("--budget", type=budget_arg, default=0.05)
+    init.add_argument("--budget", type=budget_arg, default=CONFIG["budget"])
     add_selection_args(init, budget=False)
     add_loop_args(init, trainer=False)
     init.set_defaults(handler=run_init)

@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from kmq._version import __version__
+from kmq.cli.args import flag_names
 from kmq.cli.inspect import add_inspect, add_report
 from kmq.cli.iterate import EXTERNAL_VERBS, add_iterate
 from kmq.cli.score import add_score
 from kmq.cli.select import add_select
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.progress import quiet_libraries
 
 console = Console(stderr=True)
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "iterate" and argv[1] in EXTERNAL_VERBS:
         argv = [f"iterate-{argv[1]}", *argv[2:]]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
@@ -60,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with quiet_libraries() if quiet else contextlib.nullcontext():
             return int(args.handler(args))
+    except ParameterError as exc:
+        flag = flag_names(parser).get(exc.parameter, exc.parameter)
+        sys.stderr.write(f"error: {exc.naming(flag)}\n")
+        return 2
     except KmqError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from kmq.allocation import ALLOCATIONS
-from kmq.cli.args import add_input_args, add_selection_args, select_config
+from kmq.cli.args import CONFIG, add_input_args, add_selection_args, select_config
 from kmq.cli.inspect import print_summary
 from kmq.config import SelectConfig
 from kmq.dryrun import dry_run, dry_run_lines
@@ -47,11 +47,11 @@ def add_select(sub: Any) -> None:
     p.add_argument(
         "--output-format",
         choices=OUTPUT_FORMATS,
-        default="native",
+        default=CONFIG["output_format"],
         help="selected rows as read (native; default) or as messages / sharegpt / alpaca "
         "records a trainer reads",
     )
-    p.add_argument("--method", choices=list(SELECTORS), default="kmq")
+    p.add_argument("--method", choices=list(SELECTORS), default=CONFIG["method"])
     p.add_argument(
         "--sample",
         type=int,
@@ -62,7 +62,7 @@ def add_select(sub: Any) -> None:
     p.add_argument(
         "--allocation",
         choices=ALLOCATIONS,
-        default="balanced",
+        default=CONFIG["allocation"],
         help="per-cluster quotas (default balanced; 'equal' is the official code, under-fills)",
     )
     add_selection_args(p)
@@ -70,21 +70,22 @@ def add_select(sub: Any) -> None:
     b.add_argument(
         "--deita-threshold",
         type=float,
-        default=0.9,
+        default=CONFIG["deita_threshold"],
         help="deita: keep a row only if its squared L2 distance (unit vectors, [0, 4]) to "
         "every kept row is >= this (default 0.9, the official rule: cosine <= 0.55)",
     )
     b.add_argument(
         "--qdit-alpha",
         type=float,
-        default=0.5,
+        default=CONFIG["qdit_alpha"],
         help="qdit: alpha in [0, 1] of QDIT's (1 - alpha) * coverage + alpha * summed quality "
         "(the official definition; coverage = summed cosine of every row to its nearest pick)",
     )
     b.add_argument(
         "--knn",
         type=int,
-        default=50,
+        dest="n_neighbors",
+        default=CONFIG["n_neighbors"],
         help="qdit/facility-location: neighbours per row in the similarity graph",
     )
     b.add_argument(
@@ -103,7 +104,7 @@ def add_select(sub: Any) -> None:
     b.add_argument(
         "--ngram",
         type=int,
-        default=13,
+        default=CONFIG["ngram"],
         help="words per n-gram for --decontaminate (default 13)",
     )
     b.add_argument(

@@ -10,14 +10,13 @@ not be scored is NaN and is left out of its cluster's mean (Eq. 5).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from kmq.errors import KmqError
 from kmq.examples import Message
+from kmq.registry import build, choose
 
 FEEDBACK_SCORERS = ("gold-pmi", "pmi-gap", "similarity", "perplexity", "reward-gap", "judge")
 DEFAULT_FEEDBACK = "similarity"
@@ -73,10 +72,10 @@ def _factory(name: str) -> Callable[..., FeedbackScorer]:
     return JudgeFeedback
 
 
-def get_feedback_scorer(name: str, **options: Any) -> FeedbackScorer:
-    """The feedback scorer called ``name``; options it does not take (or None) are ignored."""
-    if name not in FEEDBACK_SCORERS:
-        raise KmqError(f"feedback must be one of {', '.join(FEEDBACK_SCORERS)}; got {name!r}")
-    factory = _factory(name)
-    accepted = inspect.signature(factory).parameters
-    return factory(**{k: v for k, v in options.items() if k in accepted and v is not None})
+def get_feedback_scorer(
+    name: str, *, shared: Mapping[str, Any] | None = None, **options: Any
+) -> FeedbackScorer:
+    """The feedback scorer called ``name`` built with ``options`` (None: the scorer's default;
+    an option it does not take is refused); ``shared`` settings are passed where taken."""
+    choose("feedback", name, FEEDBACK_SCORERS)
+    return build("feedback scorer", name, _factory(name), options, shared=shared)
