@@ -93,6 +93,7 @@ def smollm2_tokenizer() -> object:
     return transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
+@pytest.mark.model
 def test_messages_output_loads_with_datasets_and_takes_smollm2_template(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     pool = write_rows(tmp_path / "chat.jsonl")
