@@ -265,3 +265,16 @@ def test_bad_sample_settings_are_rejected(
     write_pool(pool)
     with pytest.raises(KmqError, match=message):
         select_file(config(tmp_path, pool, **kw))
+
+
+def test_random_with_dedup_embeds_and_clusters_for_semdedup(tmp_path: Path) -> None:
+    """One rule (SelectConfig.needs_clusters / needs_embeddings) decides the stages, so SemDeDup
+    under the random method clusters real vectors."""
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    encoder = FakeEncoder()
+    run = select_file(config(tmp_path, pool, method="random", k="auto", dedup=0.5, encoder=encoder))
+    assert encoder.calls > 0
+    assert run.manifest.embedding is not None and run.manifest.k is not None
+    assert run.manifest.outputs["dedup"] == "dedup.jsonl"
+    assert config(tmp_path, pool, method="random", k="auto").needs_embeddings() is False

@@ -19,7 +19,7 @@ from kmq.export import check_output_format
 from kmq.formats import FieldMap, is_shard_folder
 from kmq.quality import QUALITY_SCORERS, check_quality_options
 from kmq.registry import choose
-from kmq.selectors import SELECTORS, Selector, get_selector
+from kmq.selectors import CLUSTERED, SELECTORS, Selector, get_selector
 from kmq.selectors.kmq import DEFAULT_CANDIDATES, candidate_multiple
 
 
@@ -153,6 +153,16 @@ class SelectConfig:
             )
         if self.sample is not None and self.is_streaming():
             raise KmqError("--sample applies to in-memory runs only, not to --streaming ones")
+
+    def needs_clusters(self) -> bool:
+        """Whether the run clusters: a clustered method, a given k, or SemDeDup (which
+        compares rows within their cluster)."""
+        return self.method in CLUSTERED or self.k != "auto" or self.dedup is not None
+
+    def needs_embeddings(self) -> bool:
+        """Whether the run embeds the pool: it clusters, or its method reads the vectors
+        (every method but random)."""
+        return self.needs_clusters() or self.method != "random"
 
     def is_streaming(self) -> bool:
         """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""

@@ -51,7 +51,7 @@ def dry_run(config: SelectConfig, *, sample: int = SAMPLE) -> dict[str, Any]:
         "characters": int(sum(len(text) for text in texts)),
         "view": config.view,
     }
-    if (config.method == "random" and config.k == "auto") or not n:
+    if not config.needs_embeddings() or not n:
         return report | {"tokens": None, "tokenizer": None, "embed_seconds_estimate": 0.0}
     encoder = make_encoder(replace(config, progress=False))
     tokens, tokenizer = count_tokens(encoder, texts)

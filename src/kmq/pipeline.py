@@ -60,7 +60,6 @@ from kmq.outputs import (
 from kmq.random import SeedLike, seed_sequence, stream
 from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import (
-    CLUSTERED,
     ClusterSelector,
     KMQSelector,
     SelectionResult,
@@ -305,7 +304,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     fitted: Clustering | None = None
     silhouette = None
     with timer.stage("cluster"):
-        if config.method in CLUSTERED or config.k != "auto" or config.dedup is not None:
+        if config.needs_clusters():
             fitted, silhouette = cluster(
                 embeddings,
                 config.k,
@@ -451,7 +450,7 @@ def pool_quality(
 
 def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
     """The pool's embeddings (cached) and what made them; none for plain random selection."""
-    if config.method == "random" and config.k == "auto":
+    if not config.needs_embeddings():
         return np.empty((len(pool.examples), 0), dtype=np.float32), None
     encoder = make_encoder(config)
     texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]

@@ -20,7 +20,6 @@ from kmq.exact import ExactDuplicates
 from kmq.formats import write_rejects
 from kmq.outdir import staged
 from kmq.outputs import REJECTS
-from kmq.selectors import CLUSTERED
 
 log = logging.getLogger("kmq")
 
@@ -124,7 +123,7 @@ def check_feasible(config: SelectConfig, n: int, budget: int, excluded: int) -> 
     if budget > left:
         named = f" ({excluded} excluded by --exclude {config.exclude})" if excluded else ""
         raise KmqError(f"--budget {budget} exceeds the {left} rows left to select of {n}{named}")
-    if not (config.method in CLUSTERED or config.k != "auto" or config.dedup is not None):
+    if not config.needs_clusters():
         return
     if config.k != "auto" and config.k > n:
         raise KmqError(f"--k {config.k} exceeds the {n} valid rows (k-means needs k <= rows)")

@@ -64,7 +64,7 @@ from kmq.outputs import (
 )
 from kmq.random import make_rng
 from kmq.rowcache import keys_array, row_key
-from kmq.selectors import CLUSTERED, SelectionResult, Selector
+from kmq.selectors import SelectionResult, Selector
 from kmq.stages import (
     cap_texts,
     check_feasible,
@@ -439,9 +439,9 @@ def select_streaming(config: SelectConfig) -> SelectRun:
     check_feasible(config, n, budget, n_excluded)
     duplicates = None if config.keep_duplicates else find_duplicates(pool.dedup_keys)
     exclude_mask |= exact_mask(duplicates, n)
-    clustered = config.method in CLUSTERED or config.k != "auto"
+    clustered = config.needs_clusters()  # --dedup is refused above: the clusters are k-means'
     embeddings, embedding = None, None
-    if clustered or config.method in IN_MEMORY_METHODS:
+    if config.needs_embeddings():
         with timer.stage("embed"):
             embeddings, embedding = embed_stream(pool, config)
     clusters = None
