@@ -44,3 +44,13 @@ def test_older_and_newer_manifests_read(tmp_path: Path) -> None:
     path.write_text('{"tool": "other"}')
     with pytest.raises(KmqError, match=r"m\.json: not a manifest\.json written by kmq select"):
         Manifest.read(path)
+
+
+def test_a_run_gives_ids_records_and_arrow(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    run = select_file(config(tmp_path, pool))
+    table = run.table()
+    assert table.column("id").to_pylist() == run.ids == [r["id"] for r in run.records()]
+    assert table.column("index").to_pylist() == run.rows
+    assert len(run.ids) == run.manifest.counts["selected"] == 12

@@ -156,6 +156,18 @@ class SelectRun:
             return [self.pool.examples[i].row for i in self.result.indices]
         return self.pool.rows[self.result.indices].tolist()
 
+    @property
+    def ids(self) -> list[str]:
+        """The id of every pick, in pick order."""
+        if isinstance(self.pool, LoadedPool):
+            return [self.pool.examples[i].id for i in self.result.indices]
+        return [self.pool.ids[i] for i in self.result.indices]
+
+    def table(self) -> pa.Table:
+        """``selection.parquet`` as an Arrow table: one row per pick (pick order, input row,
+        id, cluster, source, quality, score, reason)."""
+        return pq.read_table(self.out / TABLE)
+
     def records(self, output_format: str = "native") -> list[dict[str, Any]]:
         """The picked records in pick order: as read (``native``) or as ``messages`` /
         ``sharegpt`` / ``alpaca`` records (see :mod:`kmq.export`)."""
