@@ -159,3 +159,29 @@ def test_select_config_defaults_are_the_flags_defaults() -> None:
     }
     assert set(different) == {"quality_options"}  # the scorer flags, all None (defaults)
     assert not any(parsed.quality_options.values())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"rounds": 0}, r"^rounds must be an integer >= 1, got 0"),
+        ({"rule": "eq6"}, r"^rule must be one of paper, softmax"),
+        ({"feedback": "bleu"}, r"^feedback must be one of "),
+        (
+            {"feedback": "similarity", "feedback_options": {"modle": "x"}},
+            r"^feedback scorer 'similarity' takes no option feedback_options\['modle'\]",
+        ),
+    ],
+)
+def test_a_bad_iterate_setting_fails_before_any_embedding(
+    tmp_path: Path, settings: dict[str, Any], message: str
+) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    encoder = CountingEncoder()
+    pool_config = config(tmp_path, pool, encoder=encoder, out=str(tmp_path / "run"))
+    loop = kmq.IterativeSelection(tmp_path / "run", kmq.IterateConfig(pool=pool_config, **settings))
+    with pytest.raises(ParameterError, match=message):
+        loop.init()
+    assert encoder.texts == 0
+    assert not (tmp_path / "run" / "config.json").exists()

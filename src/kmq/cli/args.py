@@ -170,6 +170,18 @@ SCORER_OPTIONS = {
 }
 
 
+# The feedback scorers' options that `kmq iterate` flags set (the LM backend and the device
+# are run settings, shared with the quality scorers)
+FEEDBACK_OPTIONS = {
+    "model": "feedback_model",
+    "backend": "feedback_backend",
+    "base_url": "feedback_base_url",
+    "lm_backend": "lm_backend",
+    "compute_type": "lm_compute_type",
+    "device": "device",
+}
+
+
 def scorer_options(args: argparse.Namespace) -> dict[str, Any]:
     """Scorer settings by the names the scorers take (unset ones stay at their defaults)."""
     return {option: getattr(args, dest) for option, dest in SCORER_OPTIONS.items()}
@@ -309,4 +321,7 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     for option, dest in SCORER_OPTIONS.items():
         if dest in flags:
             flags[f"quality_options[{option!r}]"] = flags[dest]
+    for option, dest in FEEDBACK_OPTIONS.items():
+        if dest in flags:
+            flags[f"feedback_options[{option!r}]"] = flags[dest]
     return flags

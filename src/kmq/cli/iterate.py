@@ -19,6 +19,7 @@ from rich.console import Console
 
 from kmq.cli.args import (
     CONFIG,
+    FEEDBACK_OPTIONS,
     add_input_args,
     add_selection_args,
     budget_arg,
@@ -112,14 +113,7 @@ def loop_config(args: argparse.Namespace, *, external: bool) -> IterateConfig:
         reweight_temperature=args.reweight_temperature,
         floor=args.floor,
         feedback=args.feedback,
-        feedback_options={
-            "model": args.feedback_model,
-            "backend": args.feedback_backend,
-            "base_url": args.feedback_base_url,
-            "lm_backend": args.lm_backend,
-            "compute_type": args.lm_compute_type,
-            "device": args.device,
-        },
+        feedback_options={option: getattr(args, dest) for option, dest in FEEDBACK_OPTIONS.items()},
         trainer_options=trainer,
         external=external,
     )

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from kmq.examples import Message
-from kmq.registry import build, choose
+from kmq.registry import build, check_options, choose
 
 FEEDBACK_SCORERS = ("gold-pmi", "pmi-gap", "similarity", "perplexity", "reward-gap", "judge")
 DEFAULT_FEEDBACK = "similarity"
@@ -70,6 +70,13 @@ def _factory(name: str) -> Callable[..., FeedbackScorer]:
     from kmq.feedback.judge import JudgeFeedback
 
     return JudgeFeedback
+
+
+def check_feedback_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse a feedback scorer ``name`` that does not exist or an option it does not take,
+    before anything is loaded."""
+    choose("feedback", name, FEEDBACK_SCORERS)
+    check_options("feedback scorer", name, _factory(name), options)
 
 
 def get_feedback_scorer(
