@@ -16,7 +16,9 @@ from kmq.errors import KmqError
 from kmq.loop import IterativeSelection, source_weights
 from kmq.outputs import CLUSTERS, SelectRun
 from kmq.pipeline import select_file
-from kmq.report import distinctive_terms, markdown_html, write_report
+from kmq.report import write_report
+from kmq.report.markdown import markdown_html
+from kmq.report.terms import distinctive_terms
 from kmq.reweight import uniform
 from tests.test_loop import (
     TOPICS,
