@@ -69,11 +69,9 @@ from kmq.selectors import (
 from kmq.selectors.kmq import candidate_multiple
 from kmq.stages import (
     cap_texts,
-    check_feasible,
     check_vectors,
     column_quality_info,
-    exact_mask,
-    exclusion,
+    exclusions,
     nothing_valid,
 )
 from kmq.streaming import select_streaming
@@ -283,13 +281,9 @@ def select_file(config: SelectConfig) -> SelectRun:
             config.seed,
         )
         n = config.sample
-    budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
-    exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
-    n_excluded = int(exclude_mask.sum())  # by --exclude; the masks below are counted apart
-    check_feasible(config, n, budget, n_excluded)
-    duplicates = None if config.keep_duplicates else exact_duplicates(pool.examples)
-    exclude_mask |= exact_mask(duplicates, n)
+    left_out = exclusions(config, ids, lambda: exact_duplicates(pool.examples))
+    budget, exclude_mask, duplicates = left_out.budget, left_out.mask, left_out.duplicates
     contamination = decontamination(pool, config)
     if contamination is not None:
         exclude_mask |= contamination.mask(n)
@@ -316,14 +310,10 @@ def select_file(config: SelectConfig) -> SelectRun:
                 show_progress=config.progress,
                 engine=make_engine(config),
             )
-    excluded = {
-        "excluded": n_excluded,
-        "excluded_not_in_pool": unknown_excluded,
-        "deduplicated": 0,
-        "exact_duplicates": None if duplicates is None else len(duplicates.removed),
-        "decontaminated": None if contamination is None else len(contamination.removed),
+    excluded = left_out.counts(
+        decontaminated=None if contamination is None else len(contamination.removed),
         **not_sampled,
-    }
+    )
     dedup = None
     if config.dedup is not None and fitted is not None:
         with timer.stage("dedup"):

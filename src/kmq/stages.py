@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kmq.config import SelectConfig, input_label
+from kmq.config import SelectConfig, input_label, resolve_budget
 from kmq.errors import KmqError, Reject
 from kmq.exact import ExactDuplicates
 from kmq.formats import write_rejects
@@ -196,3 +197,42 @@ def exclusion(ids: list[str], path: str | None) -> tuple[np.ndarray, int]:
     if unknown:
         log.warning("%d ids in %s are not in the pool", unknown, path)
     return mask, unknown
+
+
+@dataclass
+class Exclusions:
+    """What a run leaves out before it selects: ``mask``, the rows never to pick (named by
+    ``--exclude``, exact duplicates); how many ``--exclude`` named in and out of the pool; the
+    exact duplicates found (None when kept); and the budget in rows."""
+
+    budget: int
+    mask: np.ndarray
+    excluded: int
+    not_in_pool: int
+    duplicates: ExactDuplicates | None
+
+    def counts(self, **more: int | None) -> dict[str, int | None]:
+        """The manifest's counts of the rows left out (``more``: those one path adds)."""
+        found = None if self.duplicates is None else len(self.duplicates.removed)
+        return {
+            "excluded": self.excluded,
+            "excluded_not_in_pool": self.not_in_pool,
+            "deduplicated": 0,
+            "exact_duplicates": found,
+        } | more
+
+
+def exclusions(
+    config: SelectConfig, ids: list[str], find_duplicates: Callable[[], ExactDuplicates]
+) -> Exclusions:
+    """The budget in rows and the rows left out: those ``--exclude`` names (the budget checked
+    against the rest before any other work), then the exact duplicates ``find_duplicates``
+    finds unless ``keep_duplicates``."""
+    n = len(ids)
+    budget = resolve_budget(config.budget, n)
+    mask, not_in_pool = exclusion(ids, config.exclude)
+    excluded = int(mask.sum())  # by --exclude; the masks below are counted apart
+    check_feasible(config, n, budget, excluded)
+    duplicates = None if config.keep_duplicates else find_duplicates()
+    mask |= exact_mask(duplicates, n)
+    return Exclusions(budget, mask, excluded, not_in_pool, duplicates)
