@@ -241,7 +241,8 @@ def embeddings(args: argparse.Namespace, pool: Any) -> np.ndarray:
         if len(x) != len(pool.examples):
             sys.exit(f"error: {args.embeddings}: {len(x)} rows, the pool has {len(pool.examples)}")
         return np.ascontiguousarray(x, dtype=np.float32)
-    from kmq.pipeline import SelectConfig, embed_pool
+    from kmq.config import SelectConfig
+    from kmq.pipeline import embed_pool
 
     config = SelectConfig(input=str(args.pool), out="", cache_dir=str(args.cache_dir))
     return embed_pool(pool, config)[0]

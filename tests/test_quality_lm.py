@@ -36,15 +36,13 @@ from kmq.models import (
 from kmq.quality import get_quality_scorer
 from kmq.quality.lm import (
     TEMPLATE_VERSION,
-    IFDScorer,
     NLLResult,
-    PerplexityScorer,
-    PMIScorer,
     fit_window,
     response_nll,
     score_responses,
     token_ids,
 )
+from kmq.quality.lm_scorers import IFDScorer, PerplexityScorer, PMIScorer
 from kmq.quality.reward import RewardScorer, common_prefix, free_token_id
 
 CHATML = (

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from kmq.config import SelectConfig, make_encoder, resolve_budget
 from kmq.exact import exact_duplicates
 from kmq.formats import load_pool
-from kmq.pipeline import SelectConfig, make_encoder, resolve_budget, source_counts
+from kmq.outputs import source_counts
 from kmq.validate import reason_counts
 
 SAMPLE = 64  # texts timed through the encoder
@@ -50,7 +51,7 @@ def dry_run(config: SelectConfig, *, sample: int = SAMPLE) -> dict[str, Any]:
         "characters": int(sum(len(text) for text in texts)),
         "view": config.view,
     }
-    if (config.method == "random" and config.k == "auto") or not n:
+    if not config.needs_embeddings() or not n:
         return report | {"tokens": None, "tokenizer": None, "embed_seconds_estimate": 0.0}
     encoder = make_encoder(replace(config, progress=False))
     tokens, tokenizer = count_tokens(encoder, texts)

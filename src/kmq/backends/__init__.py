@@ -23,15 +23,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kmq.backends.base import Prompt
 from kmq.errors import KmqError
 from kmq.examples import Message
-from kmq.quality.lm import NLLResult, Window, score_windows
+from kmq.quality.lm import NLLResult, Window
 
 LM_BACKENDS = ("torch", "ctranslate2")
-COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float32", "float16")
-"""CTranslate2 compute types: the int8 ones store int8 weights, the others float weights."""
-
-Prompt = Sequence[Message] | None
 
 
 @runtime_checkable
@@ -58,39 +55,6 @@ class LMBackend(Protocol):
     def generate(
         self, prompts: Sequence[Sequence[Message]], *, max_new_tokens: int = 256
     ) -> list[str]: ...
-
-
-class WindowedLM:
-    """What every backend shares: rows become :mod:`kmq.quality.lm` windows (one tokenisation
-    for all backends) and their per-window NLLs become an :class:`NLLResult`.
-
-    A backend supplies ``max_length``, a ``tokenizer`` property and ``windows_nll``.
-    """
-
-    max_length: int
-
-    @property
-    def tokenizer(self) -> Any:
-        raise NotImplementedError
-
-    def windows_nll(self, windows: Sequence[Window], *, desc: str = "scoring") -> np.ndarray:
-        raise NotImplementedError
-
-    def score(
-        self, prompts: Sequence[Prompt], responses: Sequence[str], *, desc: str = "scoring"
-    ) -> NLLResult:
-        """NLL of each response after its prompt, with the windows' details."""
-        return score_windows(
-            self.tokenizer,
-            prompts,
-            responses,
-            max_length=self.max_length,
-            run=lambda windows: self.windows_nll(windows, desc=desc),
-        )
-
-    def nll(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> np.ndarray:
-        """Mean NLL (nats/token) of each response after its prompt; NaN = not scored."""
-        return self.score(prompts, responses).nll
 
 
 def get_lm_backend(

@@ -22,8 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kmq._imports import require
-from kmq.backends import COMPUTE_TYPES, WindowedLM
-from kmq.cache import default_cache_dir
+from kmq.backends.base import WindowedLM
+from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 from kmq.examples import Message
 from kmq.models import converted_model_dir, model_identity
@@ -32,6 +32,8 @@ from kmq.quality.lm import Window, check_settings, length_batches
 log = logging.getLogger("kmq")
 
 INSTALL = "pip install ctranslate2"
+COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float32", "float16")
+"""CTranslate2 compute types: the int8 ones store int8 weights, the others float weights."""
 
 
 def require_ctranslate2() -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kmq.backends import WindowedLM
+from kmq.backends.base import WindowedLM
 from kmq.examples import Message
 from kmq.models import load_causal_lm, model_identity
 from kmq.quality.lm import Window, check_settings, windows_nll

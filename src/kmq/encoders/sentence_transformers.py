@@ -51,7 +51,7 @@ class SentenceTransformerEncoder:
 
     ``backend`` is one of :data:`kmq.encoders.onnx.BACKENDS`; the ONNX ones run on the CPU with
     ``threads`` intra-op threads (default: one per core) and keep their exported graph under
-    ``cache_dir`` (default :func:`kmq.cache.default_cache_dir`). Their vectors differ from
+    ``cache_dir`` (default :func:`kmq.cachedir.default_cache_dir`). Their vectors differ from
     torch's (``onnx`` in the last bits, ``onnx-int8`` more), so the backend is part of ``name``.
     """
 
