@@ -34,7 +34,7 @@ class QualityScorer(Protocol):
     def score(self, examples: Sequence[Example]) -> np.ndarray: ...
 
 
-QUALITY_SCORERS = ("ifd", "pmi", "perplexity", "judge", "reward", "length", "column")
+QUALITY_SCORERS = ("ifd", "pmi", "pmi-total", "perplexity", "judge", "reward", "length", "column")
 
 
 def _factory(name: str) -> Callable[..., QualityScorer]:
@@ -54,6 +54,10 @@ def _factory(name: str) -> Callable[..., QualityScorer]:
         from kmq.quality.lm_scorers import PMIScorer
 
         return PMIScorer
+    if name == "pmi-total":
+        from kmq.quality.lm_scorers import PMITotalScorer
+
+        return PMITotalScorer
     if name == "perplexity":
         from kmq.quality.lm_scorers import PerplexityScorer
 

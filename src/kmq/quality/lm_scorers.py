@@ -219,3 +219,25 @@ class PMIScorer(_TwoPassScorer):
     def _combine(self, results: tuple[NLLResult, ...]) -> np.ndarray:
         conditional, unconditional = results
         return unconditional.nll - conditional.nll
+
+
+class PMITotalScorer(_TwoPassScorer):
+    """``pmi-total_score = Σ_t [log p(y_t | x, y_<t) − log p(y_t | y_<t)] = log p(y|x) − log p(y)``:
+    the pointwise mutual information between prompt and response in nats, summed over the
+    response tokens (``pmi`` × the response's token count). How much the prompt tells about the
+    whole answer: an answer unrelated to its prompt (swapped), scrambled (word-shuffled) or cut
+    short (truncated) explains less of it than a complete, relevant one, so it scores low.
+    Range (−∞, ∞); 0 for a row without a prompt; a window cut at ``max_length`` sums only the
+    tokens it scored. Longer relevant answers score higher: with kMQ's balanced per-cluster quotas
+    the source mix stays that of the clusters (``benchmarks/results/selection.md``).
+    """
+
+    name = "pmi-total"
+    direction = (
+        "higher = the prompt explains more of the whole response (log p(y|x) - log p(y), nats "
+        "summed over the response tokens); range (-inf, inf), 0 without a prompt"
+    )
+
+    def _combine(self, results: tuple[NLLResult, ...]) -> np.ndarray:
+        conditional, unconditional = results
+        return (unconditional.nll - conditional.nll) * conditional.response_tokens
