@@ -132,6 +132,37 @@ def lookup(table: Path, examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray
     return cond, uncond
 
 
+def response_tokens(examples: Sequence[Any], max_length: int = 512) -> np.ndarray:
+    """Response tokens each row's windows scored: its rendered response (SmolLM2's template),
+    cut to ``max_length − 1`` as :func:`kmq.quality.lm.fit_window` does."""
+    from kmq.models import ChatFormat, converted_model_dir
+    from kmq.quality.lm import token_ids
+    from kmq.training.generate import load_tokenizer
+
+    tokenizer = load_tokenizer(converted_model_dir("smollm2"))
+    chat = ChatFormat(tokenizer)
+    ids = token_ids(tokenizer, [chat.response(ex.response) for ex in examples])
+    return np.minimum(np.array([len(i) for i in ids], dtype=np.float64), max_length - 1)
+
+
+def scores(table: Path, examples: Sequence[Any], name: str) -> np.ndarray:
+    """kmq's ``name`` quality (``pmi``, ``pmi-total``, ``ifd`` or ``perplexity``) of each
+    example from a ``score`` table, as the scorer would compute it (NaN where not scored)."""
+    cond, uncond = lookup(table, examples)
+    if name == "pmi":
+        return uncond - cond
+    if name == "pmi-total":
+        return (uncond - cond) * response_tokens(examples)
+    if name == "ifd":
+        ifd = np.exp(cond - uncond)
+        return np.where(ifd < 1, ifd, np.where(np.isnan(ifd), np.nan, 0.0))
+    if name == "perplexity":
+        return -cond
+    raise SystemExit(
+        f"error: no quality {name!r} from an NLL table (pmi, pmi-total, ifd, perplexity)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
