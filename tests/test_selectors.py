@@ -154,3 +154,10 @@ def test_errors_name_the_values() -> None:
         get_selector("kmq").select(X, 3, seed=0)
     with pytest.raises(KmqError, match="method must be one of kmq, km-random"):
         get_selector("best")
+
+
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+def test_select_refuses_an_unknown_keyword(name: str) -> None:
+    selector = get_selector(name)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lables'"):
+        selector.select(X, 5, lables=LABELS, seed=0)  # type: ignore[call-arg]

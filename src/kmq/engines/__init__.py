@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from kmq.engines.local import LocalEngine
 from kmq.errors import KmqError
 from kmq.random import SeedLike
 from kmq.selectors import SelectionResult, Selector
+from kmq.selectors.base import SelectArgs
 
 
 class Engine(Protocol):
@@ -49,16 +50,7 @@ class Engine(Protocol):
         ...
 
     def select(
-        self,
-        selector: Selector,
-        embeddings: np.ndarray,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        quality: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
+        self, selector: Selector, embeddings: np.ndarray, budget: int, **inputs: Unpack[SelectArgs]
     ) -> SelectionResult:
         """``selector.select(...)``, with the per-cluster picks drawn wherever the engine runs."""
         ...

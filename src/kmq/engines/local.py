@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from kmq.clustering import DEFAULT_NITER, Clustering, kmeans
 from kmq.encoders import Encoder
 from kmq.random import SeedLike
 from kmq.selectors import SelectionResult, Selector
+from kmq.selectors.base import SelectArgs
 
 
 class LocalEngine:
@@ -38,23 +40,6 @@ class LocalEngine:
         return kmeans(embeddings, k, seed=seed, niter=niter)
 
     def select(
-        self,
-        selector: Selector,
-        embeddings: np.ndarray,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        quality: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
+        self, selector: Selector, embeddings: np.ndarray, budget: int, **inputs: Unpack[SelectArgs]
     ) -> SelectionResult:
-        return selector.select(
-            embeddings,
-            budget,
-            labels=labels,
-            quality=quality,
-            weights=weights,
-            exclude=exclude,
-            seed=seed,
-        )
+        return selector.select(embeddings, budget, **inputs)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, Unpack, cast
 
 import numpy as np
 import ray
@@ -40,7 +40,7 @@ from kmq.errors import KmqError
 from kmq.random import SeedLike
 from kmq.rowcache import row_keys
 from kmq.selectors import ClusterSelector, SelectionResult, Selector
-from kmq.selectors.base import ClusterPicks
+from kmq.selectors.base import Picks, SelectArgs
 
 log = logging.getLogger("kmq")
 
@@ -164,37 +164,13 @@ class RayEngine:
         return labels, distances
 
     def select(
-        self,
-        selector: Selector,
-        embeddings: np.ndarray,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        quality: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
+        self, selector: Selector, embeddings: np.ndarray, budget: int, **inputs: Unpack[SelectArgs]
     ) -> SelectionResult:
         if not isinstance(selector, ClusterSelector):
             log.info("%s has no per-cluster step: it selects on the driver", selector.name)
-            return selector.select(
-                embeddings,
-                budget,
-                labels=labels,
-                quality=quality,
-                weights=weights,
-                exclude=exclude,
-                seed=seed,
-            )
-        plan = selector.plan(
-            len(embeddings),
-            budget,
-            labels=labels,
-            quality=quality,
-            weights=weights,
-            exclude=exclude,
-            seed=seed,
-        )
+            return selector.select(embeddings, budget, **inputs)
+        plan = selector.plan(len(embeddings), budget, **inputs)
+        quality = inputs.get("quality")
         workers = self.connect()
         vectors = embeddings if selector.uses_embeddings else np.empty((len(embeddings), 0))
         shared = (ray.put(selector), ray.put(vectors), ray.put(quality))
@@ -209,7 +185,7 @@ class RayEngine:
             return (*shared, work, plan.seed)
 
         jobs = ((number, _pick_clusters, arguments(group)) for number, group in enumerate(groups))
-        picks: dict[int, ClusterPicks] = {}
+        picks: dict[int, Picks] = {}
         for _, got in bounded(jobs, workers):
             picks.update(got)
         return selector.assemble(plan, picks, quality)
@@ -263,7 +239,7 @@ def _pick_clusters(
     quality: np.ndarray | None,
     jobs: list[tuple[int, np.ndarray, int]],
     seed: np.random.SeedSequence,
-) -> dict[int, ClusterPicks]:
+) -> dict[int, Picks]:
     """The picks of each ``(cluster, members, quota)`` in ``jobs``, each from its own stream."""
     return {
         j: selector.pick_cluster(j, members, quota, embeddings, quality, seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 import numpy as np
 
@@ -69,6 +69,29 @@ class Selector(Protocol):
     ) -> SelectionResult: ...
 
 
+class SelectArgs(TypedDict, total=False):
+    """The keywords of :meth:`Selector.select` besides the vectors and the budget, each optional
+    (as there: ``seed`` defaults to 0, the others to None); what the classes and engines that
+    pass them on take as ``**inputs``."""
+
+    labels: np.ndarray | None
+    quality: np.ndarray | None
+    weights: np.ndarray | None
+    exclude: np.ndarray | Sequence[int] | None
+    seed: SeedLike
+
+
+def check_inputs(inputs: Mapping[str, object], method: str) -> None:
+    """Refuse a keyword :class:`SelectArgs` does not have, as Python refuses one a signature
+    does not have."""
+    unknown = sorted(set(inputs) - set(SelectArgs.__annotations__))
+    if unknown:
+        raise TypeError(
+            f"{method}() got an unexpected keyword argument {unknown[0]!r}; it takes "
+            f"{', '.join(SelectArgs.__annotations__)}"
+        )
+
+
 def available_mask(n: int, exclude: np.ndarray | Sequence[int] | None) -> np.ndarray:
     """Boolean mask of rows that may be picked; ``exclude`` is a mask or row indices."""
     mask = np.ones(n, dtype=bool)
@@ -93,12 +116,14 @@ def check_budget(budget: int, n_available: int) -> None:
 
 
 @dataclass
-class ClusterPicks:
-    """What one cluster contributed: member rows in pick order, their scores and reasons."""
+class Picks:
+    """What a selector (or one cluster of it) picked: rows in pick order, their scores and
+    reasons, and notes on the whole."""
 
     rows: np.ndarray
     scores: np.ndarray
     reasons: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -150,7 +175,7 @@ class ClusterSelector:
         embeddings: np.ndarray,
         quality: np.ndarray | None,
         rng: np.random.Generator,
-    ) -> ClusterPicks:
+    ) -> Picks:
         raise NotImplementedError
 
     def notes(self, quality: np.ndarray | None) -> list[str]:
@@ -162,25 +187,10 @@ class ClusterSelector:
         return False
 
     def select(
-        self,
-        embeddings: np.ndarray,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        quality: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
+        self, embeddings: np.ndarray, budget: int, **inputs: Unpack[SelectArgs]
     ) -> SelectionResult:
-        plan = self.plan(
-            len(embeddings),
-            budget,
-            labels=labels,
-            quality=quality,
-            weights=weights,
-            exclude=exclude,
-            seed=seed,
-        )
+        quality = inputs.get("quality")
+        plan = self.plan(len(embeddings), budget, **inputs)
         picks = {
             j: self.pick_cluster(
                 j, plan.members(j), int(plan.quotas[j]), embeddings, quality, plan.seed
@@ -189,18 +199,12 @@ class ClusterSelector:
         }
         return self.assemble(plan, picks, quality)
 
-    def plan(
-        self,
-        n: int,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        quality: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
-    ) -> ClusterPlan:
+    def plan(self, n: int, budget: int, **inputs: Unpack[SelectArgs]) -> ClusterPlan:
         """Check the inputs for ``n`` rows and fix the quotas, the members and the seed."""
+        check_inputs(inputs, "select")
+        labels = inputs.get("labels")
+        quality = inputs.get("quality")
+        weights = inputs.get("weights")
         if labels is None:
             raise KmqError(f"the {self.name} selector needs cluster labels (labels=...)")
         labels = np.asarray(labels, dtype=np.int64)
@@ -208,7 +212,7 @@ class ClusterSelector:
             raise KmqError(f"labels must have one entry per row ({n}), got shape {labels.shape}")
         if quality is not None and len(quality) != n:
             raise KmqError(f"quality must have one entry per row ({n}), got {len(quality)}")
-        mask = available_mask(n, exclude)
+        mask = available_mask(n, inputs.get("exclude"))
         check_budget(budget, int(mask.sum()))
         k = int(labels.max()) + 1 if n else 0
         if weights is not None:
@@ -225,7 +229,7 @@ class ClusterSelector:
             budget=int(budget),
             labels=labels,
             quotas=quotas,
-            seed=seed_sequence(seed),
+            seed=seed_sequence(inputs.get("seed", 0)),
             rows=available[np.argsort(labels[available], kind="stable")],
             offsets=np.concatenate([[0], np.cumsum(capacity)]),
         )
@@ -238,13 +242,13 @@ class ClusterSelector:
         embeddings: np.ndarray,
         quality: np.ndarray | None,
         seed: np.random.SeedSequence,
-    ) -> ClusterPicks:
+    ) -> Picks:
         """One cluster's picks, drawn from its own stream of ``seed`` (what every engine runs
         per cluster, wherever it runs it)."""
         return self.pick(cluster, members, quota, embeddings, quality, stream(seed, cluster))
 
     def assemble(
-        self, plan: ClusterPlan, picks: Mapping[int, ClusterPicks], quality: np.ndarray | None
+        self, plan: ClusterPlan, picks: Mapping[int, Picks], quality: np.ndarray | None
     ) -> SelectionResult:
         """The picks of every cluster of ``plan`` as one result, ordered round-robin."""
         ordered: list[tuple[int, int, int, float, str]] = []
@@ -267,6 +271,44 @@ class ClusterSelector:
             quotas=plan.quotas,
             counts=np.bincount(plan.labels[indices], minlength=len(plan.quotas)),
             notes=self.notes(quality),
+        )
+
+
+class PoolSelector:
+    """Selectors that pick from the whole pool at once (no clusters): the checks and the result
+    they share. :meth:`pick` gets the vectors ``x``, the ``rows`` that may be picked (ascending),
+    the budget, the quality ``q`` as :meth:`checked_quality` returns it, and the seed."""
+
+    name = "pool"
+    score_name = "none"
+
+    def checked_quality(self, quality: np.ndarray | None, n: int) -> np.ndarray | None:
+        """The quality :meth:`pick` reads (default: none), checked for ``n`` rows."""
+        return None
+
+    def pick(
+        self, x: np.ndarray, rows: np.ndarray, budget: int, q: np.ndarray | None, seed: SeedLike
+    ) -> Picks:
+        raise NotImplementedError
+
+    def select(
+        self, embeddings: np.ndarray, budget: int, **inputs: Unpack[SelectArgs]
+    ) -> SelectionResult:
+        check_inputs(inputs, "select")
+        n = len(embeddings)
+        quality = self.checked_quality(inputs.get("quality"), n)
+        candidates = np.flatnonzero(available_mask(n, inputs.get("exclude")))
+        check_budget(budget, len(candidates))
+        picks = self.pick(embeddings, candidates, int(budget), quality, inputs.get("seed", 0))
+        return SelectionResult(
+            method=self.name,
+            budget=int(budget),
+            indices=np.asarray(picks.rows, dtype=np.int64),
+            scores=np.asarray(picks.scores, dtype=np.float64),
+            score_name=self.score_name,
+            reasons=picks.reasons,
+            labels=inputs.get("labels"),
+            notes=picks.notes,
         )
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from kmq.clustering import normalize
 from kmq.dedup import threshold_walk
 from kmq.errors import KmqError, ParameterError
 from kmq.random import SeedLike
-from kmq.selectors.base import SelectionResult, available_mask, check_budget
+from kmq.selectors.base import Picks, PoolSelector
 
 
-class DeitaSelector:
+class DeitaSelector(PoolSelector):
     """Deita's score-first, diversity-aware selection.
 
     Rows are ranked by quality (descending, ties by row index) — pass Deita's quality ×
@@ -46,18 +44,7 @@ class DeitaSelector:
         self.threshold = float(threshold)
         self.show_progress = show_progress
 
-    def select(
-        self,
-        embeddings: np.ndarray,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        quality: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
-    ) -> SelectionResult:
-        n = len(embeddings)
+    def checked_quality(self, quality: np.ndarray | None, n: int) -> np.ndarray:
         if quality is None:
             raise KmqError("deita ranks rows by quality: pass --quality or --quality-field")
         q = np.asarray(quality, dtype=np.float64)
@@ -65,26 +52,27 @@ class DeitaSelector:
             raise KmqError(f"quality must have one entry per row ({n}), got shape {q.shape}")
         if np.isnan(q).any():
             raise KmqError(f"quality has NaN at row {int(np.flatnonzero(np.isnan(q))[0])}")
-        candidates = np.flatnonzero(available_mask(n, exclude))
-        check_budget(budget, len(candidates))
-        ranking = candidates[np.lexsort((candidates, -q[candidates]))]
+        return q
+
+    def pick(
+        self, x: np.ndarray, rows: np.ndarray, budget: int, q: np.ndarray | None, seed: SeedLike
+    ) -> Picks:
+        assert q is not None  # checked_quality refuses None
+        ranking = rows[np.lexsort((rows, -q[rows]))]
         # keep iff squared distance >= t  <=>  2 - 2 cos >= t  <=>  cos <= 1 - t/2
         walk = threshold_walk(
-            normalize(embeddings),
+            normalize(x),
             ranking,
             1.0 - self.threshold / 2.0,
             inclusive=False,
-            limit=int(budget),
+            limit=budget,
             show_progress=self.show_progress,
         )
         indices = ranking[walk.kept]
         distance = np.maximum(2.0 - 2.0 * walk.nearest, 0.0)
-        return SelectionResult(
-            method=self.name,
-            budget=int(budget),
-            indices=indices,
+        return Picks(
+            rows=indices,
             scores=q[indices],
-            score_name=self.score_name,
             reasons=[
                 f"rank {r + 1} by quality {q[i]:.4g}; "
                 + (
@@ -94,8 +82,7 @@ class DeitaSelector:
                 )
                 for r, i, d in zip(walk.kept, indices, distance, strict=True)
             ],
-            labels=labels,
-            notes=self.notes(len(indices), int(budget), walk.examined),
+            notes=self.notes(len(indices), budget, walk.examined),
         )
 
     def notes(self, picked: int, budget: int, walked: int) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kmq.clustering import normalize
-from kmq.selectors.base import ClusterPicks, ClusterSelector
+from kmq.selectors.base import ClusterSelector, Picks
 
 
 class KMeansClosestSelector(ClusterSelector):
@@ -42,7 +42,7 @@ class KMeansClosestSelector(ClusterSelector):
         embeddings: np.ndarray,
         quality: np.ndarray | None,
         rng: np.random.Generator,
-    ) -> ClusterPicks:
+    ) -> Picks:
         if self.centroid_cosine is not None:
             cosine = np.asarray(self.centroid_cosine[members])
         else:
@@ -54,4 +54,4 @@ class KMeansClosestSelector(ClusterSelector):
             f"cluster {cluster}: {r + 1} of {quota} closest to the centre of {len(members)} rows"
             for r in range(quota)
         ]
-        return ClusterPicks(rows=members[order], scores=cosine[order], reasons=reasons)
+        return Picks(rows=members[order], scores=cosine[order], reasons=reasons)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kmq.selectors.base import ClusterPicks, ClusterSelector
+from kmq.selectors.base import ClusterSelector, Picks
 
 
 class KMeansRandomSelector(ClusterSelector):
@@ -21,10 +21,10 @@ class KMeansRandomSelector(ClusterSelector):
         embeddings: np.ndarray,
         quality: np.ndarray | None,
         rng: np.random.Generator,
-    ) -> ClusterPicks:
+    ) -> Picks:
         rows = rng.choice(members, size=quota, replace=False)
         reasons = [
             f"cluster {cluster}: uniform draw {r + 1} of {quota} from {len(members)} rows"
             for r in range(quota)
         ]
-        return ClusterPicks(rows=rows, scores=np.full(quota, np.nan), reasons=reasons)
+        return Picks(rows=rows, scores=np.full(quota, np.nan), reasons=reasons)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
+from typing import Unpack
 
 import numpy as np
 
 from kmq.errors import KmqError, ParameterError
-from kmq.random import SeedLike, stream
-from kmq.selectors.base import ClusterPicks, ClusterPlan, ClusterSelector, weighted_order
+from kmq.random import stream
+from kmq.selectors.base import ClusterPlan, ClusterSelector, Picks, SelectArgs, weighted_order
 
 WEIGHTINGS = ("auto", "linear", "softmax")
 DEFAULT_CANDIDATES = 8
@@ -92,29 +92,12 @@ class KMQSelector(ClusterSelector):
         self.temperature = temperature
         self.candidates = candidate_multiple(candidates)
 
-    def plan(
-        self,
-        n: int,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        quality: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
-    ) -> ClusterPlan:
+    def plan(self, n: int, budget: int, **inputs: Unpack[SelectArgs]) -> ClusterPlan:
         """Also cut the members to the candidates (with ``candidates`` and scores) and decide
         the weighting rule (``rule_``), once, on every score read (``pool_sizes_``: the rows
         each cluster could pick from before the cut)."""
-        plan = super().plan(
-            n,
-            budget,
-            labels=labels,
-            quality=quality,
-            weights=weights,
-            exclude=exclude,
-            seed=seed,
-        )
+        plan = super().plan(n, budget, **inputs)
+        quality = inputs.get("quality")
         self.pool_sizes_ = np.diff(plan.offsets)
         if quality is None or self.candidates is None:
             self.rule_ = self.resolve_weighting(quality)
@@ -123,21 +106,13 @@ class KMQSelector(ClusterSelector):
         self.rule_ = self.resolve_weighting(np.asarray(quality)[plan.rows])
         return plan
 
-    def candidate_rows(
-        self,
-        n: int,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
-    ) -> np.ndarray:
+    def candidate_rows(self, n: int, budget: int, **inputs: Unpack[SelectArgs]) -> np.ndarray:
         """The rows whose quality :meth:`select` with the same arguments reads (ascending):
-        every row without ``candidates``, else each cluster's candidates."""
+        every row without ``candidates``, else each cluster's candidates (``quality`` is not
+        needed)."""
         if self.candidates is None:
             return np.arange(n, dtype=np.int64)
-        plan = super().plan(n, budget, labels=labels, weights=weights, exclude=exclude, seed=seed)
+        plan = super().plan(n, budget, **inputs)
         return np.sort(draw_candidates(plan, self.candidates).rows)
 
     def resolve_weighting(self, quality: np.ndarray | None) -> str:
@@ -181,7 +156,7 @@ class KMQSelector(ClusterSelector):
         embeddings: np.ndarray,
         quality: np.ndarray | None,
         rng: np.random.Generator,
-    ) -> ClusterPicks:
+    ) -> Picks:
         if quality is None:
             q = np.zeros(len(members))
             w = np.ones(len(members))
@@ -200,4 +175,4 @@ class KMQSelector(ClusterSelector):
             for r, i in enumerate(order)
         ]
         scores = q[order] if quality is not None else np.full(quota, np.nan)
-        return ClusterPicks(rows=members[order], scores=scores, reasons=reasons)
+        return Picks(rows=members[order], scores=scores, reasons=reasons)

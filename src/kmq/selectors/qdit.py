@@ -37,7 +37,7 @@ import numpy as np
 from kmq.errors import KmqError, ParameterError
 from kmq.knn import knn_graph
 from kmq.random import SeedLike
-from kmq.selectors.base import SelectionResult, available_mask, check_budget
+from kmq.selectors.base import Picks, PoolSelector
 from kmq.selectors.submodular import GreedyRun, lazy_greedy
 
 
@@ -70,7 +70,7 @@ def alpha_from_share(share: float, *, n: int, budget: int, quality_range: float)
     return ratio / (1 + ratio)
 
 
-class QDITSelector:
+class QDITSelector(PoolSelector):
     """Quality-diversity greedy selection (QDIT): maximises the F(S) of :mod:`this module
     <kmq.selectors.qdit>`, (1 − α)·f(S) + α·Σ q, with lazy greedy on an exact
     ``n_neighbors``-NN cosine graph.
@@ -96,47 +96,33 @@ class QDITSelector:
         self.n_neighbors = n_neighbors
         self.show_progress = show_progress
 
-    def select(
-        self,
-        embeddings: np.ndarray,
-        budget: int,
-        *,
-        labels: np.ndarray | None = None,
-        quality: np.ndarray | None = None,
-        weights: np.ndarray | None = None,
-        exclude: np.ndarray | Sequence[int] | None = None,
-        seed: SeedLike = 0,
-    ) -> SelectionResult:
-        n = len(embeddings)
+    def checked_quality(self, quality: np.ndarray | None, n: int) -> np.ndarray | None:
         if quality is None and self.alpha > 0:
             raise KmqError(
                 f"{self.name} with alpha={self.alpha} weighs quality: pass --quality or "
                 "--quality-field (or use alpha=0 for pure facility location)"
             )
-        q = None if quality is None else checked_quality(quality, n)
-        candidates = np.flatnonzero(available_mask(n, exclude))
-        check_budget(budget, len(candidates))
-        graph = knn_graph(
-            embeddings, self.n_neighbors, candidates=candidates, show_progress=self.show_progress
-        )
+        return None if quality is None else checked_quality(quality, n)
+
+    def pick(
+        self, x: np.ndarray, rows: np.ndarray, budget: int, q: np.ndarray | None, seed: SeedLike
+    ) -> Picks:
+        n = len(x)
+        graph = knn_graph(x, self.n_neighbors, candidates=rows, show_progress=self.show_progress)
         bonus = np.zeros(n) if q is None else self.alpha * q
         run = lazy_greedy(
             graph.reverse(),
-            candidates,
-            int(budget),
+            rows,
+            budget,
             coverage_weight=1.0 - self.alpha,
             bonus=bonus,
             show_progress=self.show_progress,
             desc=self.name,
         )
-        return SelectionResult(
-            method=self.name,
-            budget=int(budget),
-            indices=run.picks,
+        return Picks(
+            rows=run.picks,
             scores=run.gains,
-            score_name=self.score_name,
             reasons=self.reasons(run, q),
-            labels=labels,
             notes=[self.summary(run, q, n)],
         )
 
