@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypedDict, Unpack
 
 import numpy as np
+from numpy.random import Generator
 
 from kmq.allocation import ALLOCATIONS, allocate, weighted_quotas
 from kmq.errors import KmqError
@@ -67,6 +68,10 @@ class Selector(Protocol):
         exclude: np.ndarray | Sequence[int] | None = None,
         seed: SeedLike = 0,
     ) -> SelectionResult: ...
+
+
+# One quality score per pool row, or None (a selector's ``pick`` methods take it as ``q``).
+Quality = np.ndarray | None
 
 
 class SelectArgs(TypedDict, total=False):
@@ -153,6 +158,10 @@ class ClusterPlan:
 class ClusterSelector:
     """Selectors that split the budget into per-cluster quotas, then pick inside each cluster.
 
+    Subclasses define :meth:`pick`: cluster ``cluster``'s picks of ``quota`` of its ``rows``
+    (ascending), given the vectors ``x``, the pool's quality ``q`` and the cluster's own
+    Generator ``rng``.
+
     Quotas follow ``allocation`` (see :mod:`kmq.allocation`), or are ∝ ``weights`` when
     per-cluster weights are given (the iterative loop). Each cluster draws from its own random
     stream derived from the seed and the cluster id, so a cluster's picks do not depend on the
@@ -168,13 +177,7 @@ class ClusterSelector:
         self.allocation = allocation
 
     def pick(
-        self,
-        cluster: int,
-        members: np.ndarray,
-        quota: int,
-        embeddings: np.ndarray,
-        quality: np.ndarray | None,
-        rng: np.random.Generator,
+        self, cluster: int, rows: np.ndarray, quota: int, x: np.ndarray, q: Quality, rng: Generator
     ) -> Picks:
         raise NotImplementedError
 
@@ -235,17 +238,11 @@ class ClusterSelector:
         )
 
     def pick_cluster(
-        self,
-        cluster: int,
-        members: np.ndarray,
-        quota: int,
-        embeddings: np.ndarray,
-        quality: np.ndarray | None,
-        seed: np.random.SeedSequence,
+        self, cluster: int, rows: np.ndarray, quota: int, x: np.ndarray, q: Quality, seed: SeedLike
     ) -> Picks:
         """One cluster's picks, drawn from its own stream of ``seed`` (what every engine runs
         per cluster, wherever it runs it)."""
-        return self.pick(cluster, members, quota, embeddings, quality, stream(seed, cluster))
+        return self.pick(cluster, rows, quota, x, q, stream(seed, cluster))
 
     def assemble(
         self, plan: ClusterPlan, picks: Mapping[int, Picks], quality: np.ndarray | None
@@ -287,7 +284,7 @@ class PoolSelector:
         return None
 
     def pick(
-        self, x: np.ndarray, rows: np.ndarray, budget: int, q: np.ndarray | None, seed: SeedLike
+        self, x: np.ndarray, rows: np.ndarray, budget: int, q: Quality, seed: SeedLike
     ) -> Picks:
         raise NotImplementedError
 

@@ -8,7 +8,7 @@ from kmq.clustering import normalize
 from kmq.dedup import threshold_walk
 from kmq.errors import KmqError, ParameterError
 from kmq.random import SeedLike
-from kmq.selectors.base import Picks, PoolSelector
+from kmq.selectors.base import Picks, PoolSelector, Quality
 
 
 class DeitaSelector(PoolSelector):
@@ -55,7 +55,7 @@ class DeitaSelector(PoolSelector):
         return q
 
     def pick(
-        self, x: np.ndarray, rows: np.ndarray, budget: int, q: np.ndarray | None, seed: SeedLike
+        self, x: np.ndarray, rows: np.ndarray, budget: int, q: Quality, seed: SeedLike
     ) -> Picks:
         assert q is not None  # checked_quality refuses None
         ranking = rows[np.lexsort((rows, -q[rows]))]

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from kmq.clustering import normalize
 from kmq.random import SeedLike, make_rng
-from kmq.selectors.base import Picks, PoolSelector
+from kmq.selectors.base import Picks, PoolSelector, Quality
 
 
 class KCenterSelector(PoolSelector):
@@ -25,7 +25,7 @@ class KCenterSelector(PoolSelector):
         self.show_progress = show_progress
 
     def pick(
-        self, x: np.ndarray, rows: np.ndarray, budget: int, q: np.ndarray | None, seed: SeedLike
+        self, x: np.ndarray, rows: np.ndarray, budget: int, q: Quality, seed: SeedLike
     ) -> Picks:
         unit = normalize(np.asarray(x)[rows])
         first = int(make_rng(seed).integers(len(rows)))

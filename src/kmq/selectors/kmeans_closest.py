@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.random import Generator
 
 from kmq.clustering import normalize
-from kmq.selectors.base import ClusterSelector, Picks
+from kmq.selectors.base import ClusterSelector, Picks, Quality
 
 
 class KMeansClosestSelector(ClusterSelector):
@@ -35,23 +36,17 @@ class KMeansClosestSelector(ClusterSelector):
         return self.centroid_cosine is None
 
     def pick(
-        self,
-        cluster: int,
-        members: np.ndarray,
-        quota: int,
-        embeddings: np.ndarray,
-        quality: np.ndarray | None,
-        rng: np.random.Generator,
+        self, cluster: int, rows: np.ndarray, quota: int, x: np.ndarray, q: Quality, rng: Generator
     ) -> Picks:
         if self.centroid_cosine is not None:
-            cosine = np.asarray(self.centroid_cosine[members])
+            cosine = np.asarray(self.centroid_cosine[rows])
         else:
-            x = normalize(np.asarray(embeddings[members]))
-            centre = normalize(x.mean(0, keepdims=True))[0]
-            cosine = x @ centre
-        order = np.lexsort((members, -cosine))[:quota]
+            unit = normalize(np.asarray(x[rows]))
+            centre = normalize(unit.mean(0, keepdims=True))[0]
+            cosine = unit @ centre
+        order = np.lexsort((rows, -cosine))[:quota]
         reasons = [
-            f"cluster {cluster}: {r + 1} of {quota} closest to the centre of {len(members)} rows"
+            f"cluster {cluster}: {r + 1} of {quota} closest to the centre of {len(rows)} rows"
             for r in range(quota)
         ]
-        return Picks(rows=members[order], scores=cosine[order], reasons=reasons)
+        return Picks(rows=rows[order], scores=cosine[order], reasons=reasons)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.random import Generator
 
-from kmq.selectors.base import ClusterSelector, Picks
+from kmq.selectors.base import ClusterSelector, Picks, Quality
 
 
 class KMeansRandomSelector(ClusterSelector):
@@ -14,17 +15,11 @@ class KMeansRandomSelector(ClusterSelector):
     score_name = "none"
 
     def pick(
-        self,
-        cluster: int,
-        members: np.ndarray,
-        quota: int,
-        embeddings: np.ndarray,
-        quality: np.ndarray | None,
-        rng: np.random.Generator,
+        self, cluster: int, rows: np.ndarray, quota: int, x: np.ndarray, q: Quality, rng: Generator
     ) -> Picks:
-        rows = rng.choice(members, size=quota, replace=False)
+        picked = rng.choice(rows, size=quota, replace=False)
         reasons = [
-            f"cluster {cluster}: uniform draw {r + 1} of {quota} from {len(members)} rows"
+            f"cluster {cluster}: uniform draw {r + 1} of {quota} from {len(rows)} rows"
             for r in range(quota)
         ]
-        return Picks(rows=rows, scores=np.full(quota, np.nan), reasons=reasons)
+        return Picks(rows=picked, scores=np.full(quota, np.nan), reasons=reasons)

@@ -6,10 +6,18 @@ from dataclasses import replace
 from typing import Unpack
 
 import numpy as np
+from numpy.random import Generator
 
 from kmq.errors import KmqError, ParameterError
 from kmq.random import stream
-from kmq.selectors.base import ClusterPlan, ClusterSelector, Picks, SelectArgs, weighted_order
+from kmq.selectors.base import (
+    ClusterPlan,
+    ClusterSelector,
+    Picks,
+    Quality,
+    SelectArgs,
+    weighted_order,
+)
 
 WEIGHTINGS = ("auto", "linear", "softmax")
 DEFAULT_CANDIDATES = 8
@@ -149,30 +157,24 @@ class KMQSelector(ClusterSelector):
         return q ** (1.0 / self.temperature)
 
     def pick(
-        self,
-        cluster: int,
-        members: np.ndarray,
-        quota: int,
-        embeddings: np.ndarray,
-        quality: np.ndarray | None,
-        rng: np.random.Generator,
+        self, cluster: int, rows: np.ndarray, quota: int, x: np.ndarray, q: Quality, rng: Generator
     ) -> Picks:
-        if quality is None:
-            q = np.zeros(len(members))
-            w = np.ones(len(members))
+        if q is None:
+            own = np.zeros(len(rows))
+            w = np.ones(len(rows))
         else:
-            q = np.asarray(quality[members], dtype=np.float64)
-            w = self.draw_weights(q)
+            own = np.asarray(q[rows], dtype=np.float64)
+            w = self.draw_weights(own)
         p = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
         order = weighted_order(w, rng)[:quota]
-        among = f"{len(members)} rows"
+        among = f"{len(rows)} rows"
         size = int(self.pool_sizes_[cluster])
-        if len(members) < size:
-            among = f"{len(members)} candidates of {size} rows"
+        if len(rows) < size:
+            among = f"{len(rows)} candidates of {size} rows"
         reasons = [
             f"cluster {cluster}: quality-weighted draw {r + 1} of {quota} from {among} "
-            f"(quality {q[i]:.4g}, p={p[i]:.3g})"
+            f"(quality {own[i]:.4g}, p={p[i]:.3g})"
             for r, i in enumerate(order)
         ]
-        scores = q[order] if quality is not None else np.full(quota, np.nan)
-        return Picks(rows=members[order], scores=scores, reasons=reasons)
+        scores = own[order] if q is not None else np.full(quota, np.nan)
+        return Picks(rows=rows[order], scores=scores, reasons=reasons)

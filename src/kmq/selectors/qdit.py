@@ -37,7 +37,7 @@ import numpy as np
 from kmq.errors import KmqError, ParameterError
 from kmq.knn import knn_graph
 from kmq.random import SeedLike
-from kmq.selectors.base import Picks, PoolSelector
+from kmq.selectors.base import Picks, PoolSelector, Quality
 from kmq.selectors.submodular import GreedyRun, lazy_greedy
 
 
@@ -105,7 +105,7 @@ class QDITSelector(PoolSelector):
         return None if quality is None else checked_quality(quality, n)
 
     def pick(
-        self, x: np.ndarray, rows: np.ndarray, budget: int, q: np.ndarray | None, seed: SeedLike
+        self, x: np.ndarray, rows: np.ndarray, budget: int, q: Quality, seed: SeedLike
     ) -> Picks:
         n = len(x)
         graph = knn_graph(x, self.n_neighbors, candidates=rows, show_progress=self.show_progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kmq.random import SeedLike, make_rng
-from kmq.selectors.base import Picks, PoolSelector
+from kmq.selectors.base import Picks, PoolSelector, Quality
 
 
 class RandomSelector(PoolSelector):
@@ -14,7 +14,7 @@ class RandomSelector(PoolSelector):
     name = "random"
 
     def pick(
-        self, x: np.ndarray, rows: np.ndarray, budget: int, q: np.ndarray | None, seed: SeedLike
+        self, x: np.ndarray, rows: np.ndarray, budget: int, q: Quality, seed: SeedLike
     ) -> Picks:
         indices = make_rng(seed).choice(rows, size=budget, replace=False)
         reason = f"uniform draw from the {len(rows)} rows available"
