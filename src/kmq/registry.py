@@ -10,6 +10,7 @@ takes, from its options or from ``shared``.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -19,6 +20,13 @@ from kmq.errors import ParameterError
 T = TypeVar("T")
 
 RUN_SETTINGS = ("device", "lm_backend", "compute_type", "dtype", "cache_dir", "show_progress")
+
+
+def load(target: str) -> Any:
+    """The object ``"module:attribute"`` names, its module imported only now (a plugin's heavy
+    dependencies load when it is chosen)."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def options_of(factory: Callable[..., Any]) -> set[str] | None:

@@ -10,15 +10,24 @@ not be scored is NaN and is left out of its cluster's mean (Eq. 5).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from kmq.examples import Message
-from kmq.registry import build, check_options, choose
+from kmq.feedback.base import Prompts, Texts
+from kmq.registry import build, check_options, choose, load
 
-FEEDBACK_SCORERS = ("gold-pmi", "pmi-gap", "similarity", "perplexity", "reward-gap", "judge")
+# Each scorer's class, imported when the scorer is chosen.
+FEEDBACK_FACTORIES = {
+    "gold-pmi": "kmq.feedback.pmi:GoldPMIFeedback",
+    "pmi-gap": "kmq.feedback.pmi:PMIGapFeedback",
+    "similarity": "kmq.feedback.similarity:SimilarityFeedback",
+    "perplexity": "kmq.feedback.perplexity:PerplexityFeedback",
+    "reward-gap": "kmq.feedback.reward_gap:RewardGapFeedback",
+    "judge": "kmq.feedback.judge:JudgeFeedback",
+}
+FEEDBACK_SCORERS = tuple(FEEDBACK_FACTORIES)
 DEFAULT_FEEDBACK = "similarity"
 
 
@@ -33,12 +42,7 @@ class FeedbackScorer(Protocol):
     name: str
     direction: str
 
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        gold: Sequence[str],
-        generated: Sequence[str],
-    ) -> np.ndarray: ...
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray: ...
 
 
 def needs_generation(scorer: FeedbackScorer) -> bool:
@@ -47,29 +51,8 @@ def needs_generation(scorer: FeedbackScorer) -> bool:
 
 
 def _factory(name: str) -> Callable[..., FeedbackScorer]:
-    if name == "gold-pmi":
-        from kmq.feedback.pmi import GoldPMIFeedback
-
-        return GoldPMIFeedback
-    if name == "pmi-gap":
-        from kmq.feedback.pmi import PMIGapFeedback
-
-        return PMIGapFeedback
-    if name == "similarity":
-        from kmq.feedback.similarity import SimilarityFeedback
-
-        return SimilarityFeedback
-    if name == "perplexity":
-        from kmq.feedback.perplexity import PerplexityFeedback
-
-        return PerplexityFeedback
-    if name == "reward-gap":
-        from kmq.feedback.reward_gap import RewardGapFeedback
-
-        return RewardGapFeedback
-    from kmq.feedback.judge import JudgeFeedback
-
-    return JudgeFeedback
+    factory: Callable[..., FeedbackScorer] = load(FEEDBACK_FACTORIES[name])
+    return factory
 
 
 def check_feedback_options(name: str, options: Mapping[str, Any]) -> None:

@@ -9,12 +9,16 @@ import numpy as np
 
 from kmq.examples import Message
 
+# What a feedback scorer reads: each row's prompt (its messages) and answer texts.
+Prompts = Sequence[Sequence[Message]]
+Texts = Sequence[str]
+
 
 def gap(
     measure: Callable[[list[Sequence[Message]], list[str]], np.ndarray],
-    prompts: Sequence[Sequence[Message]],
-    gold: Sequence[str],
-    generated: Sequence[str],
+    prompts: Prompts,
+    gold: Texts,
+    generated: Texts,
 ) -> np.ndarray:
     """Eq. 4: measure(x ⊕ y_gold) − measure(x ⊕ y_gen), both sides in one batched call."""
     values = np.asarray(measure([*prompts, *prompts], [*gold, *generated]), dtype=np.float64)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from kmq.examples import Message
-from kmq.feedback.base import gap
+from kmq.feedback.base import Prompts, Texts, gap
 
 
 class JudgeFeedback:
@@ -35,10 +32,5 @@ class JudgeFeedback:
             backend=backend, model=model, base_url=base_url, cache_dir=cache_dir
         )
 
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        gold: Sequence[str],
-        generated: Sequence[str],
-    ) -> np.ndarray:
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
         return gap(self.judge.rate, prompts, gold, generated)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from kmq.examples import Message
-from kmq.feedback.base import gap
+from kmq.feedback.base import Prompts, Texts, gap
 
 
 class PerplexityFeedback:
@@ -50,10 +47,5 @@ class PerplexityFeedback:
             compute_type=compute_type,
         )
 
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        gold: Sequence[str],
-        generated: Sequence[str],
-    ) -> np.ndarray:
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
         return gap(self.backend_.nll, prompts, gold, generated)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from kmq.examples import Message
-from kmq.feedback.base import gap
+from kmq.feedback.base import Prompts, Texts, gap
 
 Window = tuple[list[int], list[int]]
 
@@ -143,12 +143,7 @@ class GoldPMIFeedback(_PMIFeedback):
     direction = "higher = gold answer tells more about its prompt (nats, summed); (-inf, inf)"
     needs_generation = False
 
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        gold: Sequence[str],
-        generated: Sequence[str],
-    ) -> np.ndarray:
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
         return self.pmi(prompts, gold)
 
 
@@ -165,10 +160,5 @@ class PMIGapFeedback(_PMIFeedback):
     direction = "higher = gold answer tells more about its prompt than the generation; nats"
     needs_generation = True
 
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        gold: Sequence[str],
-        generated: Sequence[str],
-    ) -> np.ndarray:
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
         return gap(self.pmi, prompts, gold, generated)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from kmq.examples import Message
-from kmq.feedback.base import gap
+from kmq.feedback.base import Prompts, Texts, gap
 
 
 class RewardGapFeedback:
@@ -27,10 +24,5 @@ class RewardGapFeedback:
 
         self.scorer = RewardScorer(model, max_length=max_length, batch_size=batch_size)
 
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        gold: Sequence[str],
-        generated: Sequence[str],
-    ) -> np.ndarray:
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
         return gap(self.scorer.reward, prompts, gold, generated)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from kmq.encoders import Encoder, get_encoder
-from kmq.examples import Message
+from kmq.feedback.base import Prompts, Texts
 
 
 class SimilarityFeedback:
@@ -24,12 +22,7 @@ class SimilarityFeedback:
     def __init__(self, *, encoder: str | Encoder = "minilm", batch_size: int = 64) -> None:
         self.encoder = get_encoder(encoder, batch_size=batch_size, show_progress=False)
 
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        gold: Sequence[str],
-        generated: Sequence[str],
-    ) -> np.ndarray:
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
         vectors = self.encoder.encode([*gold, *generated])
         g, y = vectors[: len(gold)], vectors[len(gold) :]
         return 1.0 - np.einsum("ij,ij->i", g, y).astype(np.float64)

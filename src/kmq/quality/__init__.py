@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from kmq.examples import Example
-from kmq.registry import build, check_options, choose
+from kmq.registry import build, check_options, choose, load
 
 
 @runtime_checkable
@@ -34,37 +34,23 @@ class QualityScorer(Protocol):
     def score(self, examples: Sequence[Example]) -> np.ndarray: ...
 
 
-QUALITY_SCORERS = ("ifd", "pmi", "pmi-total", "perplexity", "judge", "reward", "length", "column")
+# Each scorer's factory, imported when the scorer is chosen.
+QUALITY_FACTORIES = {
+    "ifd": "kmq.quality.lm_scorers:IFDScorer",
+    "pmi": "kmq.quality.lm_scorers:PMIScorer",
+    "pmi-total": "kmq.quality.lm_scorers:PMITotalScorer",
+    "perplexity": "kmq.quality.lm_scorers:PerplexityScorer",
+    "judge": "kmq.quality.judge:make_judge",
+    "reward": "kmq.quality.reward:RewardScorer",
+    "length": "kmq.quality.heuristics:LengthScorer",
+    "column": "kmq.quality.heuristics:ColumnScorer",
+}
+QUALITY_SCORERS = tuple(QUALITY_FACTORIES)
 
 
 def _factory(name: str) -> Callable[..., QualityScorer]:
-    if name == "judge":
-        from kmq.quality.judge import make_judge
-
-        return make_judge
-    if name == "reward":
-        from kmq.quality.reward import RewardScorer
-
-        return RewardScorer
-    if name == "ifd":
-        from kmq.quality.lm_scorers import IFDScorer
-
-        return IFDScorer
-    if name == "pmi":
-        from kmq.quality.lm_scorers import PMIScorer
-
-        return PMIScorer
-    if name == "pmi-total":
-        from kmq.quality.lm_scorers import PMITotalScorer
-
-        return PMITotalScorer
-    if name == "perplexity":
-        from kmq.quality.lm_scorers import PerplexityScorer
-
-        return PerplexityScorer
-    from kmq.quality.heuristics import ColumnScorer, LengthScorer
-
-    return LengthScorer if name == "length" else ColumnScorer
+    factory: Callable[..., QualityScorer] = load(QUALITY_FACTORIES[name])
+    return factory
 
 
 def get_quality_scorer(
