@@ -18,17 +18,14 @@ The stable entry point for other modules is :func:`get_lm_backend`; its object o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from kmq.backends.base import Prompt
-from kmq.errors import KmqError
 from kmq.examples import Message
 from kmq.quality.lm import NLLResult, Window
-
-LM_BACKENDS = ("torch", "ctranslate2")
+from kmq.registry import build, choose, load
 
 
 @runtime_checkable
@@ -57,46 +54,27 @@ class LMBackend(Protocol):
     ) -> list[str]: ...
 
 
-def get_lm_backend(
-    name: str = "torch",
-    model: str = "smollm2",
-    *,
-    max_length: int = 512,
-    batch_size: int = 8,
-    cache_dir: str | Path | None = None,
-    device: str | None = None,
-    dtype: Any = "float32",
-    compute_type: str | None = None,
-    show_progress: bool = False,
-) -> LMBackend:
+# Each backend's class, imported when the backend is chosen.
+LM_BACKEND_CLASSES = {
+    "torch": "kmq.backends.torch_lm:TorchLM",
+    "ctranslate2": "kmq.backends.ctranslate2_lm:CTranslate2LM",
+}
+LM_BACKENDS = tuple(LM_BACKEND_CLASSES)
+
+
+def get_lm_backend(name: str = "torch", model: str = "smollm2", **settings: Any) -> LMBackend:
     """The ``name`` backend (one of :data:`LM_BACKENDS`) for ``model`` (``smollm2`` or a local
     causal-LM folder), loaded lazily on first use.
 
-    ``dtype`` applies to ``torch``; ``compute_type`` to ``ctranslate2`` (default ``int8``).
-    ``device``: None = CUDA when available (``torch``), else the CPU.
+    ``settings`` are the backend's (:class:`~kmq.backends.torch_lm.TorchLM`,
+    :class:`~kmq.backends.ctranslate2_lm.CTranslate2LM`): ``max_length``, ``batch_size``,
+    ``cache_dir``, ``show_progress``; ``device`` (None = CUDA when available for ``torch``, else
+    the CPU); ``dtype`` for ``torch``, ``compute_type`` for ``ctranslate2`` (default ``int8``).
+    A run setting the backend does not take (``dtype`` for ``ctranslate2``) is left out, None
+    stands for the default, and any other option the backend does not take is refused.
     """
-    if name == "torch":
-        from kmq.backends.torch_lm import TorchLM
-
-        return TorchLM(
-            model,
-            max_length=max_length,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            device=device,
-            dtype=dtype,
-            show_progress=show_progress,
-        )
-    if name == "ctranslate2":
-        from kmq.backends.ctranslate2_lm import CTranslate2LM
-
-        return CTranslate2LM(
-            model,
-            max_length=max_length,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            device=device or "cpu",
-            compute_type=compute_type or "int8",
-            show_progress=show_progress,
-        )
-    raise KmqError(f"lm_backend must be one of {', '.join(LM_BACKENDS)}; got {name!r}")
+    choose("lm_backend", name, LM_BACKENDS)
+    backend: LMBackend = build(
+        "LM backend", name, load(LM_BACKEND_CLASSES[name]), {"model": model, **settings}
+    )
+    return backend
