@@ -164,6 +164,18 @@ class SelectConfig:
         (every method but random)."""
         return self.needs_clusters() or self.method != "random"
 
+    def k_search(self, budget: int) -> dict[str, Any]:
+        """:func:`~kmq.clustering.resolve_k`'s options (how k is found and k-means run) for a
+        selection of ``budget`` rows."""
+        return {
+            "budget": budget,
+            "seed": self.seed,
+            "k_grid": self.k_grid,
+            "niter": self.niter,
+            "silhouette_sample": self.silhouette_sample,
+            "show_progress": self.progress,
+        }
+
     def is_streaming(self) -> bool:
         """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
         return self.streaming or (is_path(self.input) and is_shard_folder(self.input))

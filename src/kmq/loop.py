@@ -218,13 +218,8 @@ class IterativeSelection:
         fitted, silhouette = cluster(
             self.embeddings,
             cfg.k,
-            budget=self.budget // self.config.rounds,
-            seed=cfg.seed,
-            k_grid=cfg.k_grid,
-            niter=cfg.niter,
-            silhouette_sample=cfg.silhouette_sample,
-            show_progress=cfg.progress,
             engine=self.engine,
+            **cfg.k_search(self.budget // self.config.rounds),
         )
         write_clusters(self.dir.path / CLUSTERS, fitted)
         self.dir.write(

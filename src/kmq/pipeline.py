@@ -11,12 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from kmq.clustering import (
-    DEFAULT_NITER,
-    SILHOUETTE_SAMPLE,
-    Clustering,
-    resolve_k,
-)
+from kmq.clustering import DEFAULT_NITER, Clustering, resolve_k
 from kmq.config import (
     SelectConfig,
     make_encoder,
@@ -37,11 +32,7 @@ from kmq.engines import Engine, get_engine
 from kmq.errors import KmqError, ParameterError
 from kmq.exact import DUPLICATES, exact_duplicates, write_duplicates
 from kmq.export import write_output
-from kmq.formats import (
-    LoadedPool,
-    load_pool,
-    write_rejects,
-)
+from kmq.formats import LoadedPool, load_pool, write_rejects
 from kmq.outdir import check_out, staged
 from kmq.outputs import (
     CLUSTERS,
@@ -59,21 +50,9 @@ from kmq.outputs import (
 )
 from kmq.random import SeedLike, seed_sequence, stream
 from kmq.scoring import compute_quality, fill_missing
-from kmq.selectors import (
-    ClusterSelector,
-    KMQSelector,
-    SelectionResult,
-    Selector,
-    get_selector,
-)
+from kmq.selectors import ClusterSelector, KMQSelector, SelectionResult, Selector, get_selector
 from kmq.selectors.kmq import candidate_multiple
-from kmq.stages import (
-    cap_texts,
-    check_vectors,
-    column_quality_info,
-    exclusions,
-    nothing_valid,
-)
+from kmq.stages import cap_texts, check_vectors, column_quality_info, exclusions, nothing_valid
 from kmq.streaming import select_streaming
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
@@ -87,26 +66,15 @@ def cluster(
     embeddings: np.ndarray,
     k: int | Literal["auto"],
     *,
-    budget: int | None = None,
-    seed: SeedLike = 0,
-    k_grid: Sequence[int] | None = None,
-    niter: int = DEFAULT_NITER,
-    silhouette_sample: int = SILHOUETTE_SAMPLE,
-    show_progress: bool = False,
     engine: Engine | None = None,
+    **search: Any,
 ) -> tuple[Clustering, dict[int, float] | None]:
-    """k-means with a given k, or with k chosen by silhouette over ``k_grid`` (``"auto"``); the
-    rows are assigned to the centres by ``engine`` (default: in this process)."""
-    k, scores = resolve_k(
-        embeddings,
-        k,
-        budget=budget,
-        seed=seed,
-        k_grid=k_grid,
-        niter=niter,
-        silhouette_sample=silhouette_sample,
-        show_progress=show_progress,
-    )
+    """k-means with a given k, or with k chosen by silhouette (``"auto"``; ``search`` holds
+    :func:`~kmq.clustering.resolve_k`'s options: ``budget``, ``seed``, ``k_grid``, ``niter``,
+    ``silhouette_sample``, ``show_progress``); the rows are assigned to the centres by
+    ``engine`` (default: in this process)."""
+    k, scores = resolve_k(embeddings, k, **search)
+    seed, niter = search.get("seed", 0), search.get("niter", DEFAULT_NITER)
     return (engine or get_engine()).kmeans(embeddings, k, seed=seed, niter=niter), scores
 
 
@@ -300,15 +268,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     with timer.stage("cluster"):
         if config.needs_clusters():
             fitted, silhouette = cluster(
-                embeddings,
-                config.k,
-                budget=budget,
-                seed=config.seed,
-                k_grid=config.k_grid,
-                niter=config.niter,
-                silhouette_sample=config.silhouette_sample,
-                show_progress=config.progress,
-                engine=make_engine(config),
+                embeddings, config.k, engine=make_engine(config), **config.k_search(budget)
             )
     excluded = left_out.counts(
         decontaminated=None if contamination is None else len(contamination.removed),

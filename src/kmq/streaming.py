@@ -65,13 +65,7 @@ from kmq.outputs import (
 from kmq.random import make_rng
 from kmq.rowcache import keys_array, row_key
 from kmq.selectors import SelectionResult, Selector
-from kmq.stages import (
-    cap_texts,
-    check_vectors,
-    column_quality_info,
-    exclusions,
-    nothing_valid,
-)
+from kmq.stages import cap_texts, check_vectors, column_quality_info, exclusions, nothing_valid
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 log = logging.getLogger("kmq")
@@ -295,17 +289,7 @@ def cluster_stream(
     encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
     check_vectors(sample, f"{encoder} (in the k-means sample)", config.cache_dir)
     with timer.stage("fit"):
-        k, silhouette = resolve_k(
-            sample,
-            config.k,
-            budget=budget,
-            seed=config.seed,
-            k_grid=config.k_grid,
-            niter=config.niter,
-            silhouette_sample=config.silhouette_sample,
-            show_progress=config.progress,
-            n_pool=n,
-        )
+        k, silhouette = resolve_k(sample, config.k, n_pool=n, **config.k_search(budget))
         centroids = fit_centroids(sample, k, seed=config.seed, niter=config.niter)
         del sample
     with timer.stage("assign"):
