@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -105,6 +105,16 @@ def encode_shards(texts: Callable[[np.ndarray], list[str]], encoder: Encoder) ->
             yield number, np.asarray(encoder.encode(texts(rows)), dtype=np.float32)
 
     return compute
+
+
+class CacheArgs(TypedDict):
+    """Where an engine's embeddings are cached and how it reports (:meth:`kmq.engines.Engine.embed`
+    passes them to :func:`embed_cached` or :func:`embed_rows`): the embedded text ``view`` (part
+    of the cache key), the cache folder (None: the default) and whether to show progress."""
+
+    view: str
+    cache_dir: NotRequired[Path | None]
+    show_progress: NotRequired[bool]
 
 
 def embed_rows(

@@ -10,12 +10,12 @@ with :func:`get_engine` (``kmq select --engine``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol, Unpack
 
 import numpy as np
 
 from kmq._imports import require
+from kmq.cache import CacheArgs
 from kmq.clustering import DEFAULT_NITER, Clustering
 from kmq.encoders import Encoder
 from kmq.engines.local import LocalEngine
@@ -31,13 +31,7 @@ class Engine(Protocol):
     name: str
 
     def embed(
-        self,
-        texts: Sequence[str],
-        encoder: Encoder,
-        *,
-        view: str,
-        cache_dir: Path | None = None,
-        show_progress: bool = True,
+        self, texts: Sequence[str], encoder: Encoder, **cache: Unpack[CacheArgs]
     ) -> tuple[np.ndarray, bool]:
         """Embeddings of ``texts`` from the cache (filled first if needed), and whether they
         were all there already."""

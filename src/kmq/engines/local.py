@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Unpack
 
 import numpy as np
 
-from kmq.cache import embed_cached
+from kmq.cache import CacheArgs, embed_cached
 from kmq.clustering import DEFAULT_NITER, Clustering, kmeans
 from kmq.encoders import Encoder
 from kmq.random import SeedLike
@@ -22,17 +21,9 @@ class LocalEngine:
     name = "local"
 
     def embed(
-        self,
-        texts: Sequence[str],
-        encoder: Encoder,
-        *,
-        view: str,
-        cache_dir: Path | None = None,
-        show_progress: bool = True,
+        self, texts: Sequence[str], encoder: Encoder, **cache: Unpack[CacheArgs]
     ) -> tuple[np.ndarray, bool]:
-        return embed_cached(
-            texts, encoder, view=view, cache_dir=cache_dir, show_progress=show_progress
-        )
+        return embed_cached(texts, encoder, **cache)
 
     def kmeans(
         self, embeddings: np.ndarray, k: int, *, seed: SeedLike = 0, niter: int = DEFAULT_NITER

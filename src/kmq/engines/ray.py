@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar, Unpack, cast
 
 import numpy as np
 import ray
 
-from kmq.cache import content_hash, embed_rows
+from kmq.cache import CacheArgs, content_hash, embed_rows
 from kmq.chunks import read_rows, spans
 from kmq.clustering import DEFAULT_NITER, Clustering, assign, fit_centroids
 from kmq.encoders import Encoder
@@ -91,25 +90,13 @@ class RayEngine:
         return self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def embed(
-        self,
-        texts: Sequence[str],
-        encoder: Encoder,
-        *,
-        view: str,
-        cache_dir: Path | None = None,
-        show_progress: bool = True,
+        self, texts: Sequence[str], encoder: Encoder, **cache: Unpack[CacheArgs]
     ) -> tuple[np.ndarray, bool]:
         def compute(shards: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
             return self.encode_shards(texts, shards, encoder)
 
         return embed_rows(
-            row_keys(texts),
-            compute,
-            encoder,
-            view=view,
-            cache_dir=cache_dir,
-            show_progress=show_progress,
-            legacy_hash=content_hash(texts),
+            row_keys(texts), compute, encoder, legacy_hash=content_hash(texts), **cache
         )
 
     def encode_shards(
