@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kmq.registry import build, choose
-from kmq.selectors.base import ClusterSelector, SelectionResult, Selector
+from kmq.selectors.base import ClusterSelector, PoolSelector, SelectArgs, SelectionResult, Selector
 from kmq.selectors.deita import DeitaSelector
 from kmq.selectors.kcenter import KCenterSelector
 from kmq.selectors.kmeans_closest import KMeansClosestSelector
@@ -47,8 +47,10 @@ __all__ = [
     "KMQSelector",
     "KMeansClosestSelector",
     "KMeansRandomSelector",
+    "PoolSelector",
     "QDITSelector",
     "RandomSelector",
+    "SelectArgs",
     "SelectionResult",
     "Selector",
     "get_selector",
