@@ -98,6 +98,8 @@ class SelectConfig:
     keep_duplicates: bool = False
     decontaminate: list[str] | None = None
     ngram: int = NGRAM
+    budget_tokens: int | None = None
+    tokenizer: str | None = None
 
     def validate(self) -> None:
         """Check every setting, before any work: a bad one raises a :class:`ParameterError`
@@ -124,7 +126,14 @@ class SelectConfig:
                 "embedding_dtype",
                 f"{{param}} must be float16 or float32, got {self.embedding_dtype!r}",
             )
-        for name in ("kmeans_sample", "output_shard_rows", "max_length", "sample", "ngram"):
+        for name in (
+            "kmeans_sample",
+            "output_shard_rows",
+            "max_length",
+            "sample",
+            "ngram",
+            "budget_tokens",
+        ):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -153,6 +162,10 @@ class SelectConfig:
             )
         if self.sample is not None and self.is_streaming():
             raise KmqError("--sample applies to in-memory runs only, not to --streaming ones")
+        if (self.budget_tokens is not None or self.tokenizer is not None) and self.is_streaming():
+            raise KmqError(
+                "--budget-tokens and --tokenizer apply to in-memory runs, not --streaming"
+            )
 
     def needs_clusters(self) -> bool:
         """Whether the run clusters: a clustered method, a given k, or SemDeDup (which
@@ -207,8 +220,9 @@ def check_quality(name: str, options: dict[str, Any]) -> None:
 def quality_multiple(config: SelectConfig) -> int | None:
     """M when kMQ draws among M × quota candidates scored by a ``--quality`` scorer; None when
     every row is scored (``--quality-candidates 0|all``, a ``--quality-field`` column, which
-    is read whole, or another method: deita and qdit rank every row's quality)."""
-    if not config.quality or config.method != "kmq":
+    is read whole, another method: deita and qdit rank every row's quality, or a token budget:
+    every row of a cluster is ranked, see :mod:`kmq.token_budget`)."""
+    if not config.quality or config.method != "kmq" or config.budget_tokens is not None:
         return None
     return candidate_multiple(config.quality_candidates)
 

@@ -23,7 +23,6 @@ from kmq.config import (
     make_engine,
     make_selector,
     quality_multiple,
-    resolve_budget,
 )
 from kmq.decontaminate import (
     CONTAMINATION,
@@ -74,7 +73,10 @@ from kmq.stages import (
     exclusions,
     nothing_valid,
 )
+from kmq.statistics import statistics
 from kmq.streaming import select_streaming
+from kmq.token_budget import TokenSelection, row_budget, rows_for_tokens, select_tokens
+from kmq.tokens import DEFAULT_TOKENIZER, load_token_counter
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 log = logging.getLogger("kmq")
@@ -112,8 +114,10 @@ def cluster(
 
 def select(
     embeddings: np.ndarray,
-    budget: int | float,
+    budget: int | float | None = None,
     *,
+    budget_tokens: int | None = None,
+    tokens: np.ndarray | Sequence[int] | None = None,
     method: str | Selector = "kmq",
     k: int | Literal["auto"] = "auto",
     labels: np.ndarray | None = None,
@@ -145,11 +149,14 @@ def select(
     (kmq only; None, 0 or ``"all"``: every row) draws each cluster's quota among M × quota
     uniformly drawn candidates, so only those rows need a score (see
     :class:`~kmq.selectors.KMQSelector`).
+
+    ``budget_tokens`` (instead of ``budget``) selects rows whose ``tokens`` (one count per row)
+    sum to at most that many, as :mod:`kmq.token_budget` says; every row's quality is then read.
     """
     runner = get_engine(engine) if isinstance(engine, str) else engine
     check_embeddings(embeddings)
     n = len(embeddings)
-    n_budget = resolve_budget(budget, n)
+    n_budget = row_budget(budget, budget_tokens, tokens, n, exclude, quality_candidates)
     multiple = candidate_multiple(quality_candidates)
     selector = make_method(
         method,
@@ -177,9 +184,28 @@ def select(
             seed = seed_sequence(seed)  # a Generator would advance between the two calls
             rows = selector.candidate_rows(n, n_budget, labels=labels, exclude=exclude, seed=seed)
         quality = scores_at(rows, np.asarray(quality(rows), dtype=np.float64), n)
-    result = runner.select(
-        selector, embeddings, n_budget, labels=labels, quality=quality, exclude=exclude, seed=seed
-    )
+    if budget_tokens is not None and tokens is not None:
+        result, spent = select_tokens(
+            selector,
+            embeddings,
+            budget_tokens,
+            np.asarray(tokens),
+            labels=labels,
+            quality=quality,
+            exclude=exclude,
+            seed=seed,
+        )
+        result.notes.append(spent.note())
+    else:
+        result = runner.select(
+            selector,
+            embeddings,
+            n_budget,
+            labels=labels,
+            quality=quality,
+            exclude=exclude,
+            seed=seed,
+        )
     result.silhouette = silhouette
     return result
 
@@ -284,6 +310,9 @@ def select_file(config: SelectConfig) -> SelectRun:
     ids = [ex.id for ex in pool.examples]
     left_out = exclusions(config, ids, lambda: exact_duplicates(pool.examples))
     budget, exclude_mask, duplicates = left_out.budget, left_out.mask, left_out.duplicates
+    tokens, tokenizer = count_tokens(pool, config, timer)
+    if config.budget_tokens is not None:
+        budget = rows_for_tokens(config.budget_tokens, tokens, exclude_mask)
     contamination = decontamination(pool, config)
     if contamination is not None:
         exclude_mask |= contamination.mask(n)
@@ -329,16 +358,29 @@ def select_file(config: SelectConfig) -> SelectRun:
                 n, budget, labels=labels, exclude=exclude_mask, seed=config.seed
             )
             quality, quality_info = pool_quality(pool, config, rows=rows)
+    token_selection: TokenSelection | None = None
     with timer.stage("select"):
-        result = make_engine(config).select(
-            selector,
-            embeddings,
-            budget,
-            labels=labels,
-            quality=quality,
-            exclude=exclude_mask,
-            seed=config.seed,
-        )
+        if config.budget_tokens is not None and tokens is not None:
+            result, token_selection = select_tokens(
+                selector,
+                embeddings,
+                config.budget_tokens,
+                tokens,
+                labels=labels,
+                quality=quality,
+                exclude=exclude_mask,
+                seed=config.seed,
+            )
+        else:
+            result = make_engine(config).select(
+                selector,
+                embeddings,
+                budget,
+                labels=labels,
+                quality=quality,
+                exclude=exclude_mask,
+                seed=config.seed,
+            )
         result.silhouette = silhouette
     if quality_info is not None and hasattr(selector, "rule_"):
         quality_info["weighting"] = f"{selector.rule_} (temperature {config.temperature})"
@@ -389,8 +431,28 @@ def select_file(config: SelectConfig) -> SelectRun:
             checks=checks_summary(pool.rejects, pool.repairs),
         )
         manifest.outputs["contamination"] = CONTAMINATION if contamination is not None else None
+        manifest.statistics = statistics(
+            pool.examples, result.indices, tokens=tokens, tokenizer=tokenizer, labels=labels
+        )
+        manifest.statistics["token_budget"] = (
+            None if token_selection is None else token_selection.summary()
+        )
         manifest.write(folder)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def count_tokens(
+    pool: LoadedPool, config: SelectConfig, timer: Timer
+) -> tuple[np.ndarray | None, str | None]:
+    """Tokens of every row (see :mod:`kmq.tokens`) and the tokenizer's name, when the run has
+    a token budget or names a tokenizer; ``(None, None)`` otherwise."""
+    if config.budget_tokens is None and config.tokenizer is None:
+        return None, None
+    with timer.stage("tokens"):
+        counter = load_token_counter(config.tokenizer or DEFAULT_TOKENIZER, config.cache_dir)
+        tokens = counter.count(pool.examples)
+    log.info("%s tokens in %d rows (%s)", f"{int(tokens.sum()):,}", len(tokens), counter.name)
+    return tokens, counter.name
 
 
 def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | None:

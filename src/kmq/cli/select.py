@@ -19,6 +19,7 @@ from kmq.replay import check_same_input, config_from_manifest, read_manifest
 from kmq.report import write_report
 from kmq.selectors import SELECTORS
 from kmq.streaming import IN_MEMORY_LIMIT, OUTPUT_SHARD_ROWS, SAMPLE_FLOOR, SAMPLE_PER_CENTROID
+from kmq.tokens import DEFAULT_TOKENIZER
 
 stdout = Console()
 
@@ -58,6 +59,26 @@ def add_select(sub: Any) -> None:
         metavar="N",
         help="select from N of the valid rows, drawn uniformly with --seed (a quick first look "
         "at a big pool; in-memory runs only)",
+    )
+    t = p.add_argument_group(
+        "token budgets and statistics",
+        "A row's tokens are its whole conversation rendered by the tokenizer's chat template "
+        "(as a trainer sees it), tokenised without extra special tokens. With either flag the "
+        "manifest, kmq inspect and the report show tokens per source and per cluster.",
+    )
+    t.add_argument(
+        "--budget-tokens",
+        type=int,
+        metavar="N",
+        help="pick rows whose tokens sum to at most N (instead of --budget): per-cluster token "
+        "quotas by --allocation, each cluster's rows in the method's order while they fit, the "
+        "unused tokens pooled and handed out round-robin",
+    )
+    t.add_argument(
+        "--tokenizer",
+        metavar="smollm2|PATH",
+        help=f"tokenizer that counts tokens: {DEFAULT_TOKENIZER} (SmolLM2-135M-Instruct's, "
+        "shipped offline; default with --budget-tokens) or a local tokenizer folder",
     )
     p.add_argument(
         "--allocation",
