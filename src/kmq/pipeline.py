@@ -41,6 +41,7 @@ from kmq.formats import (
     load_pool,
     write_rejects,
 )
+from kmq.mixing import select_budgeted
 from kmq.outdir import check_out, staged
 from kmq.outputs import (
     CLUSTERS,
@@ -75,7 +76,7 @@ from kmq.stages import (
 )
 from kmq.statistics import statistics
 from kmq.streaming import select_streaming
-from kmq.token_budget import TokenSelection, row_budget, rows_for_tokens, select_tokens
+from kmq.token_budget import row_budget, rows_for_tokens
 from kmq.tokens import DEFAULT_TOKENIZER, load_token_counter
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
@@ -118,6 +119,8 @@ def select(
     *,
     budget_tokens: int | None = None,
     tokens: np.ndarray | Sequence[int] | None = None,
+    mix: Mapping[str, float] | None = None,
+    sources: Sequence[str | None] | None = None,
     method: str | Selector = "kmq",
     k: int | Literal["auto"] = "auto",
     labels: np.ndarray | None = None,
@@ -152,6 +155,8 @@ def select(
 
     ``budget_tokens`` (instead of ``budget``) selects rows whose ``tokens`` (one count per row)
     sum to at most that many, as :mod:`kmq.token_budget` says; every row's quality is then read.
+    ``mix`` (source → share, summing to 1) with ``sources`` (one per row) splits the budget by
+    source first and selects inside each source's rows (:mod:`kmq.mixing`).
     """
     runner = get_engine(engine) if isinstance(engine, str) else engine
     check_embeddings(embeddings)
@@ -184,28 +189,22 @@ def select(
             seed = seed_sequence(seed)  # a Generator would advance between the two calls
             rows = selector.candidate_rows(n, n_budget, labels=labels, exclude=exclude, seed=seed)
         quality = scores_at(rows, np.asarray(quality(rows), dtype=np.float64), n)
-    if budget_tokens is not None and tokens is not None:
-        result, spent = select_tokens(
-            selector,
-            embeddings,
-            budget_tokens,
-            np.asarray(tokens),
-            labels=labels,
-            quality=quality,
-            exclude=exclude,
-            seed=seed,
-        )
+    result, _, spent = select_budgeted(
+        selector,
+        embeddings,
+        n_budget,
+        engine=runner,
+        mix=mix,
+        sources=sources,
+        budget_tokens=budget_tokens,
+        tokens=None if tokens is None else np.asarray(tokens),
+        labels=labels,
+        quality=quality,
+        exclude=exclude,
+        seed=seed,
+    )
+    if spent is not None:
         result.notes.append(spent.note())
-    else:
-        result = runner.select(
-            selector,
-            embeddings,
-            n_budget,
-            labels=labels,
-            quality=quality,
-            exclude=exclude,
-            seed=seed,
-        )
     result.silhouette = silhouette
     return result
 
@@ -358,29 +357,21 @@ def select_file(config: SelectConfig) -> SelectRun:
                 n, budget, labels=labels, exclude=exclude_mask, seed=config.seed
             )
             quality, quality_info = pool_quality(pool, config, rows=rows)
-    token_selection: TokenSelection | None = None
     with timer.stage("select"):
-        if config.budget_tokens is not None and tokens is not None:
-            result, token_selection = select_tokens(
-                selector,
-                embeddings,
-                config.budget_tokens,
-                tokens,
-                labels=labels,
-                quality=quality,
-                exclude=exclude_mask,
-                seed=config.seed,
-            )
-        else:
-            result = make_engine(config).select(
-                selector,
-                embeddings,
-                budget,
-                labels=labels,
-                quality=quality,
-                exclude=exclude_mask,
-                seed=config.seed,
-            )
+        result, mix, token_selection = select_budgeted(
+            selector,
+            embeddings,
+            budget,
+            engine=make_engine(config),
+            mix=config.mix,
+            sources=[ex.source for ex in pool.examples],
+            budget_tokens=config.budget_tokens,
+            tokens=tokens,
+            labels=labels,
+            quality=quality,
+            exclude=exclude_mask,
+            seed=config.seed,
+        )
         result.silhouette = silhouette
     if quality_info is not None and hasattr(selector, "rule_"):
         quality_info["weighting"] = f"{selector.rule_} (temperature {config.temperature})"
@@ -418,6 +409,8 @@ def select_file(config: SelectConfig) -> SelectRun:
             sources=source_counts(pool),
             selected_sources=source_counts(pool, result.indices),
         )
+        if pool.parts:  # several inputs: each file, and the list of them as the path
+            summary.input |= {"path": [part["path"] for part in pool.parts], "files": pool.parts}
         manifest = build_manifest(
             config,
             summary,
@@ -434,6 +427,8 @@ def select_file(config: SelectConfig) -> SelectRun:
         manifest.statistics = statistics(
             pool.examples, result.indices, tokens=tokens, tokenizer=tokenizer, labels=labels
         )
+        if manifest.sources is not None:
+            manifest.sources["mix"] = mix
         manifest.statistics["token_budget"] = (
             None if token_selection is None else token_selection.summary()
         )
