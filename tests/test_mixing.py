@@ -183,6 +183,9 @@ def test_cli_several_inputs_with_a_mix(tmp_path: Path, capsys: pytest.CaptureFix
     argv = ["select", *files, "--out", str(out), "--budget", "20", "--method", "random"]
     argv += ["--mix", "alpaca=0.5", "dolly=0.25", "oasst=0.25", "--no-progress"]
     assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert "mix (rows split by source first): alpaca 0.5 (10 rows)" in capsys.readouterr().out
     manifest = Manifest.read(out)
     assert manifest.sources is not None
     assert manifest.sources["selected"] == {"alpaca": 10, "dolly": 5, "oasst": 5}

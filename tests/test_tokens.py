@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from kmq.cli import main
 from kmq.errors import KmqError, ParameterError
 from kmq.examples import Example, Message
+from kmq.formats import load_pool
 from kmq.outputs import Manifest
 from kmq.pipeline import select, select_file
 from kmq.selectors import get_selector
@@ -222,3 +223,15 @@ def test_smollm2_tokenizer_counts_chatml() -> None:
     assert counter.count([example])[0] == len(
         counter.tokenizer(text, add_special_tokens=False)["input_ids"]
     )
+
+
+def test_dry_run_counts_the_conversation_tokens(tmp_path: Path, word_tokenizer: Path) -> None:
+    from kmq.dryrun import dry_run, dry_run_lines
+
+    pool = tmp_path / "pool.jsonl"
+    write_varied(pool)
+    report = dry_run(config(tmp_path, pool, budget_tokens=100, tokenizer=str(word_tokenizer)))
+    counter = load_token_counter(str(word_tokenizer))
+    expected = int(counter.count(load_pool(str(pool)).examples).sum())
+    assert report["conversation_tokens"] == expected
+    assert f"conversations: {expected:,} tokens" in "\n".join(dry_run_lines(report))

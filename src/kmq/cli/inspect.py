@@ -106,6 +106,12 @@ def print_summary(manifest: Manifest, out: Path) -> None:
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest.timings_s.items())
     lines.append(f"time: {timings}; peak memory {manifest.peak_rss_mb or 0:.0f} MB")
     lines.extend(token_lines(manifest.statistics))
+    mix = (manifest.sources or {}).get("mix")
+    if mix:
+        parts = ", ".join(
+            f"{s} {share:g} ({mix['selected_rows'][s]} rows)" for s, share in mix["shares"].items()
+        )
+        lines.append(f"mix ({mix['unit']} split by source first): {parts}")
     for line in lines:
         stdout.print(line)
     if manifest.sources or manifest.clusters:
