@@ -219,3 +219,13 @@ def test_select_file_with_a_mix_and_clusters(tmp_path: Path) -> None:
     assert picked.count("alpaca") == 10 and picked.count("dolly") == 10
     clusters = run.manifest.clusters
     assert clusters is not None and sum(clusters["quota"]) == 20
+
+
+def test_a_save_to_disk_folder_is_not_a_folder_of_json_arrays(tmp_path: Path) -> None:
+    from kmq.inputs import is_json_folder
+
+    for marker in ("dataset_dict.json", "state.json", "dataset_info.json"):
+        folder = tmp_path / marker
+        folder.mkdir()
+        (folder / marker).write_text("{}")
+        assert not is_json_folder(folder)

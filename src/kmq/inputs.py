@@ -46,7 +46,7 @@ def is_json_folder(path: Any) -> bool:
         return False
     names = [p.name.lower() for p in folder.iterdir() if p.is_file()]
     shards = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet", ".parquet.gz")
-    markers = ("dataset_info.json", "state.json")
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")  # save_to_disk folders
     return (
         any(n.endswith(".json") for n in names)
         and not any(n.endswith(shards) for n in names)

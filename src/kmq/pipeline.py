@@ -427,7 +427,7 @@ def select_file(config: SelectConfig) -> SelectRun:
         manifest.statistics = statistics(
             pool.examples, result.indices, tokens=tokens, tokenizer=tokenizer, labels=labels
         )
-        if manifest.sources is not None:
+        if mix is not None and manifest.sources is not None:
             manifest.sources["mix"] = mix
         manifest.statistics["token_budget"] = (
             None if token_selection is None else token_selection.summary()
