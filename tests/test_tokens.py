@@ -235,3 +235,23 @@ def test_dry_run_counts_the_conversation_tokens(tmp_path: Path, word_tokenizer: 
     expected = int(counter.count(load_pool(str(pool)).examples).sum())
     assert report["conversation_tokens"] == expected
     assert f"conversations: {expected:,} tokens" in "\n".join(dry_run_lines(report))
+
+
+def test_counts_are_cached_by_tokenizer_and_text(tmp_path: Path, word_tokenizer: Path) -> None:
+    counter = load_token_counter(str(word_tokenizer))
+    rows = [
+        Example(str(i), (Message("user", "a " * i), Message("assistant", "b")), i) for i in range(5)
+    ]
+    first = counter.count(rows, cache_dir=tmp_path)
+    assert len(list((tmp_path / "tokens").iterdir())) == 1
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tokenised again")
+
+    cached = load_token_counter(str(word_tokenizer))
+    render = cached.tokenizer.apply_chat_template
+    cached.tokenizer = type("Tokenizer", (), {"apply_chat_template": render, "__call__": refuse})()
+    assert cached.count(rows, cache_dir=tmp_path).tolist() == first.tolist()
+    changed = [*rows[:4], Example("4", (Message("user", "new"), Message("assistant", "b")), 4)]
+    assert counter.count(changed, cache_dir=tmp_path)[4] != first[4]
+    assert len(list((tmp_path / "tokens").iterdir())) == 2

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from kmq.cachedir import default_cache_dir
 from kmq.clustering import (
     DEFAULT_NITER,
     SILHOUETTE_SAMPLE,
@@ -445,7 +446,7 @@ def count_tokens(
         return None, None
     with timer.stage("tokens"):
         counter = load_token_counter(config.tokenizer or DEFAULT_TOKENIZER, config.cache_dir)
-        tokens = counter.count(pool.examples)
+        tokens = counter.count(pool.examples, cache_dir=config.cache_dir or default_cache_dir())
     log.info("%s tokens in %d rows (%s)", f"{int(tokens.sum()):,}", len(tokens), counter.name)
     return tokens, counter.name
 

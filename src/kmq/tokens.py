@@ -15,6 +15,7 @@ tokenizer (``tokenizer.json`` …). Hub names are refused: kmq does not download
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from kmq._imports import require
+from kmq.atomic import atomic_path
 from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 from kmq.examples import Example
@@ -58,13 +60,30 @@ class TokenCounter:
         )
         return str(text)
 
-    def count(self, examples: Sequence[Example]) -> np.ndarray:
-        """Tokens of every example's conversation (int64, one per example)."""
-        out = np.zeros(len(examples), dtype=np.int64)
-        for start in range(0, len(examples), BATCH):
-            texts = [self.render(ex) for ex in examples[start : start + BATCH]]
-            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-            out[start : start + len(texts)] = [len(row) for row in ids]
+    def count(self, examples: Sequence[Example], cache_dir: str | Path | None = None) -> np.ndarray:
+        """Tokens of every example's conversation (int64, one per example).
+
+        With ``cache_dir`` the counts are kept in ``<cache_dir>/tokens/<key>.npy``, the key a
+        sha256 of the tokenizer's name and every rendered text, so a rerun on the same rows
+        reads them instead of tokenising again (rendering is cheap; tokenising is not).
+        """
+        texts = [self.render(ex) for ex in examples]
+        path = None
+        if cache_dir is not None:
+            digest = hashlib.sha256(self.name.encode())
+            for text in texts:
+                digest.update(b"\0" + text.encode())
+            path = Path(cache_dir) / "tokens" / f"{digest.hexdigest()[:32]}.npy"
+            if path.is_file():
+                return np.load(path)
+        out = np.zeros(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), BATCH):
+            ids = self.tokenizer(texts[start : start + BATCH], add_special_tokens=False)
+            out[start : start + BATCH] = [len(row) for row in ids["input_ids"]]
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp, tmp.open("wb") as fh:
+                np.save(fh, out)
         return out
 
 
