@@ -588,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.embeddings is not None:
         inputs.append(file_digest(args.embeddings))
     key = [inputs, args.k, args.budget, args.fraction, multiples, noise_seeds, args.seeds]
+    key.append(list(LM_SCORES))  # the scores compared
     path = args.work / f"runs-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json"
     note = ""
     if path.exists():
