@@ -292,7 +292,11 @@ def mean_se(v: np.ndarray) -> str:
 
 def relative_change(full: np.ndarray, got: np.ndarray) -> tuple[float, tuple[float, float] | None]:
     """(mean(got) − mean(full)) / mean(full), and its 95 % interval from the paired t interval of
-    the differences (the denominator taken as exact); None when the differences are all equal."""
+    the differences (the denominator taken as exact); None when the differences are all equal.
+    When full scoring picks no noisy row the change is 0 if the candidates pick none too, else
+    +inf (no relative bound holds; the shares themselves are in the table)."""
+    if full.mean() == 0:
+        return (0.0 if got.mean() == 0 else float("inf")), None
     change = float((got.mean() - full.mean()) / full.mean())
     test = paired_test(got - full)
     if test.undefined is not None:

@@ -68,7 +68,8 @@ def test_a_row_missing_from_the_table_is_an_error_that_says_how_to_make_it(
     path, rows = table
     with pytest.raises(ValueError, match=r"1 of the 5 rows are not in the table \(first: row 4\)"):
         pool_nll.table_quality(path, [*rows, example(4, "a", "changed")], "pmi")
-    with pytest.raises(ValueError, match="quality must be one of pmi, pmi-total, ifd, perplexity; got .ppl."):
+    known = "pmi, pmi-total, ifd, perplexity"
+    with pytest.raises(ValueError, match=rf"quality must be one of {known}; got 'ppl'"):
         pool_nll.table_quality(path, rows, "ppl")
 
 
@@ -131,6 +132,8 @@ def test_relative_change_interval_and_zero_spread() -> None:
     assert change == pytest.approx(0.5)
     assert ci is not None and ci[0] < 0.5 < ci[1]
     assert candidates.relative_change(np.full(3, 0.2), np.full(3, 0.3))[1] is None
+    assert candidates.relative_change(np.zeros(3), np.zeros(3)) == (0.0, None)
+    assert candidates.relative_change(np.zeros(3), np.array([0.0, 0.01, 0.0])) == (np.inf, None)
 
 
 def test_total_variation_of_inclusion_vectors() -> None:
