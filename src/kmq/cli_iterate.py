@@ -113,6 +113,7 @@ def loop_config(args: argparse.Namespace, *, external: bool) -> IterateConfig:
             "base_url": args.feedback_base_url,
             "lm_backend": args.lm_backend,
             "compute_type": args.lm_compute_type,
+            "dtype": args.lm_dtype,
             "device": args.device,
         },
         trainer_options=trainer,

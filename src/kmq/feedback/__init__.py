@@ -4,8 +4,8 @@ Higher = the cluster deserves more weight next round (for the paper's Eq. 4 scor
 is further from the gold answer on that row). Each scorer documents its range. A row that could
 not be scored is NaN and is left out of its cluster's mean (Eq. 5).
 
-``gold-pmi`` judges the gold answer alone and needs no generated answer; a scorer says so with
-``needs_generation = False`` and the loop then skips generation.
+``gold-fit`` and ``gold-pmi`` judge the gold answer alone and need no generated answer; a
+scorer says so with ``needs_generation = False`` and the loop then skips generation.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ import numpy as np
 from kmq.errors import KmqError
 from kmq.examples import Message
 
-FEEDBACK_SCORERS = ("gold-pmi", "pmi-gap", "similarity", "perplexity", "reward-gap", "judge")
+FEEDBACK_SCORERS = (
+    "gold-fit",
+    "gold-pmi",
+    "pmi-gap",
+    "similarity",
+    "perplexity",
+    "reward-gap",
+    "judge",
+)
 DEFAULT_FEEDBACK = "similarity"
 
 
@@ -59,6 +67,10 @@ def needs_generation(scorer: FeedbackScorer) -> bool:
 
 
 def _factory(name: str) -> Callable[..., FeedbackScorer]:
+    if name == "gold-fit":
+        from kmq.feedback.pmi import GoldFitFeedback
+
+        return GoldFitFeedback
     if name == "gold-pmi":
         from kmq.feedback.pmi import GoldPMIFeedback
 
