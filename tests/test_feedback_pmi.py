@@ -20,7 +20,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kmq.examples import Message
-from kmq.feedback import get_feedback_scorer, needs_generation
+from kmq.feedback import DEFAULT_FEEDBACK, get_feedback_scorer, needs_generation
 from kmq.feedback.pmi import GoldPMIFeedback, end_windows, pmi_windows
 from kmq.models import ChatFormat, load_causal_lm
 from kmq.quality.lm import score_responses, token_ids
@@ -156,6 +156,14 @@ def test_a_swapped_answer_tells_nothing_about_its_prompt(taught_lm: Path) -> Non
     scorer = get_feedback_scorer("gold-pmi", model=str(taught_lm), batch_size=4)
     prompts, answers = twins()
     assert (scorer.score(prompts, answers["swap"], [""] * len(prompts)) < 0).all()
+
+
+def test_gold_fit_is_the_loops_default_and_needs_no_generation() -> None:
+    from kmq.cli import build_parser
+
+    args = build_parser().parse_args(["iterate", "pool.jsonl", "--run", "r"])
+    assert args.feedback == DEFAULT_FEEDBACK == "gold-fit"
+    assert not needs_generation(get_feedback_scorer(DEFAULT_FEEDBACK))
 
 
 def test_only_pmi_gap_needs_generations() -> None:

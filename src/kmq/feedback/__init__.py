@@ -4,8 +4,11 @@ Higher = the cluster deserves more weight next round (for the paper's Eq. 4 scor
 is further from the gold answer on that row). Each scorer documents its range. A row that could
 not be scored is NaN and is left out of its cluster's mean (Eq. 5).
 
-``gold-fit`` and ``gold-pmi`` judge the gold answer alone and need no generated answer; a
-scorer says so with ``needs_generation = False`` and the loop then skips generation.
+``gold-fit`` (the default) and ``gold-pmi`` judge the gold answer alone and need no generated
+answer; a scorer says so with ``needs_generation = False`` and the loop then skips generation.
+The default is the one that starved every kind of planted noise in
+``benchmarks/results/corruption.md``; the paper's Eq. 4-7 scorers (``similarity``,
+``perplexity``, ``reward-gap``, ``judge``) are a ``--feedback`` flag away.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ FEEDBACK_SCORERS = (
     "reward-gap",
     "judge",
 )
-DEFAULT_FEEDBACK = "similarity"
+DEFAULT_FEEDBACK = "gold-fit"
 
 
 @runtime_checkable

@@ -287,11 +287,12 @@ class GoldFitFeedback(_PMIFeedback):
       the answer stops mid-way (cut after its first sentence) or ends on a word no answer
       ends on (its words shuffled).
 
-    Range [0, 1]; higher = a sound gold answer, so its cluster deserves more weight. On a clean
-    pool most rows sit near their source's P(end), so the weights move less than with the
-    unbounded ``gold-pmi``. Needs no generated answer (the loop skips generation); three
-    passes of the reference LM per trained row, each at most ``max_length`` tokens. See
-    ``benchmarks/results/corruption.md`` for what it starves.
+    Range [0, 1]; higher = a sound gold answer, so its cluster deserves more weight. Needs no
+    generated answer (the loop skips generation); three passes of the reference LM per trained
+    row, each at most ``max_length`` tokens. ``benchmarks/results/corruption.md``: it starves
+    clusters of shuffled, swapped and truncated gold answers, but P(end) is partly a matter of
+    style (SmolLM2 does not expect a turn to end after GSM8K's ``#### 42``), so on a clean pool
+    three rounds move most of the weight to the sources whose answers end as it expects (code).
     """
 
     name = "gold-fit"
