@@ -191,6 +191,7 @@ FEEDBACK_OPTIONS = {
     "base_url": "feedback_base_url",
     "lm_backend": "lm_backend",
     "compute_type": "lm_compute_type",
+    "dtype": "lm_dtype",
     "device": "device",
 }
 

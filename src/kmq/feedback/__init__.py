@@ -4,8 +4,11 @@ Higher = the cluster deserves more weight next round (for the paper's Eq. 4 scor
 is further from the gold answer on that row). Each scorer documents its range. A row that could
 not be scored is NaN and is left out of its cluster's mean (Eq. 5).
 
-``gold-pmi`` judges the gold answer alone and needs no generated answer; a scorer says so with
-``needs_generation = False`` and the loop then skips generation.
+``gold-fit`` (the default) and ``gold-pmi`` judge the gold answer alone and need no generated
+answer; a scorer says so with ``needs_generation = False`` and the loop then skips generation.
+The default is the one that starved every kind of planted noise in
+``benchmarks/results/corruption.md``; the paper's Eq. 4-7 scorers (``similarity``,
+``perplexity``, ``reward-gap``, ``judge``) are a ``--feedback`` flag away.
 """
 
 from __future__ import annotations
@@ -18,8 +21,16 @@ import numpy as np
 from kmq.examples import Message
 from kmq.registry import build, check_options, choose
 
-FEEDBACK_SCORERS = ("gold-pmi", "pmi-gap", "similarity", "perplexity", "reward-gap", "judge")
-DEFAULT_FEEDBACK = "similarity"
+FEEDBACK_SCORERS = (
+    "gold-fit",
+    "gold-pmi",
+    "pmi-gap",
+    "similarity",
+    "perplexity",
+    "reward-gap",
+    "judge",
+)
+DEFAULT_FEEDBACK = "gold-fit"
 
 
 @runtime_checkable
@@ -47,6 +58,10 @@ def needs_generation(scorer: FeedbackScorer) -> bool:
 
 
 def _factory(name: str) -> Callable[..., FeedbackScorer]:
+    if name == "gold-fit":
+        from kmq.feedback.pmi import GoldFitFeedback
+
+        return GoldFitFeedback
     if name == "gold-pmi":
         from kmq.feedback.pmi import GoldPMIFeedback
 
