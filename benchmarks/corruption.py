@@ -11,13 +11,18 @@ every stage from whatever is done (``--report-only`` just tabulates). Progress g
 
 What runs where:
 - Round 1 draws the same rows for every scorer (uniform weights), as the loop does.
-- Generation-free scorers (``gold-pmi``, and its per-token variant) score the gold answers with
-  the fixed reference LM only, so the loop's rounds 2-3 do not depend on the model trained in
-  between: the benchmark replays the loop's selection and reweighting exactly (same seeds,
-  same Eq. 6), without training (3 rounds for ``gold-pmi``, round 1 for the variant).
+- Generation-free scorers (``gold-fit``, the default; ``gold-pmi``; and, for round 1 only,
+  ``gold-fit``'s two parts and ``gold-pmi`` per token) score the gold answers with the fixed
+  reference LM only, so the loop's rounds 2-3 do not depend on the model trained in between:
+  the benchmark replays the loop's selection and reweighting exactly (same seeds, same Eq. 6),
+  without training (``--stages replay``).
+- ``--stages cost`` times ``gold-pmi`` and ``gold-fit`` as ``kmq iterate`` runs them (the
+  product classes, not the benchmark's cache) on one round's rows, and checks they give the
+  cached scores.
 - Scorers that need the trained model (``similarity``, Eq. 7 ``perplexity``, ``pmi-gap`` need
   its generations; ``learning-gain`` its NLL on rows of each cluster not trained on) get one
-  real LoRA round per noisy pool, shared by all of them, and are reported after round 1.
+  real LoRA round per noisy pool with ``--stages trained`` (and ``proxy``), reported after
+  round 1; not in the default stages (over 40 minutes a round on a shared 2-core CPU).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +51,9 @@ log = logging.getLogger("kmq.benchmarks")
 
 KINDS = ("shuffle", "swap", "truncate")
 WHERES = ("clusters", "spread")
-FREE_SCORERS = ("gold-pmi", "gold-pmi/token")
+FREE_SCORERS = ("gold-fit", "gold-pmi", "gold-pmi/token", "on-topic", "end")
+FULL_SCORERS = ("gold-fit", "gold-pmi")  # replayed for every round; the others for round 1
+DEFAULT = "gold-fit"
 TRAINED_SCORERS = ("similarity", "perplexity", "pmi-gap", "learning-gain")
 GATE_BAD, GATE_CLEAN = 0.8, 1.0
 
@@ -155,13 +162,20 @@ def noisy_ids(path: Path) -> set[str]:
 # -- cached reference-LM NLLs -----------------------------------------------------------------
 
 
-class NLLCache:
-    """NLL(y | x), NLL(y) and the scored tokens of (prompt, answer) rows under the reference
-    LM, in ``gold-pmi``'s windows; cached in atomic shard files (one per computed batch)."""
+class FeatureCache:
+    """Per-row values of (prompt, answer) rows under the reference LM, computed by ``compute``
+    for the rows not cached yet and kept in atomic shard files (one per computed batch)."""
 
-    def __init__(self, folder: Path, model: Any, tokenizer: Any, *, tag: str, max_length: int):
+    def __init__(
+        self,
+        folder: Path,
+        compute: Callable[[list[Sequence[Message]], list[str]], np.ndarray],
+        *,
+        tag: str,
+        max_length: int,
+    ):
         self.folder = folder
-        self.model, self.tokenizer = model, tokenizer
+        self.compute = compute
         self.tag, self.max_length = tag, max_length
         folder.mkdir(parents=True, exist_ok=True)
         self.values: dict[str, list[float]] = {}
@@ -173,30 +187,54 @@ class NLLCache:
         text = json.dumps([self.tag, self.max_length, turns, answer], ensure_ascii=False)
         return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
+    def missing(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> int:
+        keys = {self.key(p, a) for p, a in zip(prompts, answers, strict=True)}
+        return len(keys - self.values.keys())
+
+    def get(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> np.ndarray:
+        """(rows, values) array; rows not cached are computed and stored first."""
+        keys = [self.key(p, a) for p, a in zip(prompts, answers, strict=True)]
+        todo = sorted({k: i for i, k in enumerate(keys) if k not in self.values}.values())
+        if todo:
+            values = self.compute([prompts[i] for i in todo], [answers[i] for i in todo])
+            new = {keys[i]: [float(v) for v in row] for i, row in zip(todo, values, strict=True)}
+            shard = f"{os.getpid()}-{len(list(self.folder.glob('*.json'))):06d}.json"
+            write_json(self.folder / shard, new)
+            self.values.update(new)
+        return np.array([self.values[k] for k in keys], dtype=np.float64).reshape(len(keys), -1)
+
+
+class Reference:
+    """The reference LM's per-row values behind every scorer: NLL(y | x), NLL(y) and the
+    scored tokens in ``gold-pmi``'s windows (``RUN/nll``), and −log P(end of turn | x, y),
+    −log P(end of turn | y) (``RUN/end``); see :mod:`kmq.feedback.pmi`."""
+
+    def __init__(self, run: Path, backend: Any, tokenizer: Any, *, max_length: int):
+        from kmq.feedback.pmi import end_nll, pmi_nll
+
+        def pmi(prompts: list[Sequence[Message]], answers: list[str]) -> np.ndarray:
+            return np.stack(
+                pmi_nll(backend, tokenizer, prompts, answers, max_length=max_length), axis=1
+            )
+
+        def end(prompts: list[Sequence[Message]], answers: list[str]) -> np.ndarray:
+            ends = end_nll(
+                backend, tokenizer, prompts, answers, max_length=max_length, unconditional=False
+            )
+            return np.stack(ends, axis=1)
+
+        self.nll = FeatureCache(run / "nll", pmi, tag="smollm2", max_length=max_length)
+        self.end = FeatureCache(run / "end", end, tag="smollm2-end", max_length=max_length)
+
+    def missing(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> int:
+        """How many of these rows still need a reference-LM pass (PMI or end of turn)."""
+        return max(self.nll.missing(prompts, answers), self.end.missing(prompts, answers))
+
     def get(
         self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(NLL(y | x), NLL(y), tokens) per row (see :func:`kmq.feedback.pmi.pmi_nll`)."""
-        from kmq.feedback.pmi import pmi_nll
-
-        keys = [self.key(p, a) for p, a in zip(prompts, answers, strict=True)]
-        todo = sorted({k: i for i, k in enumerate(keys) if k not in self.values}.values())
-        if todo:
-            given, alone, tokens = pmi_nll(
-                self.model,
-                self.tokenizer,
-                [prompts[i] for i in todo],
-                [answers[i] for i in todo],
-                max_length=self.max_length,
-            )
-            new = {
-                keys[i]: [float(g), float(a), float(t)]
-                for i, g, a, t in zip(todo, given, alone, tokens, strict=True)
-            }
-            shard = f"{os.getpid()}-{len(list(self.folder.glob('*.json'))):06d}.json"
-            write_json(self.folder / shard, new)
-            self.values.update(new)
-        values = np.array([self.values[k] for k in keys], dtype=np.float64).reshape(-1, 3)
+        values = self.nll.get(prompts, answers)
         return values[:, 0], values[:, 1], values[:, 2]
 
     def pmi(
@@ -205,6 +243,13 @@ class NLLCache:
         """PMI summed over the answer's tokens and per token (``gold-pmi``'s two readings)."""
         given, alone, tokens = self.get(prompts, answers)
         return (alone - given) * tokens, alone - given
+
+    def ends(
+        self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(−log P(end | x, y), −log P(end | y)) per row (see :func:`kmq.feedback.pmi.end_nll`)."""
+        values = self.end.get(prompts, answers)
+        return values[:, 0], values[:, 1]
 
 
 # -- the loop, replayed -----------------------------------------------------------------------
@@ -231,13 +276,26 @@ def pick(
     return np.asarray(result.indices, dtype=np.int64)
 
 
-def free_scores(cache: NLLCache, examples: list[Example], scorer: str) -> np.ndarray:
-    total, per_token = cache.pmi([ex.prompt for ex in examples], [ex.response for ex in examples])
-    return total if scorer == "gold-pmi" else per_token
+def free_scores(cache: Reference, examples: list[Example], scorer: str) -> np.ndarray:
+    """A generation-free scorer's S for ``examples`` (see ``FREE_SCORERS``)."""
+    from kmq.feedback.pmi import fit_probability
+
+    prompts, answers = [ex.prompt for ex in examples], [ex.response for ex in examples]
+    total, per_token = cache.pmi(prompts, answers)
+    if scorer == "gold-pmi":
+        return total
+    if scorer == "gold-pmi/token":
+        return per_token
+    if scorer == "on-topic":
+        return fit_probability(total, np.zeros(len(total)))
+    end, _ = cache.ends(prompts, answers)
+    if scorer == "end":
+        return np.exp(-end)
+    return fit_probability(total, end)
 
 
 def replay(
-    cache: NLLCache,
+    cache: Reference,
     examples: list[Example],
     vectors: np.ndarray,
     labels: np.ndarray,
@@ -253,7 +311,9 @@ def replay(
     for r in range(1, rounds + 1):
         rows_r = pick(vectors, labels, rows, weights, picked, seed, r)
         started = time.perf_counter()
-        scores = free_scores(cache, [examples[i] for i in rows_r], scorer)
+        chosen = [examples[i] for i in rows_r]
+        computed = cache.missing([ex.prompt for ex in chosen], [ex.response for ex in chosen])
+        scores = free_scores(cache, chosen, scorer)
         means, present = cluster_means(labels[rows_r], scores, k)
         after = update(weights, means, present)
         history.append(
@@ -263,10 +323,35 @@ def replay(
                 "scores": scores.tolist(),
                 "weights_after": after.tolist(),
                 "seconds": round(time.perf_counter() - started, 1),
+                "computed": computed,
             }
         )
         weights, picked = after, np.concatenate([picked, rows_r])
     return {"scorer": scorer, "rounds": history}
+
+
+def measure_cost(cache: Reference, examples: list[Example]) -> dict[str, Any]:
+    """Seconds of each generation-free product scorer on ``examples``, one after the other, and
+    its largest difference from the benchmark's cached scores of the same rows."""
+    from kmq.feedback import get_feedback_scorer
+
+    prompts, gold = [ex.prompt for ex in examples], [ex.response for ex in examples]
+    out: dict[str, Any] = {"rows": len(examples), "load": round(os.getloadavg()[0], 1)}
+    out["scorers"] = {}
+    for name, passes in (("gold-pmi", 2), ("gold-fit", 3)):
+        scorer = get_feedback_scorer(name, device="cpu")
+        scorer.score(prompts[:1], gold[:1], [])  # loads the model
+        t = time.perf_counter()
+        scores = scorer.score(prompts, gold, [])
+        seconds = time.perf_counter() - t
+        expected = free_scores(cache, examples, name)
+        out["scorers"][name] = {
+            "passes": passes,
+            "seconds": round(seconds, 1),
+            "rows": len(examples),
+            "max_abs_diff": float(np.nanmax(np.abs(scores - expected))),
+        }
+    return out
 
 
 # -- one real round, for the scorers that need the trained model ------------------------------
@@ -274,7 +359,7 @@ def replay(
 
 def trained_round(
     args: argparse.Namespace,
-    cache: NLLCache,
+    cache: Reference,
     examples: list[Example],
     round1: np.ndarray,
     labels: np.ndarray,
@@ -327,7 +412,7 @@ def trained_round(
 
 
 def generation_scores(
-    cache: NLLCache,
+    cache: Reference,
     prompts: list[tuple[Message, ...]],
     gold: list[str],
     generated: list[str],
@@ -355,7 +440,7 @@ def generation_scores(
 
 
 def proxy_round(
-    cache: NLLCache, examples: list[Example], round1: np.ndarray, generated: list[str]
+    cache: Reference, examples: list[Example], round1: np.ndarray, generated: list[str]
 ) -> dict[str, Any]:
     """The generation scorers on a pool with another pool's round-1 generations (same rows,
     same seed; its model was trained on the other pool's gold answers)."""
@@ -444,69 +529,48 @@ def report(args: argparse.Namespace, started: float) -> None:
                         bad, clean = weight_stats(np.array(h["weights_after"]), share, where)
                         entry.setdefault(f"bad{h['round']}", []).append(bad)
                         entry.setdefault(f"clean{h['round']}", []).append(clean)
-                    entry.setdefault("seconds", []).append(history[0]["seconds"])
-                    if len(history) == args.rounds:
-                        later = np.concatenate([h["picked"] for h in history[1:]])
-                        entry.setdefault("later", []).append(float(noisy[later].mean()))
-                        entry.setdefault("static", []).append(static)
-                        if scorer == "gold-pmi":
-                            share_rows.append(
-                                [
-                                    name,
-                                    f"{noisy[history[0]['picked']].mean():.3f}",
-                                    f"{noisy[later].mean():.3f}",
-                                    f"{static:.3f}",
-                                ]
-                            )
-                    if scorer == "gold-pmi" and where == "clusters":
+                    if len(history) < args.rounds:
+                        continue
+                    later = np.concatenate([h["picked"] for h in history[1:]])
+                    entry.setdefault("later", []).append(float(noisy[later].mean()))
+                    entry.setdefault("static", []).append(static)
+                    share_rows.append(
+                        [
+                            name,
+                            scorer,
+                            f"{noisy[history[0]['picked']].mean():.3f}",
+                            f"{noisy[later].mean():.3f}",
+                            f"{static:.3f}",
+                        ]
+                    )
+                    if scorer == DEFAULT and where == "clusters":
                         bad1, clean1 = weight_stats(
                             np.array(history[0]["weights_after"]), share, where
                         )
-                        ok = bad1 < GATE_BAD and clean1 > GATE_CLEAN
-                        if len(history) == args.rounds:
-                            ok = ok and entry["later"][-1] <= 0.5 * static
-                        gates.setdefault(kind, []).append(f"s{seed} {'pass' if ok else 'FAIL'}")
-                trained = run / "trained" / name / "result.json"
-                proxy = run / "trained" / name / "proxy.json"
-                if trained.exists() or proxy.exists():
-                    result = json.loads((trained if trained.exists() else proxy).read_text())
-                    picked = np.array(json.loads((run / "round1" / f"s{seed}.json").read_text()))
-                    for scorer in TRAINED_SCORERS:
-                        if scorer not in result["seconds"]:
-                            continue
-                        label = scorer if trained.exists() else f"{scorer} (proxy)"
-                        if scorer == "learning-gain":
-                            rows, scores = np.array(result["gain_rows"]), np.array(result["gain"])
-                        else:
-                            rows, scores = picked, np.array(result["scores"][scorer])
-                        means, present = cluster_means(labels[rows], scores, k)
-                        after = update(uniform(k), means, present)
-                        bad, clean = weight_stats(after, share, where)
-                        entry = rows_by_scorer.setdefault((where, kind, label), {})
-                        entry.setdefault("bad1", []).append(bad)
-                        entry.setdefault("clean1", []).append(clean)
-                        entry.setdefault("seconds", []).append(result["seconds"][scorer])
-                        if "train" in result["seconds"]:
-                            entry.setdefault("train", []).append(
-                                result["seconds"]["train"] + result["seconds"]["generate"]
-                            )
-    table_rows = []
-    for (where, kind, scorer), e in sorted(rows_by_scorer.items()):
-        table_rows.append(
-            [
-                where,
-                kind,
-                scorer,
-                len(e.get("bad1", [])),
-                mean_sd(e.get("bad1", [])),
-                mean_sd(e.get("clean1", [])),
-                mean_sd(e.get(f"bad{args.rounds}", [])),
-                mean_sd(e.get("later", [])),
-                mean_sd(e.get("static", [])),
-                mean_sd(e.get("seconds", [])),
-                mean_sd(e.get("train", [])),
-            ]
+                        share_later = float(noisy[later].mean())
+                        ok = bad1 < GATE_BAD and clean1 > GATE_CLEAN and share_later <= 0.5 * static
+                        gates.setdefault(kind, []).append(
+                            f"s{seed} {'pass' if ok else 'FAIL'} ({bad1:.2f} / {clean1:.2f}; "
+                            f"{share_later:.3f} vs {static:.3f})"
+                        )
+                trained_rows(run, name, labels, share, where, rows_by_scorer)
+    table_rows = [
+        [
+            where,
+            kind,
+            scorer,
+            len(e.get("bad1", [])),
+            mean_sd(e.get("bad1", [])),
+            mean_sd(e.get("clean1", [])),
+            mean_sd(e.get(f"bad{args.rounds}", [])),
+            mean_sd(e.get(f"clean{args.rounds}", [])),
+            mean_sd(e.get("later", [])),
+            mean_sd(e.get("static", [])),
+        ]
+        for (where, kind, scorer), e in sorted(
+            rows_by_scorer.items(), key=lambda item: (item[0][0], item[0][1], order_of(item[0][2]))
         )
+    ]
     headers = [
         "noise",
         "kind",
@@ -515,20 +579,21 @@ def report(args: argparse.Namespace, started: float) -> None:
         "round 1: noisy clusters' weight×k (spread: r)",
         "round 1: clean clusters' weight×k",
         f"round {args.rounds}: noisy weight×k (spread: r)",
-        "noisy share of picks, rounds 2-3",
+        f"round {args.rounds}: clean weight×k",
+        f"noisy share of picks, rounds 2-{args.rounds}",
         "static kMQ's noisy share",
-        "scoring s / round",
-        "train + generate s (shared)",
     ]
     clean_rows = []
-    for seed in args.seeds:
-        f = run / "replay" / f"clean-s{seed}" / "gold-pmi.json"
-        if f.exists():
+    for scorer in FULL_SCORERS:
+        for seed in args.seeds:
+            f = run / "replay" / f"clean-s{seed}" / f"{scorer}.json"
+            if not f.exists():
+                continue
             history = json.loads(f.read_text())["rounds"]
             sources = source_shares(pool, labels, np.array(history[-1]["weights_after"]))
             top = max(sources, key=sources.get)  # type: ignore[arg-type]
             clean_rows.append(
-                [f"s{seed}", top, f"{sources[top]:.3f}"]
+                [scorer, f"s{seed}", top, f"{sources[top]:.3f}"]
                 + [f"{sources.get(s, 0):.3f}" for s in sorted(sources)]
             )
     source_names = sorted(source_shares(pool, labels, uniform(k)))
@@ -548,22 +613,16 @@ def report(args: argparse.Namespace, started: float) -> None:
         f"{', '.join(map(str, args.seeds))} (noise and selection). Iterative kMQ: {args.rounds} "
         f"rounds of {args.rows} rows, balanced quotas ∝ weights, uniform draw inside clusters, "
         "Eq. 6 update (`paper`, `shift`, floor 1e-3) — the loop's defaults. Reference LM for every "
-        f"NLL: SmolLM2-135M-Instruct, windows of {args.max_length} tokens.",
+        f"score: SmolLM2-135M-Instruct (torch, float32, CPU), windows of {args.max_length} tokens.",
         "",
-        "Scorers: `gold-pmi` = PMI(x; y_gold) summed over the answer's tokens (no generation); "
-        "`gold-pmi/token` = the same per token; `pmi-gap` = PMI(x; y_gold) − PMI(x; y_gen) (Eq. 4 "
-        "with PMI as the reward); `perplexity` = Eq. 7; `similarity` = 1 − cos(gold, gen) "
-        "(the loop's "
-        "default); `learning-gain` = NLL before − after the round's training on "
-        f"{args.gain_rows} rows per cluster not trained on (prediction gain, Graves et al. 2017). "
-        "The first two need no trained model, so the loop is replayed exactly without training "
-        "(3 rounds for `gold-pmi`, round 1 for the variant); the others "
-        f"get one real round (LoRA, 1 epoch on the round's rows at max length "
-        f"{args.train_max_length}, greedy generation of ≤ {args.max_new_tokens} tokens) and are "
-        "reported after round 1 only. Rows marked `(proxy)`: that pool got no training of its own "
-        "(CPU time); its generation scorers use the round-1 generations of the model trained on "
-        "the first seed-0 pool (`shuffle`, whole clusters): the same rows and prompts, trained on "
-        "that pool's gold answers.",
+        "Scorers (all generation-free; `kmq.feedback.pmi`): `gold-fit` = σ(PMI(x; y_gold)) · "
+        "P(end of turn | x, y_gold), in [0, 1] (the loop's default); `gold-pmi` = PMI(x; y_gold) "
+        "summed over the answer's tokens; and, after round 1 only, its parts and a variant: "
+        "`on-topic` = σ(PMI) alone, `end` = P(end of turn | x, y_gold) alone, `gold-pmi/token` = "
+        "PMI per token. None of them needs the round's trained model, so the loop is replayed "
+        "exactly without training (same draws, same Eq. 6): "
+        f"{args.rounds} rounds for {', '.join(f'`{s}`' for s in FULL_SCORERS)}, round 1 for "
+        "the others.",
         "",
         "Reading: weight×k > 1 = the cluster gained weight. For `clusters` the noisy clusters' "
         "mean should fall below 0.8 and the clean ones' rise above 1.0; for `spread` (every "
@@ -575,48 +634,54 @@ def report(args: argparse.Namespace, started: float) -> None:
         "",
         markdown_table(headers, table_rows) if table_rows else "(nothing finished yet)",
         "",
-        "## Gate (default `gold-pmi`, whole clusters)",
+        f"## Gate (default `{DEFAULT}`, whole clusters)",
         "",
         f"Round 1: noisy clusters' weight×k < {GATE_BAD} and clean > {GATE_CLEAN}; over "
-        f"{args.rounds} rounds: noisy share of rounds 2-{args.rounds}'s picks ≤ half static kMQ's.",
+        f"{args.rounds} rounds: noisy share of rounds 2-{args.rounds}'s picks ≤ half static "
+        "kMQ's. Per seed: (noisy / clean weight×k after round 1; noisy share of rounds "
+        f"2-{args.rounds} vs static kMQ).",
         "",
         "\n".join(f"- {kind}: {', '.join(v)}" for kind, v in sorted(gates.items())) or "(not run)",
         "",
-        "## Noisy share of picks per pool (gold-pmi)",
+        "## Noisy share of picks per pool",
         "",
-        markdown_table(["pool", "round 1", "rounds 2-3", "static kMQ"], share_rows)
+        markdown_table(["pool", "scorer", "round 1", "rounds 2-3", "static kMQ"], share_rows)
         if share_rows
         else "(not run)",
         "",
-        f"## Clean pool: where the weight goes after {args.rounds} rounds of gold-pmi",
+        f"## Clean pool: where the weight goes after {args.rounds} rounds",
         "",
         "Source weight = Σ_j w_j · (share of cluster j's rows from the source). Uniform weights "
         "give: " + ", ".join(f"{s} {uniform_shares[s]:.3f}" for s in source_names) + ".",
         "",
-        markdown_table(["seed", "largest", "its weight", *source_names], clean_rows)
+        markdown_table(["scorer", "seed", "largest", "its weight", *source_names], clean_rows)
         if clean_rows
         else "(not run)",
+        "",
+        "## Cost per round",
+        "",
+        cost_text(run, args.rows),
     ]
     missing = [
-        f"{name}:{job}"
+        f"{name}:{scorer}"
         for name in [
             *(config_name(k_, w, s_) for w in WHERES for s_ in args.seeds for k_ in KINDS),
             *(f"clean-s{s_}" for s_ in args.seeds),
         ]
-        for job in ("gold-pmi",)
-        if not (run / "replay" / name / "gold-pmi.json").exists()
+        for scorer in FULL_SCORERS
+        if not (run / "replay" / name / f"{scorer}.json").exists()
     ]
     trained_done = sorted(p.parent.name for p in (run / "trained").glob("*/result.json"))
     body += [
         "",
         "## Status of this run",
         "",
-        f"Finished `gold-pmi` replays: {len(list((run / 'replay').glob('*/gold-pmi.json')))}; "
-        f"not finished: {', '.join(missing) or 'none'}. Real LoRA rounds finished: "
-        f"{', '.join(trained_done) or 'none'}. Everything computed is cached under "
-        f"`{run}`; `python benchmarks/corruption.py --run {run}` resumes the rest (stages "
-        "may also run in parallel processes: `--stages replay|trained|proxy`, `--pools NAME,...`) "
-        "and `--report-only` rewrites this file.",
+        f"Not finished: {', '.join(missing) or 'none'}. Real LoRA rounds (for the scorers that "
+        "need the trained model, `--stages trained`) finished: "
+        f"{', '.join(trained_done) or 'none'}. Everything computed is cached under `{run}`; "
+        f"`python benchmarks/corruption.py --run {run}` resumes the rest (stages may also run in "
+        "parallel processes: `--stages replay|cost|trained|proxy`, `--pools NAME,...`) and "
+        "`--report-only` rewrites this file.",
     ]
     write_report(
         args.out,
@@ -624,9 +689,79 @@ def report(args: argparse.Namespace, started: float) -> None:
         "Which feedback starves bad data? Noisy pools and the feedback scorers",
         "\n".join(body),
         time.perf_counter() - started,
-        command=f"python benchmarks/corruption.py --run {run}",
-        run_time_note="Stages cached by an earlier run were not recomputed; per-stage seconds "
-        "(the tables) were measured when each stage ran, on a machine shared with other jobs.",
+        command=f"python benchmarks/corruption.py --run {run} --stages replay,cost",
+        run_time_note="Stages cached by an earlier run were not recomputed; seconds were "
+        "measured when each stage ran, on a machine shared with other jobs.",
+    )
+
+
+def order_of(scorer: str) -> int:
+    names = [*FREE_SCORERS, *TRAINED_SCORERS]
+    base = scorer.removesuffix(" (proxy)")
+    return names.index(base) if base in names else len(names)
+
+
+def trained_rows(
+    run: Path,
+    name: str,
+    labels: np.ndarray,
+    share: np.ndarray,
+    where: str,
+    rows_by_scorer: dict[tuple[str, str, str], dict[str, list[float]]],
+) -> None:
+    """Round-1 weights of the scorers that need the trained model (``--stages trained``)."""
+    kind, _, seed = parse_name(name)
+    k = int(labels.max()) + 1
+    trained = run / "trained" / name / "result.json"
+    proxy = run / "trained" / name / "proxy.json"
+    if not (trained.exists() or proxy.exists()):
+        return
+    result = json.loads((trained if trained.exists() else proxy).read_text())
+    picked = np.array(json.loads((run / "round1" / f"s{seed}.json").read_text()))
+    for scorer in TRAINED_SCORERS:
+        if scorer not in result["seconds"]:
+            continue
+        label = scorer if trained.exists() else f"{scorer} (proxy)"
+        if scorer == "learning-gain":
+            rows, scores = np.array(result["gain_rows"]), np.array(result["gain"])
+        else:
+            rows, scores = picked, np.array(result["scores"][scorer])
+        means, present = cluster_means(labels[rows], scores, k)
+        bad, clean = weight_stats(update(uniform(k), means, present), share, where)
+        entry = rows_by_scorer.setdefault((where, kind, label), {})
+        entry.setdefault("bad1", []).append(bad)
+        entry.setdefault("clean1", []).append(clean)
+
+
+def cost_text(run: Path, rows: int) -> str:
+    """The ``cost`` stage's timings of the product scorers, as a table with its note."""
+    path = run / "cost.json"
+    if not path.exists():
+        return "(not measured: `--stages cost`)"
+    cost = json.loads(path.read_text())
+    table = [
+        [
+            name,
+            c["passes"],
+            f"{c['seconds'] / c['rows'] * rows:.0f}",
+            f"{c['max_abs_diff']:.1e}",
+        ]
+        for name, c in cost["scorers"].items()
+    ]
+    headers = [
+        "scorer",
+        "LM passes per row",
+        f"s per {rows}-row round",
+        "largest difference from the benchmark's scores",
+    ]
+    return (
+        f"Each scorer as `kmq iterate` runs it (`get_feedback_scorer(name).score`, model load "
+        f"excluded) on the {cost['rows']} rows of round 1 (clean pool, seed 0), one after the "
+        f"other in one process on the machine below (load average {cost['load']} when it "
+        "started: the 2 cores were shared, so read the ratio, not the seconds). None generates; "
+        "a generation-based scorer adds the round's generation (≈ 140 s per 100 rows with the "
+        "default trainer on this CPU, README). The last column checks that the product class "
+        "gives the benchmark's cached values.\n\n" + markdown_table(headers, table)
     )
 
 
@@ -662,8 +797,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument(
         "--stages",
-        default="replay,trained,proxy",
-        help="replay (generation-free scorers), trained (one real round), proxy (the "
+        default="replay,cost",
+        help="replay (generation-free scorers), cost (their time per round as kmq runs them), "
+        "trained (one real LoRA round), proxy (the "
         "generation scorers on the other seed-0 pools with the first trained pool's "
         "generations); processes may run different stages on the same --run",
     )
@@ -677,10 +813,11 @@ def main() -> None:
         report(args, started)
         return
     pool_path, vectors, labels = prepare(args)
-    from kmq.models import load_causal_lm
+    from kmq.backends import get_lm_backend
+    from kmq.feedback.pmi import lm_tokenizer
 
-    model, tokenizer = load_causal_lm("smollm2", device="cpu")
-    cache = NLLCache(args.run / "nll", model, tokenizer, tag="smollm2", max_length=args.max_length)
+    backend = get_lm_backend("torch", "smollm2", device="cpu")
+    cache = Reference(args.run, backend, lm_tokenizer("smollm2"), max_length=args.max_length)
     names = [config_name(kind, where, s) for where in WHERES for s in args.seeds for kind in KINDS]
     pools: dict[str, list[Example]] = {}
     for name in names:
@@ -700,14 +837,28 @@ def main() -> None:
     order = sorted(names, key=lambda n: (parse_name(n)[2], WHERES.index(parse_name(n)[1])))
     trained = order[: args.trained]
     first = [n for n in trained if parse_name(n)[2] == args.seeds[0]]
-    jobs: list[tuple[str, str]] = [(n, "gold-pmi") for n in names]
-    jobs += [(f"clean-s{s}", "gold-pmi") for s in args.seeds]
-    jobs += [(n, "gold-pmi/token") for n in names]
+    # Most needed first: the default on whole clusters, the round-1 ablations there (their
+    # rows are already scored), the clean pool, gold-pmi's missing runs, then spread noise.
+    whole = [n for n in names if parse_name(n)[1] == "clusters"]
+    spread = [n for n in names if parse_name(n)[1] == "spread"]
+    cleans = [f"clean-s{s}" for s in args.seeds]
+    ablations = [s for s in FREE_SCORERS if s not in FULL_SCORERS]
+    jobs: list[tuple[str, str]] = [(n, DEFAULT) for n in whole]
+    jobs += [(n, a) for n in whole for a in ablations]
+    jobs += [(n, DEFAULT) for n in cleans]
+    jobs += [(n, "gold-pmi") for n in [*whole, *cleans]]
+    jobs += [(n, DEFAULT) for n in spread]
+    jobs += [(n, s) for n in spread for s in ["gold-pmi", *ablations]]
     jobs += [(n, "trained") for n in first]
     jobs += [(n, "trained") for n in trained if n not in first]
     source = args.run / "trained" / order[0] / "generations.json"
     jobs += [(n, "proxy") for n in order if parse_name(n)[2] == args.seeds[0] and n != order[0]]
     stages = set(args.stages.split(","))
+    if "cost" in stages and not (args.run / "cost.json").exists():
+        round1 = np.array(json.loads((args.run / "round1" / f"s{args.seeds[0]}.json").read_text()))
+        write_json(args.run / "cost.json", measure_cost(cache, [clean[i] for i in round1]))
+        progress(args.run, "cost: done")
+        report(args, started)
     for name, job in jobs:
         if (job if job in ("trained", "proxy") else "replay") not in stages:
             continue
@@ -739,7 +890,7 @@ def main() -> None:
                 vectors,
                 labels,
                 scorer=job,
-                rounds=args.rounds if job == "gold-pmi" else 1,
+                rounds=args.rounds if job in FULL_SCORERS else 1,
                 rows=args.rows,
                 seed=seed,
             )

@@ -11,8 +11,8 @@ pool, the noisy pool of ``benchmarks/selection.py`` and the spread-noise pools o
 
 ``score`` writes ``NLL.npz`` (``key``, ``nll_cond`` = mean NLL(y|x), ``nll_uncond`` = mean
 NLL(y), nats/token) every ``--checkpoint`` rows, so an interrupted run keeps what it scored and
-resumes. :func:`lookup` turns the table into per-row scores of any pool (``pmi`` =
-NLL(y) − NLL(y|x), ``ifd`` = Cherry LLM's IFD).
+resumes. :func:`lookup` gives any pool's rows their two NLLs by key, and :func:`table_quality`
+kmq's scores from them (``pmi`` = NLL(y) − NLL(y|x), ``ifd`` = Cherry LLM's IFD).
 """
 
 from __future__ import annotations
@@ -122,11 +122,24 @@ def score(args: argparse.Namespace) -> None:
         print(f"{hi}/{len(examples)} rows, {rate:.1f} rows/s", file=sys.stderr, flush=True)
 
 
-def lookup(table: Path, examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(NLL(y|x), NLL(y)) of each example from a ``score`` table; NaN where it has none."""
+QUALITIES = ("pmi", "pmi-total", "ifd", "perplexity")
+HOW_TO_MAKE = (
+    "make it with `python benchmarks/pool_nll.py rows --embeddings POOL-MINILM.npy --out "
+    "ROWS.jsonl.gz` (here, seconds) and `python benchmarks/pool_nll.py score ROWS.jsonl.gz "
+    "--out NLL.npz --device cuda` (float32 on a GPU: minutes; ≈ 8 h on a 2-core CPU)"
+)
+
+
+def table_rows(table: Path, examples: Sequence[Any]) -> tuple[Any, np.ndarray]:
+    """The loaded table and the row of each example in it (−1 where it has none)."""
     data = np.load(table)
     where = {str(k): i for i, k in enumerate(data["key"])}
-    idx = np.array([where.get(row_key(ex), -1) for ex in examples])
+    return data, np.array([where.get(row_key(ex), -1) for ex in examples], dtype=np.int64)
+
+
+def lookup(table: Path, examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(NLL(y|x), NLL(y)) of each example from a ``score`` table; NaN where it has none."""
+    data, idx = table_rows(table, examples)
     cond = np.where(idx >= 0, data["nll_cond"][idx], np.nan)
     uncond = np.where(idx >= 0, data["nll_uncond"][idx], np.nan)
     return cond, uncond
@@ -145,22 +158,47 @@ def response_tokens(examples: Sequence[Any], max_length: int = 512) -> np.ndarra
     return np.minimum(np.array([len(i) for i in ids], dtype=np.float64), max_length - 1)
 
 
-def scores(table: Path, examples: Sequence[Any], name: str) -> np.ndarray:
-    """kmq's ``name`` quality (``pmi``, ``pmi-total``, ``ifd`` or ``perplexity``) of each
-    example from a ``score`` table, as the scorer would compute it (NaN where not scored)."""
-    cond, uncond = lookup(table, examples)
-    if name == "pmi":
-        return uncond - cond
-    if name == "pmi-total":
-        return (uncond - cond) * response_tokens(examples)
-    if name == "ifd":
+def table_quality(table: Path, examples: Sequence[Any], quality: str) -> np.ndarray:
+    """kmq's ``<quality>_score`` of each example from the table's two NLLs.
+
+    ``pmi`` = NLL(y) − NLL(y|x) (higher = the prompt helps more; kmq's ``PMIScorer``);
+    ``pmi-total`` = ``pmi`` × the response tokens the window scored (kmq's ``PMITotalScorer``);
+    ``ifd`` = Cherry LLM's IFD = exp(NLL(y|x) − NLL(y)) where < 1, else 0 (kmq's ``IFDScorer``);
+    ``perplexity`` = −NLL(y|x).
+    A row whose NLLs are NaN (an empty response) gets the lowest finite score, as ``kmq select``
+    gives rows its scorer could not score. Every example must be in the table.
+    """
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {', '.join(QUALITIES)}; got {quality!r}")
+    data, idx = table_rows(table, examples)
+    absent = np.flatnonzero(idx < 0)
+    if len(absent):
+        raise ValueError(
+            f"{table}: {len(absent)} of the {len(examples)} rows are not in the table (first: row "
+            f"{absent[0]}); the table must cover this pool — {HOW_TO_MAKE}"
+        )
+    cond, uncond = data["nll_cond"][idx], data["nll_uncond"][idx]
+    if quality == "pmi":
+        values = uncond - cond
+    elif quality == "pmi-total":
+        values = (uncond - cond) * response_tokens(examples)
+    elif quality == "perplexity":
+        values = -cond
+    else:
         ifd = np.exp(cond - uncond)
-        return np.where(ifd < 1, ifd, np.where(np.isnan(ifd), np.nan, 0.0))
-    if name == "perplexity":
-        return -cond
-    raise SystemExit(
-        f"error: no quality {name!r} from an NLL table (pmi, pmi-total, ifd, perplexity)"
-    )
+        values = np.where(ifd < 1, ifd, np.where(np.isnan(ifd), np.nan, 0.0))
+    from kmq.scoring import fill_missing
+
+    return fill_missing(np.asarray(values, dtype=np.float64))
+
+
+def require_table(table: Path | None, flag: str = "--nll-table") -> Path:
+    """``table``, or exit with how to make it when it is not given or not there."""
+    if table is None:
+        raise SystemExit(f"error: {flag} PATH is required (the per-row NLL table); {HOW_TO_MAKE}")
+    if not table.is_file():
+        raise SystemExit(f"error: {flag} {table}: no such file; {HOW_TO_MAKE}")
+    return table
 
 
 def main() -> None:

@@ -143,6 +143,7 @@ def test_backend_and_device_flags_reach_every_model() -> None:
     config = loop_config(args, external=False)
     assert config.feedback_options["lm_backend"] == "ctranslate2"
     assert config.feedback_options["device"] == "cuda"
+    assert config.feedback_options["dtype"] == "bfloat16"
     assert config.trainer_options["device"] == "cuda"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["select", "p", "--out", "o", "--lm-backend", "vllm"])

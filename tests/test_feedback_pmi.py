@@ -20,9 +20,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kmq.examples import Message
-from kmq.feedback import get_feedback_scorer, needs_generation
-from kmq.feedback.pmi import GoldPMIFeedback, pmi_windows
-from kmq.models import ChatFormat
+from kmq.feedback import DEFAULT_FEEDBACK, get_feedback_scorer, needs_generation
+from kmq.feedback.pmi import GoldPMIFeedback, end_windows, pmi_windows
+from kmq.models import ChatFormat, load_causal_lm
 from kmq.quality.lm import score_responses, token_ids
 from tests.test_quality_lm import CHATML, byte_tokenizer
 
@@ -107,7 +107,7 @@ def test_gold_pmi_is_the_nll_drop_the_prompt_brings_summed_over_the_answer(
     scorer = GoldPMIFeedback(model=str(taught_lm), batch_size=4)
     prompts, answers = twins()
     scores = scorer.score(prompts, answers["clean"], [""] * len(prompts))
-    model, tokenizer = scorer._lm  # type: ignore[misc]
+    model, tokenizer = load_causal_lm(str(taught_lm), device="cpu")
     given = score_responses(model, tokenizer, prompts, answers["clean"])
     alone = score_responses(model, tokenizer, [None] * len(prompts), answers["clean"])
     expected = (alone.nll - given.nll) * given.response_tokens
@@ -158,6 +158,14 @@ def test_a_swapped_answer_tells_nothing_about_its_prompt(taught_lm: Path) -> Non
     assert (scorer.score(prompts, answers["swap"], [""] * len(prompts)) < 0).all()
 
 
+def test_gold_fit_is_the_loops_default_and_needs_no_generation() -> None:
+    from kmq.cli import build_parser
+
+    args = build_parser().parse_args(["iterate", "pool.jsonl", "--run", "r"])
+    assert args.feedback == DEFAULT_FEEDBACK == "gold-fit"
+    assert not needs_generation(get_feedback_scorer(DEFAULT_FEEDBACK))
+
+
 def test_only_pmi_gap_needs_generations() -> None:
     assert not needs_generation(get_feedback_scorer("gold-pmi"))
     assert needs_generation(get_feedback_scorer("pmi-gap"))
@@ -182,3 +190,101 @@ def test_long_rows_keep_half_the_window_for_the_prompt() -> None:
     assert [r for _, r in alone] == [answer, short_answer]  # same answer tokens without x
     header = token_ids(tokenizer, [ChatFormat(tokenizer).context(None)])[0]
     assert all(c == header for c, _ in alone)
+
+
+def end_probability(
+    model_dir: Path, prompts: list[list[Message]], answers: list[str]
+) -> np.ndarray:
+    """P(end of turn | x, y) read off the model's logits at the answer's last token."""
+    model, tokenizer = load_causal_lm(str(model_dir), device="cpu")
+    chat = ChatFormat(tokenizer)
+    out = []
+    for p, a in zip(prompts, answers, strict=True):
+        context = token_ids(tokenizer, [chat.context(p)])[0] + token_ids(tokenizer, [a])[0]
+        (marker,) = token_ids(tokenizer, [chat.end_of_turn])[0]
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([context])).logits[0, -1].double()
+        out.append(float(torch.softmax(logits, dim=-1)[marker]))
+    return np.array(out)
+
+
+def test_gold_fit_is_on_topic_times_complete(taught_lm: Path) -> None:
+    """S = σ(PMI) · P(end | x, y), both read independently of the scorer's windows."""
+    prompts, answers = twins()
+    scorer = get_feedback_scorer("gold-fit", model=str(taught_lm), batch_size=4)
+    assert not needs_generation(scorer)
+    for kind in ("clean", "truncate"):
+        pmi = GoldPMIFeedback(model=str(taught_lm), batch_size=4).score(prompts, answers[kind], [])
+        expected = end_probability(taught_lm, prompts, answers[kind]) / (1 + np.exp(-pmi))
+        got = scorer.score(prompts, answers[kind], [])
+        np.testing.assert_allclose(got, expected, rtol=1e-4)
+        assert ((got >= 0) & (got <= 1)).all()
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "swap", "truncate"])
+def test_gold_fit_ranks_every_clean_answer_above_its_corrupted_twin(
+    taught_lm: Path, kind: str
+) -> None:
+    scorer = get_feedback_scorer("gold-fit", model=str(taught_lm), batch_size=4)
+    prompts, answers = twins()
+    clean = scorer.score(prompts, answers["clean"], [])
+    bad = scorer.score(prompts, answers[kind], [])
+    assert (clean > 0.5).all(), clean.round(3).tolist()  # on topic and complete
+    assert (clean > bad).all(), (kind, clean.round(3).tolist(), bad.round(3).tolist())
+
+
+def test_gold_fit_of_an_empty_answer_is_nan(taught_lm: Path) -> None:
+    scorer = get_feedback_scorer("gold-fit", model=str(taught_lm), batch_size=4)
+    out = scorer.score([prompt("Cats", "red")] * 2, ["", answer("Cats", "red")], [])
+    assert np.isnan(out[0]) and 0 < out[1] <= 1
+
+
+def test_end_windows_keep_the_answer_tail_and_score_only_the_marker() -> None:
+    tokenizer = byte_tokenizer(chat_template=CHATML)
+    chat = ChatFormat(tokenizer)
+    long_prompt = [Message("user", "q" * 100)]
+    rows, given, alone = end_windows(tokenizer, [long_prompt, None], ["a" * 90 + "z", "ok"], 64)
+    assert rows == [0, 1]
+    marker = token_ids(tokenizer, [chat.end_of_turn])[0]
+    assert all(target == marker for _, target in [*given, *alone])
+    full = token_ids(tokenizer, [chat.context(long_prompt)])[0]
+    body = token_ids(tokenizer, ["a" * 90 + "z"])[0]
+    header = token_ids(tokenizer, [chat.context(None)])[0]
+    # 64 = the marker + the prompt's last 32 tokens + the answer's last 31 tokens
+    assert given[0][0] == full[-32:] + body[-31:]
+    assert alone[0][0] == header + body[-31:]  # same answer tokens after the bare header
+    assert given[1][0] == alone[1][0] == header + token_ids(tokenizer, ["ok"])[0]
+
+
+@pytest.mark.parametrize("name", ["gold-fit", "gold-pmi", "pmi-gap"])
+def test_pmi_feedback_runs_on_the_chosen_lm_backend(name: str) -> None:
+    scorer = get_feedback_scorer(
+        name, lm_backend="ctranslate2", compute_type="float32", device="cpu", batch_size=2
+    )
+    backend = scorer.backend_  # type: ignore[attr-defined]
+    assert (backend.name, backend.compute_type, backend.device) == ("ctranslate2", "float32", "cpu")
+    torch_scorer = get_feedback_scorer(name, dtype="bfloat16", device="cpu")
+    assert torch_scorer.backend_.dtype == "bfloat16"  # type: ignore[attr-defined]
+
+
+def test_ctranslate2_gives_the_torch_pmi_and_fit(
+    tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``--lm-backend ctranslate2`` runs the PMI feedback (a random Llama with SmolLM2's
+    tokenizer: CTranslate2 converts it, and float32 matches torch)."""
+    pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed")
+    cache = tmp_path_factory.mktemp("ct2")
+    prompts, answers = twins()
+    for name in ("gold-pmi", "gold-fit"):
+        reference = get_feedback_scorer(name, model=str(tiny_llama), device="cpu")
+        fast = get_feedback_scorer(
+            name,
+            model=str(tiny_llama),
+            lm_backend="ctranslate2",
+            compute_type="float32",
+            cache_dir=str(cache),
+        )
+        expected = reference.score(prompts, answers["truncate"], [])
+        np.testing.assert_allclose(
+            fast.score(prompts, answers["truncate"], []), expected, rtol=1e-3, atol=1e-3
+        )

@@ -20,7 +20,7 @@ def test_the_manifest_file_is_the_runs_manifest(tmp_path: Path) -> None:
     on_disk = json.loads((run.out / MANIFEST).read_text(encoding="utf-8"))
     assert on_disk == run.manifest.to_dict()
     assert list(on_disk)[:3] == ["tool", "version", "python"]
-    assert list(on_disk)[-2:] == ["outputs", "checks"]  # no "streaming" in an in-memory run
+    assert list(on_disk)[-3:] == ["outputs", "checks", "statistics"]  # no "streaming" here
     read = Manifest.read(run.out)
     assert read == run.manifest
     assert read.k == 6 == on_disk["clusters"]["k"]

@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from kmq.config import resolve_budget
 from kmq.errors import KmqError
-from kmq.pipeline import SelectConfig, resolve_budget, select, select_file
+from kmq.pipeline import SelectConfig, select, select_file
 from tests.conftest import FakeEncoder, make_blobs
 
 SOURCES = ["alpha"] * 40 + ["beta"] * 15 + ["gamma"] * 5

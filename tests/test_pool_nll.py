@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -21,7 +20,7 @@ def example(i: int, prompt: str, answer: str) -> Example:
     )
 
 
-def test_scores_follow_the_scorers_definitions(tmp_path: Path) -> None:
+def test_lookup_by_content_and_scores_from_the_table(tmp_path: Path) -> None:
     rows = [example(0, "a?", "A."), example(1, "b?", "B."), example(2, "c?", "C.")]
     table = tmp_path / "nll.npz"
     keys = [pool_nll.row_key(rows[1]), pool_nll.row_key(rows[0])]  # order differs from rows
@@ -30,12 +29,9 @@ def test_scores_follow_the_scorers_definitions(tmp_path: Path) -> None:
     cond, uncond = pool_nll.lookup(table, rows)
     np.testing.assert_array_equal(cond[:2], [1.0, 2.0])
     assert np.isnan(cond[2]) and np.isnan(uncond[2])  # a row the table lacks is NaN
-    np.testing.assert_allclose(pool_nll.scores(table, rows, "pmi")[:2], [2.0, -0.5])
-    np.testing.assert_allclose(pool_nll.scores(table, rows, "perplexity")[:2], [-1.0, -2.0])
-    ifd = pool_nll.scores(table, rows, "ifd")
-    assert ifd[0] == pytest.approx(np.exp(-2.0)) and ifd[1] == 0.0 and np.isnan(ifd[2])
-    with pytest.raises(SystemExit, match="no quality 'length'"):
-        pool_nll.scores(table, rows, "length")
+    known = rows[:2]
+    np.testing.assert_allclose(pool_nll.table_quality(table, known, "pmi"), [2.0, -0.5])
+    np.testing.assert_allclose(pool_nll.table_quality(table, known, "perplexity"), [-1.0, -2.0])
 
 
 def test_the_key_is_the_prompt_and_the_response_not_the_id() -> None:

@@ -448,3 +448,20 @@ def test_report_renders_in_chromium(kind: str, tmp_path: Path) -> None:
     order = [int(row[0]) for row in Page(dom).table("clusters", "cluster")[1:]]
     assert order == sorted(order, reverse=True) and len(order) > 1
     assert '<th data-order="desc">cluster</th>' in dom
+
+
+def test_select_report_lengths_match_the_statistics(selected: SelectRun) -> None:
+    _, page = read_page(write_report(selected.out))
+    stats = selected.manifest.statistics
+    assert stats is not None
+    header, pool, picked = page.table("lengths", "part")
+    assert header == ["part", "rows", "mean turns", "mean characters"]  # no tokenizer: no tokens
+    assert pool[:2] == ["pool", str(stats["pool"]["rows"])]
+    assert picked[:2] == ["selected", str(stats["selected"]["rows"])]
+    _, *by_source = page.table("lengths", "source")
+    shown = {row[0]: int(row[1]) for row in by_source}
+    assert shown == {
+        f"{name} {part}": group[part]["rows"]
+        for name, group in stats["by_source"].items()
+        for part in ("pool", "selected")
+    }

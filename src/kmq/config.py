@@ -17,10 +17,12 @@ from kmq.errors import KmqError, ParameterError
 from kmq.examples import TEXT_VIEWS
 from kmq.export import check_output_format
 from kmq.formats import FieldMap, is_shard_folder
+from kmq.inputs import input_files, is_json_folder
 from kmq.quality import QUALITY_SCORERS, check_quality_options
 from kmq.registry import choose
 from kmq.selectors import CLUSTERED, SELECTORS, Selector, get_selector
 from kmq.selectors.kmq import DEFAULT_CANDIDATES, candidate_multiple
+from kmq.shares import check_shares
 
 
 def resolve_budget(budget: int | float, n: int) -> int:
@@ -41,9 +43,13 @@ def is_path(value: Any) -> bool:
 
 
 def input_label(value: Any) -> str:
-    """A path as given; records in memory as ``<records: TYPE, N rows>``."""
+    """A path as given (several: joined by commas); records in memory as ``<records: TYPE, N
+    rows>``."""
     if is_path(value):
         return str(value)
+    files = input_files(value)
+    if files is not None:
+        return ", ".join(files)
     size = f", {len(value)} rows" if hasattr(value, "__len__") else ""
     return f"<records: {type(value).__name__}{size}>"
 
@@ -52,7 +58,8 @@ def input_label(value: Any) -> str:
 class SelectConfig:
     """Everything ``kmq select`` takes; written whole into ``manifest.json``.
 
-    ``input`` is a path, or records in memory (see :func:`kmq.formats.load_pool`), which the
+    ``input`` is a path, several paths (a list, or a folder of JSON arrays: see
+    :mod:`kmq.inputs`), or records in memory (see :func:`kmq.formats.load_pool`), which the
     manifest names by their type and size.
     """
 
@@ -98,6 +105,9 @@ class SelectConfig:
     keep_duplicates: bool = False
     decontaminate: list[str] | None = None
     ngram: int = NGRAM
+    budget_tokens: int | None = None
+    tokenizer: str | None = None
+    mix: dict[str, float] | None = None
 
     def validate(self) -> None:
         """Check every setting, before any work: a bad one raises a :class:`ParameterError`
@@ -124,7 +134,14 @@ class SelectConfig:
                 "embedding_dtype",
                 f"{{param}} must be float16 or float32, got {self.embedding_dtype!r}",
             )
-        for name in ("kmeans_sample", "output_shard_rows", "max_length", "sample", "ngram"):
+        for name in (
+            "kmeans_sample",
+            "output_shard_rows",
+            "max_length",
+            "sample",
+            "ngram",
+            "budget_tokens",
+        ):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -144,6 +161,8 @@ class SelectConfig:
         check_output_format(self.output_format)
         if self.decontaminate and self.is_streaming():
             raise KmqError("--decontaminate runs on pools read in memory, not --streaming")
+        if self.streaming and input_files(self.input) is not None:
+            raise KmqError("--streaming reads one file or a folder of shards, not several inputs")
         if self.streaming and not is_path(self.input):
             raise KmqError("--streaming reads files; records in memory are selected in memory")
         if self.output_format != "native" and self.is_streaming():
@@ -153,6 +172,14 @@ class SelectConfig:
             )
         if self.sample is not None and self.is_streaming():
             raise KmqError("--sample applies to in-memory runs only, not to --streaming ones")
+        if self.mix is not None:
+            check_shares(self.mix)
+            if self.is_streaming():
+                raise KmqError("--mix applies to in-memory runs, not --streaming")
+        if (self.budget_tokens is not None or self.tokenizer is not None) and self.is_streaming():
+            raise KmqError(
+                "--budget-tokens and --tokenizer apply to in-memory runs, not --streaming"
+            )
 
     def needs_clusters(self) -> bool:
         """Whether the run clusters: a clustered method, a given k, or SemDeDup (which
@@ -178,7 +205,9 @@ class SelectConfig:
 
     def is_streaming(self) -> bool:
         """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
-        return self.streaming or (is_path(self.input) and is_shard_folder(self.input))
+        return self.streaming or (
+            is_path(self.input) and is_shard_folder(self.input) and not is_json_folder(self.input)
+        )
 
 
 # SelectConfig's settings of the selectors, by the name each selector takes
@@ -219,8 +248,9 @@ def check_quality(name: str, options: dict[str, Any]) -> None:
 def quality_multiple(config: SelectConfig) -> int | None:
     """M when kMQ draws among M × quota candidates scored by a ``--quality`` scorer; None when
     every row is scored (``--quality-candidates 0|all``, a ``--quality-field`` column, which
-    is read whole, or another method: deita and qdit rank every row's quality)."""
-    if not config.quality or config.method != "kmq":
+    is read whole, another method: deita and qdit rank every row's quality, or a token budget:
+    every row of a cluster is ranked, see :mod:`kmq.token_budget`)."""
+    if not config.quality or config.method != "kmq" or config.budget_tokens is not None:
         return None
     return candidate_multiple(config.quality_candidates)
 

@@ -61,8 +61,11 @@ class Manifest:
     ``clusters`` (k, inertia, silhouette per k tried, rows per cluster in the pool, quota and
     selection; None without clustering), ``sources`` (rows per source and their entropy; None
     when no row has a source), ``timings_s`` (seconds per stage), ``outputs`` (the file of each
-    output, None when not written), ``checks`` (rejects per reason, repairs) and, in streaming
-    runs only, ``streaming``. Keys this version does not know are kept in ``extra``.
+    output, None when not written), ``checks`` (rejects per reason, repairs), ``statistics``
+    (rows, tokens, turns and characters of the pool and the selection, per source and per
+    cluster, and the token budget's quotas: see :mod:`kmq.statistics`; None in streaming runs)
+    and, in streaming runs only, ``streaming``. Keys this version does not know are kept in
+    ``extra``.
     """
 
     tool: str
@@ -84,6 +87,7 @@ class Manifest:
     outputs: dict[str, Any]
     streaming: dict[str, Any] | None = None
     checks: dict[str, Any] | None = None
+    statistics: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

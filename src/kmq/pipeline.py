@@ -11,15 +11,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from kmq.cachedir import default_cache_dir
 from kmq.clustering import DEFAULT_NITER, Clustering, resolve_k
-from kmq.config import (
-    SelectConfig,
-    make_encoder,
-    make_engine,
-    make_selector,
-    quality_multiple,
-    resolve_budget,
-)
+from kmq.config import SelectConfig, make_encoder, make_engine, make_selector, quality_multiple
 from kmq.decontaminate import (
     CONTAMINATION,
     Contamination,
@@ -33,6 +27,7 @@ from kmq.errors import KmqError, ParameterError
 from kmq.exact import DUPLICATES, exact_duplicates, write_duplicates
 from kmq.export import write_output
 from kmq.formats import LoadedPool, load_pool, write_rejects
+from kmq.mixing import select_budgeted
 from kmq.outdir import check_out, staged
 from kmq.outputs import (
     CLUSTERS,
@@ -53,7 +48,10 @@ from kmq.scoring import compute_quality, fill_missing
 from kmq.selectors import ClusterSelector, KMQSelector, SelectionResult, Selector, get_selector
 from kmq.selectors.kmq import candidate_multiple
 from kmq.stages import cap_texts, check_vectors, column_quality_info, exclusions, nothing_valid
+from kmq.statistics import statistics
 from kmq.streaming import select_streaming
+from kmq.token_budget import row_budget, rows_for_tokens
+from kmq.tokens import DEFAULT_TOKENIZER, load_token_counter
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 log = logging.getLogger("kmq")
@@ -80,8 +78,12 @@ def cluster(
 
 def select(
     embeddings: np.ndarray,
-    budget: int | float,
+    budget: int | float | None = None,
     *,
+    budget_tokens: int | None = None,
+    tokens: np.ndarray | Sequence[int] | None = None,
+    mix: Mapping[str, float] | None = None,
+    sources: Sequence[str | None] | None = None,
     method: str | Selector = "kmq",
     k: int | Literal["auto"] = "auto",
     labels: np.ndarray | None = None,
@@ -113,11 +115,16 @@ def select(
     (kmq only; None, 0 or ``"all"``: every row) draws each cluster's quota among M × quota
     uniformly drawn candidates, so only those rows need a score (see
     :class:`~kmq.selectors.KMQSelector`).
+
+    ``budget_tokens`` (instead of ``budget``) selects rows whose ``tokens`` (one count per row)
+    sum to at most that many, as :mod:`kmq.token_budget` says; every row's quality is then read.
+    ``mix`` (source → share, summing to 1) with ``sources`` (one per row) splits the budget by
+    source first and selects inside each source's rows (:mod:`kmq.mixing`).
     """
     runner = get_engine(engine) if isinstance(engine, str) else engine
     check_embeddings(embeddings)
     n = len(embeddings)
-    n_budget = resolve_budget(budget, n)
+    n_budget = row_budget(budget, budget_tokens, tokens, n, exclude, quality_candidates)
     multiple = candidate_multiple(quality_candidates)
     selector = make_method(
         method,
@@ -145,9 +152,22 @@ def select(
             seed = seed_sequence(seed)  # a Generator would advance between the two calls
             rows = selector.candidate_rows(n, n_budget, labels=labels, exclude=exclude, seed=seed)
         quality = scores_at(rows, np.asarray(quality(rows), dtype=np.float64), n)
-    result = runner.select(
-        selector, embeddings, n_budget, labels=labels, quality=quality, exclude=exclude, seed=seed
+    result, _, spent = select_budgeted(
+        selector,
+        embeddings,
+        n_budget,
+        engine=runner,
+        mix=mix,
+        sources=sources,
+        budget_tokens=budget_tokens,
+        tokens=None if tokens is None else np.asarray(tokens),
+        labels=labels,
+        quality=quality,
+        exclude=exclude,
+        seed=seed,
     )
+    if spent is not None:
+        result.notes.append(spent.note())
     result.silhouette = silhouette
     return result
 
@@ -252,6 +272,9 @@ def select_file(config: SelectConfig) -> SelectRun:
     ids = [ex.id for ex in pool.examples]
     left_out = exclusions(config, ids, lambda: exact_duplicates(pool.examples))
     budget, exclude_mask, duplicates = left_out.budget, left_out.mask, left_out.duplicates
+    tokens, tokenizer = count_tokens(pool, config, timer)
+    if config.budget_tokens is not None:
+        budget = rows_for_tokens(config.budget_tokens, tokens, exclude_mask)
     contamination = decontamination(pool, config)
     if contamination is not None:
         exclude_mask |= contamination.mask(n)
@@ -290,10 +313,15 @@ def select_file(config: SelectConfig) -> SelectRun:
             )
             quality, quality_info = pool_quality(pool, config, rows=rows)
     with timer.stage("select"):
-        result = make_engine(config).select(
+        result, mix, token_selection = select_budgeted(
             selector,
             embeddings,
             budget,
+            engine=make_engine(config),
+            mix=config.mix,
+            sources=[ex.source for ex in pool.examples],
+            budget_tokens=config.budget_tokens,
+            tokens=tokens,
             labels=labels,
             quality=quality,
             exclude=exclude_mask,
@@ -336,6 +364,8 @@ def select_file(config: SelectConfig) -> SelectRun:
             sources=source_counts(pool),
             selected_sources=source_counts(pool, result.indices),
         )
+        if pool.parts:  # several inputs: each file, and the list of them as the path
+            summary.input |= {"path": [part["path"] for part in pool.parts], "files": pool.parts}
         manifest = build_manifest(
             config,
             summary,
@@ -349,8 +379,30 @@ def select_file(config: SelectConfig) -> SelectRun:
             checks=checks_summary(pool.rejects, pool.repairs),
         )
         manifest.outputs["contamination"] = CONTAMINATION if contamination is not None else None
+        manifest.statistics = statistics(
+            pool.examples, result.indices, tokens=tokens, tokenizer=tokenizer, labels=labels
+        )
+        if mix is not None and manifest.sources is not None:
+            manifest.sources["mix"] = mix
+        manifest.statistics["token_budget"] = (
+            None if token_selection is None else token_selection.summary()
+        )
         manifest.write(folder)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
+
+
+def count_tokens(
+    pool: LoadedPool, config: SelectConfig, timer: Timer
+) -> tuple[np.ndarray | None, str | None]:
+    """Tokens of every row (see :mod:`kmq.tokens`) and the tokenizer's name, when the run has
+    a token budget or names a tokenizer; ``(None, None)`` otherwise."""
+    if config.budget_tokens is None and config.tokenizer is None:
+        return None, None
+    with timer.stage("tokens"):
+        counter = load_token_counter(config.tokenizer or DEFAULT_TOKENIZER, config.cache_dir)
+        tokens = counter.count(pool.examples, cache_dir=config.cache_dir or default_cache_dir())
+    log.info("%s tokens in %d rows (%s)", f"{int(tokens.sum()):,}", len(tokens), counter.name)
+    return tokens, counter.name
 
 
 def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | None:

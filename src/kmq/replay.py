@@ -28,7 +28,9 @@ def read_manifest(path: str | Path) -> Manifest:
         raise KmqError(f"--config {exc}") from None
 
 
-def config_from_manifest(manifest: Manifest, *, out: str, input: str | None = None) -> SelectConfig:
+def config_from_manifest(
+    manifest: Manifest, *, out: str, input: str | list[str] | None = None
+) -> SelectConfig:
     """The recorded config with ``out`` (and ``input``, when given) replaced."""
     recorded = dict(manifest.config)
     known = {f.name for f in fields(SelectConfig)}

@@ -71,13 +71,26 @@ def grid_arg(text: str) -> list[int]:
         ) from None
 
 
-def add_input_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
-    """How to read the pool: shared by every subcommand that takes one."""
-    p.add_argument(
-        "input",
-        nargs="?" if optional else None,
-        help="JSONL/JSON/Parquet/CSV (optionally .gz) or a save_to_disk folder",
-    )
+def add_input_args(
+    p: argparse.ArgumentParser, *, optional: bool = False, several: bool = False
+) -> None:
+    """How to read the pool: shared by every subcommand that takes one (``several``: any
+    number of inputs, read as one pool)."""
+    if several:
+        p.add_argument(
+            "input",
+            nargs="*",
+            help="JSONL/JSON/Parquet/CSV files (optionally .gz), a save_to_disk folder, or a "
+            "folder of JSON arrays; several inputs are read as one pool, each row's source "
+            "being its file's name when it has none (ids shared by two files are prefixed "
+            "with the file's name)",
+        )
+    else:
+        p.add_argument(
+            "input",
+            nargs="?" if optional else None,
+            help="JSONL/JSON/Parquet/CSV (optionally .gz) or a save_to_disk folder",
+        )
     g = p.add_argument_group("reading the input")
     g.add_argument(
         "--on-invalid",
@@ -178,6 +191,7 @@ FEEDBACK_OPTIONS = {
     "base_url": "feedback_base_url",
     "lm_backend": "lm_backend",
     "compute_type": "lm_compute_type",
+    "dtype": "lm_dtype",
     "device": "device",
 }
 
@@ -295,7 +309,7 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
     return SelectConfig(
         **settings
         | {
-            "input": args.input,
+            "input": one_or_many(args.input),
             "out": out,
             "method": method,
             "quality_options": scorer_options(args),
@@ -304,6 +318,13 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
             "engine_options": {k: v for k, v in engine_options.items() if v is not None},
         }
     )
+
+
+def one_or_many(inputs: str | list[str] | None) -> str | list[str] | None:
+    """The input flag's value: one path, a list of several, or None for none."""
+    if isinstance(inputs, list):
+        return None if not inputs else inputs[0] if len(inputs) == 1 else inputs
+    return inputs
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -105,10 +105,19 @@ def print_summary(manifest: Manifest, out: Path) -> None:
         )
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest.timings_s.items())
     lines.append(f"time: {timings}; peak memory {manifest.peak_rss_mb or 0:.0f} MB")
+    lines.extend(token_lines(manifest.statistics))
+    mix = (manifest.sources or {}).get("mix")
+    if mix:
+        parts = ", ".join(
+            f"{s} {share:g} ({mix['selected_rows'][s]} rows)" for s, share in mix["shares"].items()
+        )
+        lines.append(f"mix ({mix['unit']} split by source first): {parts}")
     for line in lines:
         stdout.print(line)
     if manifest.sources or manifest.clusters:
         stdout.print(composition_table(manifest))
+    if manifest.statistics:
+        stdout.print(statistics_table(manifest.statistics))
 
 
 def checks_lines(checks: dict[str, Any] | None) -> list[str]:
@@ -149,4 +158,44 @@ def composition_table(manifest: Manifest) -> Table:
             f"source entropy: pool {sources['entropy_pool']:.3f}, "
             f"selection {sources['entropy_selected']:.3f} nats"
         )
+    return table
+
+
+def token_lines(stats: dict[str, Any] | None) -> list[str]:
+    """The selection's tokens against the pool's (and the token budget), when counted."""
+    if not stats or stats.get("tokenizer") is None:
+        return []
+    picked, pool = stats["selected"]["tokens"], stats["pool"]["tokens"]
+    budget = stats.get("token_budget")
+    cap = f" of {budget['budget_tokens']:,} (--budget-tokens)" if budget else ""
+    return [f"tokens ({stats['tokenizer']}): selected {picked:,}{cap}; pool {pool:,}"]
+
+
+def statistics_table(stats: dict[str, Any]) -> Table:
+    """Rows, tokens, turns and characters per source (or per cluster, the 20 largest, when no
+    row has a source), selection / pool."""
+    groups = stats.get("by_source")
+    title = "source"
+    if not groups:
+        clusters = sorted(stats.get("by_cluster") or [], key=lambda c: -c["pool"]["rows"])[:20]
+        groups = {str(c["cluster"]): c for c in clusters}
+        title = "cluster (20 largest)"
+    counted = stats.get("tokenizer") is not None
+    table = Table(title="per " + title.split()[0] + ": selected / pool")
+    columns = [title, "rows"] + (["tokens", "mean tokens"] if counted else [])
+    for col in [*columns, "mean turns", "mean chars"]:
+        table.add_column(col, justify="left" if col == title else "right")
+    for name, group in groups.items():
+        sel, pool = group["selected"], group["pool"]
+        cells = [name, f"{sel['rows']:,} / {pool['rows']:,}"]
+        if counted:
+            cells += [
+                f"{sel['tokens']:,} / {pool['tokens']:,}",
+                f"{sel['tokens_mean']:,.0f} / {pool['tokens_mean']:,.0f}",
+            ]
+        cells += [
+            f"{sel['turns_mean']:.1f} / {pool['turns_mean']:.1f}",
+            f"{sel['characters_mean']:,.0f} / {pool['characters_mean']:,.0f}",
+        ]
+        table.add_row(*cells)
     return table

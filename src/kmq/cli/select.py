@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from kmq.allocation import ALLOCATIONS
-from kmq.cli.args import CONFIG, add_input_args, add_selection_args, select_config
+from kmq.cli.args import CONFIG, add_input_args, add_selection_args, one_or_many, select_config
 from kmq.cli.inspect import print_summary
 from kmq.config import SelectConfig
 from kmq.dryrun import dry_run, dry_run_lines
@@ -18,7 +18,9 @@ from kmq.pipeline import select_file
 from kmq.replay import check_same_input, config_from_manifest, read_manifest
 from kmq.report import write_report
 from kmq.selectors import SELECTORS
+from kmq.shares import parse_share
 from kmq.streaming import IN_MEMORY_LIMIT, OUTPUT_SHARD_ROWS, SAMPLE_FLOOR, SAMPLE_PER_CENTROID
+from kmq.tokens import DEFAULT_TOKENIZER
 
 stdout = Console()
 
@@ -30,7 +32,7 @@ def add_select(sub: Any) -> None:
         description="Embed, cluster and select; writes the picked rows in the "
         "input's own format, a per-row table and manifest.json to --out.",
     )
-    add_input_args(p, optional=True)
+    add_input_args(p, several=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--config",
@@ -58,6 +60,42 @@ def add_select(sub: Any) -> None:
         metavar="N",
         help="select from N of the valid rows, drawn uniformly with --seed (a quick first look "
         "at a big pool; in-memory runs only)",
+    )
+    t = p.add_argument_group(
+        "token budgets and statistics",
+        "A row's tokens are its whole conversation rendered by the tokenizer's chat template "
+        "(as a trainer sees it), tokenised without extra special tokens. With either flag the "
+        "manifest, kmq inspect and the report show tokens per source and per cluster.",
+    )
+    t.add_argument(
+        "--budget-tokens",
+        type=int,
+        metavar="N",
+        help="pick rows whose tokens sum to at most N (instead of --budget): per-cluster token "
+        "quotas by --allocation, each cluster's rows in the method's order while they fit, the "
+        "unused tokens pooled and handed out round-robin",
+    )
+    t.add_argument(
+        "--tokenizer",
+        metavar="smollm2|PATH",
+        help=f"tokenizer that counts tokens: {DEFAULT_TOKENIZER} (SmolLM2-135M-Instruct's, "
+        "shipped offline; default with --budget-tokens) or a local tokenizer folder",
+    )
+    m = p.add_argument_group(
+        "several inputs and mixing",
+        "Several inputs are read as one pool (see the input's help). --mix splits the budget "
+        "(rows, or tokens with --budget-tokens) by source first, by largest remainder, then "
+        "runs the method inside each source's rows on the clustering of the whole pool, so "
+        "kMQ's per-cluster balance holds inside every source.",
+    )
+    m.add_argument(
+        "--mix",
+        nargs="+",
+        metavar="SOURCE=SHARE",
+        action=MixAction,
+        help="per-source shares summing to 1 (e.g. --mix alpaca=0.5 dolly=0.3 oasst=0.2); "
+        "a source left out gets no rows; unknown sources and shares a source cannot fill "
+        "are errors",
     )
     p.add_argument(
         "--allocation",
@@ -151,10 +189,29 @@ def add_select(sub: Any) -> None:
     p.set_defaults(handler=run_select)
 
 
+class MixAction(argparse.Action):
+    """``--mix a=0.5 b=0.5`` as ``{"a": 0.5, "b": 0.5}``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        mix: dict[str, float] = {}
+        for item in values:
+            source, share = parse_share(item)
+            if source in mix:
+                raise KmqError(f"--mix names {source!r} twice")
+            mix[source] = share
+        setattr(namespace, self.dest, mix)
+
+
 def run_select(args: argparse.Namespace) -> int:
     if args.config:
         return run_replay(args)
-    if args.input is None:
+    if not args.input:
         raise KmqError("kmq select needs an input file (or --config MANIFEST to replay a run)")
     if args.dry_run:
         return print_dry_run(select_config(args, out=args.out, method=args.method))
@@ -193,7 +250,7 @@ def run_replay(args: argparse.Namespace) -> int:
             "(or run without --config)"
         )
     manifest = read_manifest(args.config)
-    config = config_from_manifest(manifest, out=args.out, input=args.input)
+    config = config_from_manifest(manifest, out=args.out, input=one_or_many(args.input))
     config.progress = not args.no_progress
     config.cache_dir = args.cache_dir or config.cache_dir
     if args.dry_run:

@@ -28,6 +28,7 @@ class PerplexityFeedback:
         batch_size: int = 8,
         cache_dir: str | None = None,
         device: str | None = None,
+        dtype: str = "float32",
         lm_backend: str = "torch",
         compute_type: str | None = None,
     ) -> None:
@@ -44,6 +45,7 @@ class PerplexityFeedback:
             batch_size=batch_size,
             cache_dir=cache_dir,
             device=device,
+            dtype=dtype,
             compute_type=compute_type,
         )
 

@@ -1,4 +1,4 @@
-"""``gold-pmi`` and ``pmi-gap`` feedback: how much an answer says about its own prompt.
+"""``gold-fit``, ``gold-pmi`` and ``pmi-gap`` feedback: how well an answer fits its own prompt.
 
 PMI(x; y) = NLL(y) − NLL(y | x), in nats summed over the answer's tokens (its end-of-turn
 marker included): the log-likelihood the prompt adds to the answer under a reference causal LM
@@ -21,17 +21,31 @@ unconditional pass scores the very same answer tokens after the bare assistant h
 default window is short (96 tokens): the sum then covers at most the answer's first 48-95
 tokens, so a cluster of long answers does not outweigh one of shorter complete answers merely
 by length, and a round costs two passes of at most 96 tokens per trained row.
+
+Measured on planted noise (``benchmarks/results/corruption.md``), the summed PMI starves swapped
+answers, shuffled ones only partly and truncated ones not at all: a first sentence keeps most
+of the information about the prompt. ``gold-fit`` adds a third pass, the probability of the
+end-of-turn marker right after the whole answer (:func:`end_windows`), and scores
+σ(PMI) · P(end | x, y) (:class:`GoldFitFeedback`).
+
+Every pass goes through :func:`kmq.backends.get_lm_backend` (``lm_backend``, ``dtype``,
+``compute_type``, ``device``: ``--lm-backend``, ``--lm-dtype``, ``--lm-compute-type`` and
+``--device`` on the command line); the windows are built here with the model's tokenizer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kmq.examples import Message
 from kmq.feedback.base import Prompts, Texts, gap
+
+if TYPE_CHECKING:
+    from kmq.backends import LMBackend
 
 Window = tuple[list[int], list[int]]
 
@@ -64,34 +78,100 @@ def pmi_windows(
     return rows, given, alone
 
 
+def end_windows(
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Message] | None],
+    answers: Sequence[str],
+    max_length: int,
+) -> tuple[list[int], list[Window], list[Window]]:
+    """Rows that can be scored, and windows whose scored tokens are the end-of-turn marker after
+    the whole answer: (prompt + answer, marker) and (bare assistant header + answer, marker).
+
+    The marker's tokens stay; the answer keeps its *last* tokens, at most ``max_length`` minus
+    the marker minus ``min(len(prompt), max_length // 2)``; the prompt (or header) its last
+    tokens in the rest. Both windows end in the very same answer tokens.
+    """
+    from kmq.models import ChatFormat
+    from kmq.quality.lm import chat_texts, token_ids
+
+    chat = ChatFormat(tokenizer)
+    texts, _ = chat_texts(chat, prompts, answers)
+    rows = list(texts)
+    marker = token_ids(tokenizer, [chat.end_of_turn])[0]
+    contexts = token_ids(tokenizer, [texts[i][0] for i in rows])
+    bodies = token_ids(tokenizer, [answers[i] for i in rows])
+    header = token_ids(tokenizer, [chat.context(None)])[0]
+    given: list[Window] = []
+    alone: list[Window] = []
+    room = max_length - len(marker)
+    for context, body in zip(contexts, bodies, strict=True):
+        keep = max(0, min(len(body), room - min(len(context), max_length // 2)))
+        tail = body[len(body) - keep :]
+        rest = room - keep
+        given.append((context[len(context) - min(len(context), rest) :] + tail, marker))
+        alone.append((header[len(header) - min(len(header), rest) :] + tail, marker))
+    return rows, given, alone
+
+
+def lm_tokenizer(model: str, cache_dir: str | Path | None = None) -> Any:
+    """The tokenizer every LM backend uses for ``model`` (``smollm2`` or a local folder)."""
+    from kmq.models import SMOLLM2, converted_model_dir
+    from kmq.training.generate import load_tokenizer
+
+    return load_tokenizer(
+        converted_model_dir(model, cache_dir) if model == SMOLLM2 else Path(model)
+    )
+
+
 def pmi_nll(
-    model: Any,
+    backend: LMBackend,
     tokenizer: Any,
     prompts: Sequence[Sequence[Message] | None],
     answers: Sequence[str],
     *,
     max_length: int = 512,
-    batch_size: int = 8,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(NLL(y | x), NLL(y), scored tokens) per row: mean nats per token over the same answer
-    tokens, NaN (and 0 tokens) for rows that cannot be scored."""
-    from kmq.quality.lm import windows_nll
-
+    tokens (one ``backend.windows_nll`` call), NaN (and 0 tokens) for rows that cannot be
+    scored."""
     rows, given, alone = pmi_windows(tokenizer, prompts, answers, max_length)
     n = len(answers)
     out = np.full((2, n), np.nan)
     tokens = np.zeros(n)
     if rows:
-        both = windows_nll(
-            model, [*given, *alone], pad_id=tokenizer.pad_token_id, batch_size=batch_size
-        )
+        both = backend.windows_nll([*given, *alone], desc="pmi")
         out[0, rows], out[1, rows] = both[: len(rows)], both[len(rows) :]
         tokens[rows] = [len(r) for _, r in given]
     return out[0], out[1], tokens
 
 
+def end_nll(
+    backend: LMBackend,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Message] | None],
+    answers: Sequence[str],
+    *,
+    max_length: int = 512,
+    unconditional: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(−log P(end of turn | x, y), −log P(end of turn | y)) per row in nats (mean over the
+    marker's tokens; see :func:`end_windows`); NaN for rows that cannot be scored, and for
+    the second when ``unconditional`` is False (then one pass, not two)."""
+    rows, given, alone = end_windows(tokenizer, prompts, answers, max_length)
+    n = len(answers)
+    out = np.full((2, n), np.nan)
+    if rows:
+        values = backend.windows_nll([*given, *alone] if unconditional else given, desc="end")
+        out[0, rows] = values[: len(rows)]
+        if unconditional:
+            out[1, rows] = values[len(rows) :]
+    return out[0], out[1]
+
+
 class _PMIFeedback:
-    """Lazy reference LM and the batched PMI of (prompt, answer) rows under it."""
+    """The reference LM (behind :func:`kmq.backends.get_lm_backend`, so ``lm_backend``,
+    ``dtype``, ``compute_type`` and ``device`` apply) and the batched PMI of (prompt, answer)
+    rows under it."""
 
     def __init__(
         self,
@@ -100,7 +180,12 @@ class _PMIFeedback:
         max_length: int = 96,
         batch_size: int = 8,
         cache_dir: str | None = None,
+        lm_backend: str = "torch",
+        device: str | None = None,
+        dtype: Any = "float32",
+        compute_type: str | None = None,
     ) -> None:
+        from kmq.backends import get_lm_backend
         from kmq.quality.lm import check_settings
 
         check_settings(max_length, batch_size)
@@ -108,23 +193,29 @@ class _PMIFeedback:
         self.max_length = max_length
         self.batch_size = batch_size
         self.cache_dir = cache_dir
-        self._lm: tuple[Any, Any] | None = None
+        self.backend_ = get_lm_backend(
+            lm_backend,
+            model,
+            max_length=max_length,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            device=device,
+            dtype=dtype,
+            compute_type=compute_type,
+        )
+        self._tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = lm_tokenizer(self.model, self.cache_dir)
+        return self._tokenizer
 
     def pmi(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> np.ndarray:
         """PMI(x; y) in nats, summed over each answer's scored tokens (see the module doc);
         NaN for an empty answer or an unrenderable prompt."""
-        from kmq.models import load_causal_lm
-
-        if self._lm is None:
-            self._lm = load_causal_lm(self.model, cache_dir=self.cache_dir)
-        model, tokenizer = self._lm
         given, alone, tokens = pmi_nll(
-            model,
-            tokenizer,
-            prompts,
-            answers,
-            max_length=self.max_length,
-            batch_size=self.batch_size,
+            self.backend_, self.tokenizer, prompts, answers, max_length=self.max_length
         )
         return (alone - given) * tokens
 
@@ -162,3 +253,55 @@ class PMIGapFeedback(_PMIFeedback):
 
     def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
         return gap(self.pmi, prompts, gold, generated)
+
+
+def fit_probability(pmi: np.ndarray, end_nll: np.ndarray) -> np.ndarray:
+    """``gold-fit``'s S from the summed PMI(x; y) and −log P(end of turn | x, y), both in nats:
+    σ(PMI) · P(end | x, y), in [0, 1] (NaN where either is NaN)."""
+    on_topic = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(pmi, dtype=np.float64)))
+    return on_topic * np.exp(-np.asarray(end_nll, dtype=np.float64))
+
+
+class GoldFitFeedback(_PMIFeedback):
+    """S = σ(PMI(x; y_gold)) · P(end of turn | x, y_gold): the gold answer fits its prompt.
+
+    Two probabilities under the reference LM, multiplied as if independent:
+
+    - *on topic*: σ(PMI) with PMI = log p(y | x) − log p(y) summed over the answer's tokens
+      (``gold-pmi``) is the posterior probability that y was written for x rather than drawn
+      independently of it, at even prior odds (PMI is the log-likelihood ratio of the two; the
+      density-ratio reading of contrastive estimation, Gutmann & Hyvärinen 2010, and of
+      InfoNCE, van den Oord et al. 2018). ≈ 1 for a real answer, ≤ 0.5 for another prompt's.
+    - *complete*: P(end | x, y) is the probability the LM gives the template's end-of-turn
+      marker right after the whole answer, given the prompt (:func:`end_windows`): low when
+      the answer stops mid-way (cut after its first sentence) or ends on a word no answer
+      ends on (its words shuffled).
+
+    Range [0, 1]; higher = a sound gold answer, so its cluster deserves more weight. Needs no
+    generated answer (the loop skips generation); three passes of the reference LM per trained
+    row, each at most ``max_length`` tokens. ``benchmarks/results/corruption.md``: it starves
+    clusters of shuffled, swapped and truncated gold answers, but P(end) is partly a matter of
+    style (SmolLM2 does not expect a turn to end after GSM8K's ``#### 42``), so on a clean pool
+    three rounds move most of the weight to the sources whose answers end as it expects (code).
+    """
+
+    name = "gold-fit"
+    direction = "higher = gold answer on topic and complete (probability); [0, 1]"
+    needs_generation = False
+
+    def score(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        gold: Sequence[str],
+        generated: Sequence[str],
+    ) -> np.ndarray:
+        pmi = self.pmi(prompts, gold)
+        end, _ = end_nll(
+            self.backend_,
+            self.tokenizer,
+            prompts,
+            gold,
+            max_length=self.max_length,
+            unconditional=False,
+        )
+        return fit_probability(pmi, end)

@@ -56,6 +56,7 @@ class Selection:
     centroids: np.ndarray | None = None
     pool_sources: dict[str, int] | None = None
     quality_summary: dict[str, Any] | None = None  # the scorer's pool summary (manifest)
+    statistics: dict[str, Any] | None = None  # tokens, turns, lengths (manifest)
     rounds: Rounds | None = None
     notes: list[str] = field(default_factory=list)  # the run's own notes
     caveats: list[str] = field(default_factory=list)  # what this report could not show
@@ -73,6 +74,7 @@ def load_select(folder: Path, centroids: np.ndarray | None) -> Selection:
         pool=pool,
         pool_sources=(manifest.sources or {}).get("pool"),
         quality_summary=manifest.quality,
+        statistics=manifest.statistics,
         notes=list(manifest.notes),
         caveats=caveats,
     )

@@ -26,6 +26,7 @@ from kmq.report.html import (
     plot,
     table,
 )
+from kmq.report.lengths import lengths_section
 from kmq.report.load import Picks, Rounds, Selection
 from kmq.report.markdown import markdown_html
 from kmq.report.terms import LABEL_TERMS, distinctive_terms
@@ -104,7 +105,9 @@ def selection_sections(data: Selection, max_clusters: int) -> list[Section]:
         clusters_section(data, facts, max_clusters),
         quality_section(data),
     ]
-    if data.rounds is not None:
+    if data.rounds is None:
+        sections.append(lengths_section(data.statistics))
+    else:
         sections.append(rounds_section(data, data.rounds, facts))
     return sections
 
