@@ -78,3 +78,17 @@ def get_lm_backend(name: str = "torch", model: str = "smollm2", **settings: Any)
         "LM backend", name, load(LM_BACKEND_CLASSES[name]), {"model": model, **settings}
     )
     return backend
+
+
+def backend_of(owner: Any, lm_backend: str, **run: Any) -> LMBackend:
+    """The ``lm_backend`` backend of a scorer that keeps its ``model``, ``max_length``,
+    ``batch_size`` and ``cache_dir`` as attributes, with the run settings ``run`` (``device``,
+    ``dtype``, ``compute_type``, ``show_progress``)."""
+    return get_lm_backend(
+        lm_backend,
+        owner.model,
+        max_length=owner.max_length,
+        batch_size=owner.batch_size,
+        cache_dir=owner.cache_dir,
+        **run,
+    )

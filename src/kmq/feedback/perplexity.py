@@ -32,21 +32,14 @@ class PerplexityFeedback:
         lm_backend: str = "torch",
         compute_type: str | None = None,
     ) -> None:
-        from kmq.backends import get_lm_backend
+        from kmq.backends import backend_of
 
         self.model = model
         self.max_length = max_length
         self.batch_size = batch_size
         self.cache_dir = cache_dir
-        self.backend_ = get_lm_backend(
-            lm_backend,
-            model,
-            max_length=max_length,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            device=device,
-            dtype=dtype,
-            compute_type=compute_type,
+        self.backend_ = backend_of(
+            self, lm_backend, device=device, dtype=dtype, compute_type=compute_type
         )
 
     def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:

@@ -185,7 +185,7 @@ class _PMIFeedback:
         dtype: Any = "float32",
         compute_type: str | None = None,
     ) -> None:
-        from kmq.backends import get_lm_backend
+        from kmq.backends import backend_of
         from kmq.quality.lm import check_settings
 
         check_settings(max_length, batch_size)
@@ -193,15 +193,8 @@ class _PMIFeedback:
         self.max_length = max_length
         self.batch_size = batch_size
         self.cache_dir = cache_dir
-        self.backend_ = get_lm_backend(
-            lm_backend,
-            model,
-            max_length=max_length,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            device=device,
-            dtype=dtype,
-            compute_type=compute_type,
+        self.backend_ = backend_of(
+            self, lm_backend, device=device, dtype=dtype, compute_type=compute_type
         )
         self._tokenizer: Any = None
 
@@ -289,12 +282,7 @@ class GoldFitFeedback(_PMIFeedback):
     direction = "higher = gold answer on topic and complete (probability); [0, 1]"
     needs_generation = False
 
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        gold: Sequence[str],
-        generated: Sequence[str],
-    ) -> np.ndarray:
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
         pmi = self.pmi(prompts, gold)
         end, _ = end_nll(
             self.backend_,

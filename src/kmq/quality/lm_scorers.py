@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from kmq.backends import get_lm_backend
+from kmq.backends import backend_of
 from kmq.examples import Example, Message
 from kmq.quality.lm import (
     TEMPLATE_VERSION,
@@ -59,12 +59,9 @@ class _LMScorer(ABC):
         self.lm_backend = lm_backend
         self.compute_type = compute_type
         self.show_progress = show_progress
-        self.backend_ = get_lm_backend(
+        self.backend_ = backend_of(
+            self,
             lm_backend,
-            model,
-            max_length=max_length,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
             device=device,
             dtype=dtype,
             compute_type=compute_type,
