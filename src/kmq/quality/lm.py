@@ -170,25 +170,15 @@ def response_nll(
     tokenizer: Any,
     prompts: Sequence[Sequence[Message] | None],
     responses: Sequence[str],
-    *,
-    max_length: int = 512,
-    batch_size: int = 8,
-    show_progress: bool = False,
+    **options: Any,
 ) -> np.ndarray:
     """Mean NLL (nats/token, float64) of each response given its prompt (``None`` =
     unconditional); lower = more likely. NaN for rows that could not be scored.
 
-    See :func:`score_responses` for the counts, truncation and failures behind it.
+    ``options`` are :func:`score_responses`' keywords (``max_length``, ``batch_size``,
+    ``show_progress``, ``desc``); it also gives the counts, truncation and failures behind it.
     """
-    return score_responses(
-        model,
-        tokenizer,
-        prompts,
-        responses,
-        max_length=max_length,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    ).nll
+    return score_responses(model, tokenizer, prompts, responses, **options).nll
 
 
 def windows_nll(
