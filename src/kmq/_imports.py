@@ -25,6 +25,7 @@ EXTRAS = {
     "ray": "ray",
     "onnxruntime": "onnx",
     "onnx": "onnx",
+    "openvino": "embed",
 }
 TORCH_EXTRAS = {"embed", "lm", "train", "static", "onnx"}
 
