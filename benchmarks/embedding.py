@@ -125,6 +125,12 @@ def main() -> None:
     )
     parser.add_argument("--k", type=int, default=256, help="k of the ARI comparison")
     parser.add_argument("--select-k", type=int, default=64, help="k of the kMQ selection")
+    parser.add_argument(
+        "--control-cosine",
+        type=float,
+        default=0.99999,
+        help="mean cosine to torch of the Gaussian-noise control of the own-fit ARI",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
     args = parser.parse_args()
@@ -167,6 +173,13 @@ def main() -> None:
     ref_fit = kmeans(ref, args.k, seed=0)
     ref_labels = ref_fit.labels_
     noise_ari = ari(ref_labels, kmeans(ref, args.k, seed=1).labels_)
+    # torch's vectors nudged by isotropic Gaussian noise to a mean cosine of about
+    # --control-cosine (1 - σ²·d/2 for unit rows): how far k-means moves on such a nudge alone
+    sigma = np.sqrt(2 * (1 - args.control_cosine) / ref.shape[1])
+    nudged = ref + np.random.default_rng(args.seed).normal(scale=sigma, size=ref.shape)
+    nudged /= np.linalg.norm(nudged, axis=1, keepdims=True)
+    control_cos = float((nudged * ref).sum(1).mean())
+    control_ari = ari(ref_labels, kmeans(nudged, args.k, seed=0).labels_)
     budget = round(0.05 * len(texts))
 
     def picks(v: np.ndarray, seed: int) -> np.ndarray:
@@ -234,15 +247,16 @@ def main() -> None:
     )
     verdicts = []
     for r in rows[1:]:
-        ok = (
-            r["speedup"] >= SPEED_TARGET
-            and r["cos_mean"] >= COSINE_TARGET
-            and r["ari"] >= ARI_TARGET
-        )
+        fast = r["speedup"] >= SPEED_TARGET and r["cos_mean"] >= COSINE_TARGET
+
+        def verdict(value: float, fast: bool = fast) -> str:
+            return "meets" if fast and value >= ARI_TARGET else "does NOT meet"
+
         verdicts.append(
-            f"- {r['name']}: {r['speedup']:.2f}× torch, mean cosine {r['cos_mean']:.4f}, "
-            f"ARI {r['ari']:.3f} — {'meets' if ok else 'does NOT meet'} the bar for the "
-            "CPU default (≥ 2× at mean cosine ≥ 0.995 and ARI ≥ 0.9)"
+            f"- {r['name']}: {r['speedup']:.2f}× torch, mean cosine {r['cos_mean']:.5f}; "
+            f"with the own-fit ARI ({r['ari']:.3f}) it {verdict(r['ari'])} the bar for the CPU "
+            f"default (≥ 2× at mean cosine ≥ 0.995 and ARI ≥ 0.9), with the ARI on torch's "
+            f"centroids ({r['ari_fixed']:.3f}) it {verdict(r['ari_fixed'])} it"
         )
     body = f"""
 {len(texts):,} texts sampled with seed {args.seed} from the user view of `{args.pool.name}`
@@ -262,8 +276,10 @@ the per-block range shows how much the load moved them.
 
 "Own fit": the ARI of `kmq.clustering.kmeans(vectors, k={args.k}, seed=0)` on each backend's
 vectors against the same on torch's (torch's vectors with seed 1 instead of 0 give ARI
-{noise_ari:.3f}: the seed-to-seed agreement of k-means itself on these texts, so an own-fit
-ARI far below 1 can be k-means' sensitivity to its start rather than the backend). "Torch's
+{noise_ari:.3f}: the seed-to-seed agreement of k-means itself on these texts; torch's vectors
+plus isotropic Gaussian noise, at mean cosine {control_cos:.5f} to torch's, give ARI
+{control_ari:.3f} with the same seed: so an own-fit ARI far below 1 can be k-means'
+sensitivity to any nudge of its input rather than a backend's distortion). "Torch's
 centroids": each backend's vectors assigned to the centres fitted on torch's vectors, against
 torch's own labels: whether the rows land in the same clusters, free of the refit's noise. The kMQ
 selection is `kmq.select(vectors, {budget},

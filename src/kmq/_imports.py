@@ -25,9 +25,9 @@ EXTRAS = {
     "ray": "ray",
     "onnxruntime": "onnx",
     "onnx": "onnx",
-    "openvino": "embed",
+    "openvino": "openvino",
 }
-TORCH_EXTRAS = {"embed", "lm", "train", "static", "onnx"}
+TORCH_EXTRAS = {"embed", "lm", "train", "static", "onnx", "openvino"}
 
 
 def require(module: str) -> ModuleType:

@@ -11,8 +11,9 @@ compiled for the CPU at load time:
   float32) on a CPU with native bf16 matrix units (Intel AMX). OpenVINO itself picks bf16 by
   default on such CPUs; kmq asks for it explicitly and refuses it where the CPU lacks bf16.
 
-``backend=auto`` (the default on the CPU) is ``openvino-bf16`` where OpenVINO is installed and
-would itself run the CPU in bf16 (AMX), else ``torch``: see :func:`auto_backend`.
+``backend=auto`` is ``openvino-bf16`` where OpenVINO is installed and would itself run the CPU
+in bf16 (AMX), else ``torch``: see :func:`auto_backend`. The default backend stays ``torch``
+(see :mod:`kmq.encoders.sentence_transformers`).
 """
 
 from __future__ import annotations
