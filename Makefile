@@ -6,7 +6,7 @@ POOL ?= ../shared/data/pools/mix-small.jsonl.gz
 
 DEMO_SAMPLE ?= 2000
 
-.PHONY: setup bench-setup demo demo-full test lint clean
+.PHONY: setup bench-setup demo demo-full test test-fast lint clean
 
 $(BIN)/kmq: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest -q
+
+# The fast tier (about a minute): no test that builds a model, starts Ray, reads big shared data
+# or needs a GPU; make test runs everything.
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow and not model and not ray and not gpu"
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -4,14 +4,14 @@
 probabilities of kMQ with full scoring and with candidate-only scoring (Monte Carlo over many
 seeds, several M and quality skews).
 
-(b) ``mix-small``: a stratified subset, planted noise of each kind (``benchmarks/noise.py``,
-spread), a real LM quality score (SmolLM2: the two NLLs of IFD, cached per row, so rows that no
-noise kind changed are scored once); per seed: rows scored and the estimated scoring time of
-full vs candidate-only kMQ, and the share of noisy rows in the selections of full kMQ,
-candidate-only kMQ and random. Both IFD directions are computed from the same two NLLs.
+(b) The whole ``mix-small`` pool with planted noise of each kind (``benchmarks/noise.py``, 25 %
+spread, noise seeds 0–2), k = 32, budget 512: rows scored, the estimated scoring time, and the
+share of noisy rows that kMQ picks with full scoring and with M × quota candidates, for kmq's
+``pmi``, Cherry LLM's ``ifd`` and ``length``, against random and km-random. The LM scores are
+looked up by row in a table of both IFD passes of every row (``benchmarks/pool_nll.py``: the
+pools here are rebuilt in code with the same functions, so their rows are the table's).
 
-    python benchmarks/candidates.py               # everything (NLLs cached in benchmarks/out)
-    python benchmarks/candidates.py --score-only  # only fill the NLL cache
+    python benchmarks/candidates.py --nll-table NLL.npz --embeddings POOL-MINILM.npy
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +37,10 @@ from _common import (
     write_report,
 )
 from noise import NoiseSpec, plant, read_records
+from pool_nll import NOISE_FRACTION, NOISE_SEEDS, require_table, table_quality
+from quality.stats import paired_test
+
+from kmq.atomic import write_json
 
 log = logging.getLogger("kmq.benchmarks")
 
@@ -47,21 +49,6 @@ WORK = BENCH_DIR / "out" / "candidates"
 
 
 # -- the pools ------------------------------------------------------------------------------------
-
-
-def stratified_subset(records: Sequence[dict[str, Any]], n: int, seed: int) -> np.ndarray:
-    """``n`` row indices, every source ∝ its share of the pool (largest remainder), ascending."""
-    sources = np.array([r.get("source") or "" for r in records])
-    names, counts = np.unique(sources, return_counts=True)
-    ideal = n * counts / counts.sum()
-    take = np.floor(ideal).astype(np.int64)
-    take[np.argsort(-(ideal - take), kind="stable")[: n - int(take.sum())]] += 1
-    rng = np.random.default_rng(seed)
-    rows = [
-        rng.choice(np.flatnonzero(sources == name), size=int(m), replace=False)
-        for name, m in zip(names, take, strict=True)
-    ]
-    return np.sort(np.concatenate(rows))
 
 
 def noisy_pools(
@@ -78,104 +65,6 @@ def noisy_pools(
         mask[list(noisy)] = True
         out[kind] = (noisy_records, mask)
     return out
-
-
-# -- the NLL cache --------------------------------------------------------------------------------
-
-
-def row_key(record: dict[str, Any]) -> str:
-    turns = [[m["role"], m["content"]] for m in record["messages"]]
-    return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()[:24]
-
-
-class NLLCache:
-    """Per row (by content): NLL(y|x), NLL(y), tokens fed (both passes) and the estimated
-    seconds the row cost (its chunk's wall time shared ∝ tokens)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: dict[str, list[float]] = {}
-        if path.exists():
-            self.rows = json.loads(path.read_text(encoding="utf-8"))
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".nll.")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self.rows, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-
-    def fill(self, records: Sequence[dict[str, Any]], *, max_length: int, chunk: int = 8) -> None:
-        """Score every record not cached yet, ``chunk`` rows at a time (saved after each)."""
-        from kmq.examples import Example, Message
-        from kmq.models import load_causal_lm
-        from kmq.quality.lm import score_responses
-
-        todo: dict[str, dict[str, Any]] = {}
-        for r in records:
-            key = row_key(r)
-            if key not in self.rows:
-                todo.setdefault(key, r)
-        if not todo:
-            return
-        log.info("scoring %d rows (%d cached)", len(todo), len(self.rows))
-        model, tokenizer = load_causal_lm("smollm2", device="cpu")
-        keys = list(todo)
-        started = time.perf_counter()
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            examples = [
-                Example(
-                    id=k,
-                    row=start + j,
-                    messages=tuple(Message(m["role"], m["content"]) for m in todo[k]["messages"]),
-                )
-                for j, k in enumerate(part)
-            ]
-            t0 = time.perf_counter()
-            cond = score_responses(
-                model,
-                tokenizer,
-                [ex.prompt for ex in examples],
-                [ex.response for ex in examples],
-                max_length=max_length,
-            )
-            uncond = score_responses(
-                model,
-                tokenizer,
-                [None] * len(examples),
-                [ex.response for ex in examples],
-                max_length=max_length,
-            )
-            seconds = time.perf_counter() - t0
-            tokens = (
-                cond.context_tokens
-                + cond.response_tokens
-                + uncond.context_tokens
-                + uncond.response_tokens
-            ).astype(np.float64)
-            share = seconds * tokens / max(tokens.sum(), 1.0)
-            for i, key in enumerate(part):
-                self.rows[key] = [
-                    float(cond.nll[i]),
-                    float(uncond.nll[i]),
-                    float(tokens[i]),
-                    float(share[i]),
-                ]
-            self.save()
-            done = start + len(part)
-            rate = done / (time.perf_counter() - started)
-            log.info("%d/%d rows scored (%.2f rows/s)", done, len(keys), rate)
-
-    def has(self, records: Sequence[dict[str, Any]]) -> bool:
-        """Whether every record is scored already."""
-        return all(row_key(r) in self.rows for r in records)
-
-    def table(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
-        """(n, 4): NLL(y|x), NLL(y), tokens, seconds of each record (all must be cached)."""
-        return np.array([self.rows[row_key(r)] for r in records], dtype=np.float64)
 
 
 # -- (a) inclusion probabilities on synthetic clusters ------------------------------------------
@@ -260,7 +149,7 @@ def budget_quotas(labels: np.ndarray, budget: int) -> np.ndarray:
     return allocate("balanced", budget, np.bincount(labels))
 
 
-# -- (b) planted noise on mix-small ---------------------------------------------------------------
+# -- (b) planted noise on the whole mix-small pool ------------------------------------------------
 
 
 def load_embeddings(path: Path | None, records: Sequence[dict[str, Any]], pool: Path) -> np.ndarray:
@@ -282,114 +171,221 @@ def load_embeddings(path: Path | None, records: Sequence[dict[str, Any]], pool: 
     return np.asarray(vectors, dtype=np.float32)
 
 
-def ifd_scores(nll: np.ndarray) -> dict[str, np.ndarray]:
-    """Both IFD directions from NLL(y|x) and NLL(y) (columns 0 and 1 of the cache table)."""
-    log_ifd = nll[:, 0] - nll[:, 1]
-    authors = np.where(log_ifd < 0, log_ifd, log_ifd.min() - 50.0)
+def pool_scores(examples: Sequence[Any], table: Path) -> dict[str, np.ndarray]:
+    """The scores compared, per row: kmq's ``pmi``, ``pmi-total`` and ``ifd`` (Cherry LLM's IFD)
+    from the NLL table, and ``length`` (characters of the answer, free)."""
     return {
-        "-log IFD (kmq's pmi)": -log_ifd,
-        "log IFD (Cherry LLM; IFD ≥ 1 weighted e^-50)": authors,
+        "pmi": table_quality(table, examples, "pmi"),
+        "pmi-total": table_quality(table, examples, "pmi-total"),
+        "ifd (Cherry)": table_quality(table, examples, "ifd"),
+        "length": np.array([len(ex.response) for ex in examples], dtype=np.float64),
     }
 
 
-def noise_table(
+def draw(
     embeddings: np.ndarray,
-    variants: dict[str, tuple[list[dict[str, Any]], np.ndarray]],
-    cache: NLLCache,
+    labels: np.ndarray,
+    quality: np.ndarray,
+    *,
+    budget: int,
+    multiple: int | None,
+    seed: int,
+) -> tuple[np.ndarray, int]:
+    """kMQ's picks (balanced quotas, default weighting) and how many rows it asked scores of."""
+    from kmq.pipeline import select
+
+    asked: list[int] = []
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        asked.append(len(rows))
+        return quality[rows]
+
+    result = select(
+        embeddings, budget, labels=labels, quality=score, quality_candidates=multiple, seed=seed
+    )
+    return np.asarray(result.indices), asked[0]
+
+
+def noise_runs(
+    embeddings: np.ndarray,
+    records: list[dict[str, Any]],
+    table: Path,
     *,
     k: int,
     budget: int,
+    fraction: float,
     multiples: Sequence[int],
+    noise_seeds: Sequence[int],
     seeds: Sequence[int],
-) -> tuple[list[list[object]], list[list[object]], dict[str, dict[str, list[float]]]]:
-    """Per kind and score: rows scored, scoring time and noise share, full vs candidates (each
-    seed's k-means is fitted once and shared by every setting, as a run with that seed would)."""
+) -> list[dict[str, Any]]:
+    """One entry per (noise seed, kind, score, setting, selection seed): the noise share of the
+    picks and the rows scored. Each selection seed's k-means is fitted once and shared by every
+    pool and setting (the clusters depend on the prompts only, which the noise leaves alone)."""
     from kmq.clustering import kmeans
+    from kmq.formats import load_pool
     from kmq.pipeline import select
 
     labels = {seed: kmeans(embeddings, k, seed=seed).labels_ for seed in seeds}
-
-    cost_rows: list[list[object]] = []
-    share_rows: list[list[object]] = []
-    plot: dict[str, dict[str, list[float]]] = {}
-    for kind, (records, noisy) in variants.items():
-        answers = [r["messages"][-1]["content"] for r in records]
-        scores = {"length (answer characters)": np.array([len(a) for a in answers], dtype=float)}
-        seconds = None
-        if cache.has(records):
-            table = cache.table(records)
-            seconds = table[:, 3]
-            scores |= ifd_scores(table[:, :2])
-        n = len(records)
-        for score_name, quality in scores.items():
-            settings: list[tuple[str, int | None]] = [("full", None)]
-            settings += [(f"M = {m}", m) for m in multiples]
-            for label, multiple in settings:
-                shares, scored, cost = [], [], []
-                for seed in seeds:
-                    asked: list[np.ndarray] = []
-
-                    def score(
-                        rows: np.ndarray,
-                        asked: list[np.ndarray] = asked,
-                        quality: np.ndarray = quality,
-                    ) -> np.ndarray:
-                        asked.append(rows)
-                        return quality[rows]
-
-                    result = select(
-                        embeddings,
-                        budget,
-                        labels=labels[seed],
-                        quality=score,
-                        quality_candidates=multiple,
-                        seed=seed,
+    log.info("k-means fitted for %d seeds", len(seeds))
+    settings: list[tuple[str, int | None]] = [("full", None)]
+    settings += [(f"M = {m}", m) for m in multiples]
+    runs: list[dict[str, Any]] = []
+    for noise_seed in noise_seeds:
+        for kind, (noisy_records, noisy) in noisy_pools(records, fraction, noise_seed).items():
+            scores = pool_scores(load_pool(noisy_records).examples, table)
+            base = {"kind": kind, "noise_seed": noise_seed}
+            for seed in seeds:
+                for score_name, quality in scores.items():
+                    for label, multiple in settings:
+                        picks, scored = draw(
+                            embeddings,
+                            labels[seed],
+                            quality,
+                            budget=budget,
+                            multiple=multiple,
+                            seed=seed,
+                        )
+                        runs.append(
+                            base
+                            | {"seed": seed, "score": score_name, "setting": label}
+                            | {"share": float(noisy[picks].mean()), "scored": scored}
+                        )
+                for method in ("random", "km-random"):
+                    picks = select(
+                        embeddings, budget, labels=labels[seed], method=method, seed=seed
+                    ).indices
+                    runs.append(
+                        base
+                        | {"seed": seed, "score": "(none)", "setting": method}
+                        | {"share": float(noisy[picks].mean()), "scored": 0}
                     )
-                    shares.append(float(noisy[result.indices].mean()))
-                    scored.append(len(asked[0]))
-                    cost.append(float(seconds[asked[0]].sum()) if seconds is not None else 0.0)
-                share_rows.append(
+            runs.append(
+                base
+                | {"seed": -1, "score": "(pool)", "setting": "pool"}
+                | {"share": float(noisy.mean()), "scored": 0}
+            )
+            log.info("noise seed %d, %s done", noise_seed, kind)
+    return runs
+
+
+GPU_ROWS_PER_S = 314.0
+"""Both IFD passes, torch float32, batch 64, max_length 512 on one H200: 61,424 rows in 196 s
+(``benchmarks/results/gpu_check.md``, run 2)."""
+CPU_ROWS_PER_S = 0.6505
+"""Both IFD passes, torch float32, batch 8, max_length 512 on this 2-core CPU
+(``benchmarks/results/ifd_throughput.md``)."""
+LM_SCORES = ("pmi", "pmi-total", "ifd (Cherry)")
+TARGET_FEWER = 10.0
+TARGET_CHANGE = 0.10
+
+
+def values(runs: Sequence[dict[str, Any]], kind: str, score: str, setting: str) -> np.ndarray:
+    """The noise shares of one (kind, score, setting), ordered by (noise seed, seed)."""
+    got = [r for r in runs if (r["kind"], r["score"], r["setting"]) == (kind, score, setting)]
+    return np.array([r["share"] for r in sorted(got, key=lambda r: (r["noise_seed"], r["seed"]))])
+
+
+def mean_se(v: np.ndarray) -> str:
+    se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
+    return f"{v.mean():.3f} ± {se:.3f}"
+
+
+def relative_change(full: np.ndarray, got: np.ndarray) -> tuple[float, tuple[float, float] | None]:
+    """(mean(got) − mean(full)) / mean(full), and its 95 % interval from the paired t interval of
+    the differences (the denominator taken as exact); None when the differences are all equal."""
+    change = float((got.mean() - full.mean()) / full.mean())
+    test = paired_test(got - full)
+    if test.undefined is not None:
+        return change, None
+    return change, (test.ci[0] / float(full.mean()), test.ci[1] / float(full.mean()))
+
+
+def pct(change: float, ci: tuple[float, float] | None) -> str:
+    interval = "" if ci is None else f" [{100 * ci[0]:+.0f}, {100 * ci[1]:+.0f}]"
+    return f"{100 * change:+.0f}%{interval}"
+
+
+def cost_rows(
+    runs: Sequence[dict[str, Any]], n: int, settings: Sequence[str]
+) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for setting in settings:
+        scored = np.array([r["scored"] for r in runs if r["setting"] == setting])
+        mean = float(scored.mean())
+        rows.append(
+            [
+                setting,
+                f"{mean:,.1f} ({scored.min():,}–{scored.max():,})",
+                f"{n / mean:.2f}×",
+                f"{mean / GPU_ROWS_PER_S:.1f}",
+                f"{mean / CPU_ROWS_PER_S / 3600:.2f}",
+            ]
+        )
+    return rows
+
+
+def fewer_rows(runs: Sequence[dict[str, Any]], n: int, setting: str) -> float:
+    return n / float(np.mean([r["scored"] for r in runs if r["setting"] == setting]))
+
+
+def share_rows(
+    runs: Sequence[dict[str, Any]], kind: str, settings: Sequence[str], scores: Sequence[str]
+) -> list[list[object]]:
+    km = values(runs, kind, "(none)", "km-random")
+    rows: list[list[object]] = []
+    for score in scores:
+        full = values(runs, kind, score, "full")
+        moved = paired_test(full - km)
+        lo, hi = moved.ci
+        for setting in settings:
+            got = values(runs, kind, score, setting)
+            change = "" if setting == "full" else pct(*relative_change(full, got))
+            if setting == "full":
+                gain = ""
+            elif moved.undefined is not None or lo <= 0 <= hi:
+                gain = "n/a (full ≈ km-random)"
+            else:
+                gain = f"{(km.mean() - got.mean()) / (km.mean() - full.mean()):.2f}"
+            rows.append([score, setting, mean_se(got), change, gain])
+    for method in ("random", "km-random"):
+        rows.append(["(none)", method, mean_se(values(runs, kind, "(none)", method)), "", ""])
+    pool = values(runs, kind, "(pool)", "pool")
+    rows.append(["(none)", "the pool itself", f"{pool.mean():.3f}", "", ""])
+    return rows
+
+
+def verdicts(
+    runs: Sequence[dict[str, Any]], n: int, kinds: Sequence[str], multiples: Sequence[int]
+) -> tuple[list[list[object]], dict[int, int], dict[int, int]]:
+    """The target per (kind, LM score, M), and per M how many (kind, LM score) pairs keep the
+    noise share within 10 % of full's, and how many at most 10 % above it."""
+    rows: list[list[object]] = []
+    within = dict.fromkeys(multiples, 0)
+    no_worse = dict.fromkeys(multiples, 0)
+    for kind in kinds:
+        for score in LM_SCORES:
+            full = values(runs, kind, score, "full")
+            for m in multiples:
+                got = values(runs, kind, score, f"M = {m}")
+                change, ci = relative_change(full, got)
+                fewer = fewer_rows(runs, n, f"M = {m}")
+                close = abs(change) <= TARGET_CHANGE
+                within[m] += close
+                no_worse[m] += change <= TARGET_CHANGE
+                met = fewer >= TARGET_FEWER and close
+                rows.append(
                     [
                         kind,
-                        score_name,
-                        label,
-                        float(np.mean(shares)),
-                        float(np.std(shares) / np.sqrt(len(shares))),
+                        score,
+                        f"M = {m}",
+                        f"{fewer:.2f}×",
+                        f"{full.mean():.3f} → {got.mean():.3f}",
+                        pct(change, ci),
+                        "met" if met else "missed",
+                        "yes" if change <= TARGET_CHANGE else "no",
                     ]
                 )
-                plot.setdefault(f"{kind}: {score_name}", {})[label] = float(np.mean(shares))
-                if score_name.startswith("length"):  # the rows scored do not depend on the score
-                    timed = seconds is not None
-                    cost_rows.append(
-                        [
-                            kind,
-                            label,
-                            float(np.mean(scored)),
-                            n / float(np.mean(scored)),
-                            float(np.mean(cost)) if timed else "not scored",
-                            float(seconds.sum()) / float(np.mean(cost)) if timed else "—",  # type: ignore[union-attr]
-                        ]
-                    )
-        for method in ("random", "km-random"):
-            shares = [
-                float(
-                    noisy[
-                        select(embeddings, budget, labels=labels[s], method=method, seed=s).indices
-                    ].mean()
-                )
-                for s in seeds
-            ]
-            share_rows.append(
-                [
-                    kind,
-                    "(none)",
-                    method,
-                    float(np.mean(shares)),
-                    float(np.std(shares) / np.sqrt(len(shares))),
-                ]
-            )
-        log.info("noise: %s done", kind)
-    return cost_rows, share_rows, plot
+    return rows, within, no_worse
 
 
 SYNTHETIC_HEADERS = [
@@ -401,56 +397,54 @@ SYNTHETIC_HEADERS = [
     "TV(full, full′) floor",
 ]
 COST_HEADERS = [
-    "noise",
     "scoring",
-    "rows scored (mean)",
+    "rows scored: mean (min–max)",
     "× fewer rows",
-    "est. scoring s",
-    "× less time",
+    "est. s on one H200 (fp32)",
+    "est. h on the 2-core CPU (fp32)",
 ]
+SHARE_HEADERS = ["score", "selection", "noise share", "vs full [95 % CI]", "shift kept"]
 TARGET_HEADERS = [
     "noise",
     "score",
     "scoring",
     "× fewer rows",
     "noise share full → candidates",
-    "relative change",
+    "relative change [95 % CI]",
     "target",
+    "no worse than +10 %",
 ]
 
 
 def report_body(
     args: argparse.Namespace,
     synthetic: list[list[object]],
-    cost: list[list[object]],
-    shares: list[list[object]],
-    lm: dict[str, Any],
+    runs: list[dict[str, Any]],
+    n: int,
+    multiples: Sequence[int],
 ) -> str:
-    full = {(r[0], r[1]): (float(r[3]), float(r[4])) for r in shares if r[2] == "full"}  # type: ignore[arg-type]
-    share_rows = []
-    verdicts = []
-    fewer = {(r[0], r[1]): float(r[3]) for r in cost}  # type: ignore[arg-type]
-    for kind, score, label, mean, se in shares:
-        ref = full.get((kind, score))
-        rel = ""
-        if ref is not None and label != "full" and ref[0] > 0:
-            change = (mean - ref[0]) / ref[0]  # type: ignore[operator]
-            rel = f"{100 * change:+.0f}%"
-            verdicts.append(
-                [
-                    kind,
-                    score,
-                    label,
-                    f"{fewer[(kind, label)]:.1f}×",
-                    f"{ref[0]:.3f} → {mean:.3f}",
-                    rel,
-                    "met" if fewer[(kind, label)] >= 10 and abs(change) <= 0.10 else "missed",
-                ]
-            )
-        share_rows.append([kind, score, label, f"{mean:.3f} ± {se:.3f}", rel])
-    ifd_kinds = ", ".join(lm["kinds"]) or "none"
-    missing = ", ".join(k for k in args.kinds.split(",") if k not in lm["kinds"]) or "none"
-    per_row = f"{lm['per_row']:.2f}" if lm["per_row"] is not None else "—"
+    settings = ["full", *(f"M = {m}" for m in multiples)]
+    kinds = list(dict.fromkeys(r["kind"] for r in runs))
+    per_kind = "\n\n".join(
+        f"#### {kind}\n\n"
+        + markdown_table(SHARE_HEADERS, share_rows(runs, kind, settings, [*LM_SCORES, "length"]))
+        for kind in kinds
+    )
+    target, within, no_worse = verdicts(runs, n, kinds, multiples)
+    pairs = len(kinds) * len(LM_SCORES)
+    reading = "; ".join(
+        f"M = {m} ({fewer_rows(runs, n, f'M = {m}'):.1f}× fewer rows): {within[m]} of {pairs} "
+        f"within, {no_worse[m]} of {pairs} no worse"
+        for m in multiples
+    )
+    keeps = [m for m in multiples if within[m] == pairs]
+    smallest = (
+        f"the smallest M that keeps every pair within 10 % is **M = {keeps[0]}** "
+        f"({fewer_rows(runs, n, f'M = {keeps[0]}'):.1f}× fewer rows)"
+        if keeps
+        else f"**no M tried keeps every pair within 10 %** (largest M = {max(multiples)})"
+    )
+    n_runs = len(args.noise_seeds.split(",")) * args.seeds
     return f"""
 Candidate-only scoring (`--quality-candidates M`): per cluster, M × quota candidates are drawn
 uniformly from the cluster's own stream, only they are scored, and kMQ's quality-weighted draw
@@ -468,42 +462,53 @@ between two independent full-scoring estimates of {args.draws} seeds each.
 
 {markdown_table(SYNTHETIC_HEADERS, synthetic)}
 
-## (b) Planted noise on `mix-small`
+## (b) Planted noise on the whole `mix-small` pool
 
-A {args.n}-row subset of `{args.pool.name}`, stratified by source (seed 0); for each kind,
-{args.fraction:.0%} of its rows (among rows the kind can change) get a noisy answer
-(`benchmarks/noise.py`: shuffle = words shuffled, swap = another row's answer, truncate = first
-sentence only; spread uniformly, noise seed 0). Quality: SmolLM2-135M-Instruct on torch fp32,
-CPU, `max_length` {args.max_length}, NLL(y|x) and NLL(y) per row (the two passes of IFD), from
-which both IFD directions are computed. k-means with k = {args.k} on the rows' user-view MiniLM
-embeddings (clusters depend only on prompts, so they are the same for every kind), budget
-{args.budget}, balanced quotas, kMQ's default weighting (`auto` → softmax, T = 1; the scores are
-signed), seeds 0–{args.seeds - 1} (k-means and draw). Rows are scored once by content, so rows
-no kind changed are shared by the kinds. Scoring time per row is its 8-row chunk's wall time
-shared ∝ the tokens it fed; {lm["rows"]} rows scored, mean {per_row} s per row.
+All {n:,} rows of `{args.pool.name}`; for each kind, {args.fraction:.0%} of the rows the kind
+can change get a noisy answer (`benchmarks/noise.py`: shuffle = words shuffled, swap = another
+row's answer, truncate = first sentence only; spread uniformly), noise seeds {args.noise_seeds}.
+Scores: kmq's `pmi` (NLL(y) − NLL(y|x), higher = the prompt helps more) and `ifd` (Cherry LLM's
+IFD = exp(NLL(y|x) − NLL(y)) where < 1, else 0; higher = harder), both from one table of the two
+IFD passes of every distinct row (`benchmarks/pool_nll.py`: SmolLM2-135M-Instruct, torch
+float32, `max_length` 512, scored on a GPU; rows with an empty response get the lowest score),
+and `length` (characters of the answer, free). k-means with k = {args.k} on the rows' user-view
+MiniLM embeddings (prompts only, so the clusters are the same for every pool), budget
+{args.budget}, balanced quotas, kMQ's default weighting (`auto`: softmax for
+`pmi`, which is signed; ∝ q for `ifd` and `length`), selection seeds 0–{args.seeds - 1} (k-means
+and draw) for each noise seed: {n_runs} selections per cell.
 
-**LM scores are complete for: {ifd_kinds}; not scored in time: {missing}** (every kind also has
-`length`, kmq's characters-of-the-answer heuristic, as a free score; the rows-scored counts do
-not depend on the score).
+### Rows scored and estimated scoring time
 
-### Rows scored and scoring time
+"rows scored" is exact (the rows the scorer was asked for); the candidates depend on the
+clusters and the seed only, so the counts are the same for every kind and score. Time =
+rows ÷ the measured rate of both IFD passes: {GPU_ROWS_PER_S:g} rows/s on one H200 in float32
+(`benchmarks/results/gpu_check.md`) and {CPU_ROWS_PER_S:g} rows/s on this 2-core CPU in float32
+(`benchmarks/results/ifd_throughput.md`); candidates are a uniform sample of each cluster, so
+their mean cost per row is the pool's.
 
-{markdown_table(COST_HEADERS, cost)}
+{markdown_table(COST_HEADERS, cost_rows(runs, n, settings))}
 
 ### Noise share of the selection
 
-Share of the {args.budget} picks that are noisy rows (mean ± standard error over the seeds);
-the last column is the relative difference from full scoring with the same score. `random` and
+Share of the {args.budget} picks that are noisy rows: mean ± standard error over the
+{n_runs} (noise seed, selection seed) runs. "vs full": relative change of the mean from full
+scoring with the same score, with the 95 % interval of the paired (same clusters, same seed)
+differences ÷ full's mean. "shift kept": (km-random − candidates) ÷ (km-random − full), the
+share of full scoring's move of the noise share away from the unscored draw that candidates
+keep, whichever way the score moves it (M = 1 is km-random's distribution: 0 expected; n/a
+where full's paired difference from km-random has a 95 % interval that holds 0). `random` and
 `km-random` use no score.
 
-{markdown_table(["noise", "score", "selection", "noise share", "vs full"], share_rows)}
+{per_kind}
 
 ### Target: ≥ 10× less scoring with the noise share within 10 % (relative) of the full draw's
 
-"× fewer rows" is exact (rows the scorer was run on); read the relative change against the
-standard errors above.
+{markdown_table(TARGET_HEADERS, target)}
 
-{markdown_table(TARGET_HEADERS, verdicts)}
+"target" is the issue's two-sided test; "no worse than +10 %" is the one-sided reading (fewer
+noisy rows than full scoring is no loss on this metric).
+(kind, LM score) pairs whose noise share stays within 10 % of full's, and at most 10 % above
+it: {reading}. So {smallest}.
 """
 
 
@@ -511,14 +516,16 @@ def save_plot(
     out: Path,
     curves: dict[float, list[float]],
     multiples: Sequence[int],
-    shares: dict[str, dict[str, list[float]]] | dict[str, dict[str, float]],
+    runs: Sequence[dict[str, Any]],
 ) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    kinds = list(dict.fromkeys(r["kind"] for r in runs))
+    fig, axes = plt.subplots(1, 1 + len(kinds), figsize=(4.2 * (1 + len(kinds)), 4))
+    left = axes[0]
     for skew, tv in curves.items():
         left.plot(multiples, tv, marker="o", label=f"skew {skew:g}")
     left.set_xscale("log", base=2)
@@ -526,75 +533,85 @@ def save_plot(
     left.set_ylabel("TV(full, candidates) of inclusion probabilities")
     left.set_title("(a) synthetic clusters")
     left.legend()
-    names = list(shares)
-    labels = list(next(iter(shares.values())))
-    width = 0.8 / len(labels)
-    for i, label in enumerate(labels):
-        right.bar(
-            np.arange(len(names)) + i * width,
-            [shares[name][label] for name in names],  # type: ignore[index]
-            width,
-            label=label,
-        )
-    right.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
-    right.set_xticklabels([n.replace(": ", "\n") for n in names], fontsize=6)
-    right.set_ylabel("noise share of the selection")
-    right.set_title("(b) mix-small subset, kMQ")
-    right.legend(fontsize=7)
+    ticks = [*multiples, 2 * max(multiples)]
+    for ax, kind in zip(axes[1:], kinds, strict=True):
+        for score in (*LM_SCORES, "length"):
+            shares = [values(runs, kind, score, f"M = {m}").mean() for m in multiples]
+            shares.append(values(runs, kind, score, "full").mean())
+            ax.plot(ticks, shares, marker="o", label=score)
+        for method, style in (("random", ":"), ("km-random", "--")):
+            ax.axhline(
+                values(runs, kind, "(none)", method).mean(), color="grey", ls=style, label=method
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(m) for m in multiples] + ["full"])
+        ax.set_xlabel("M")
+        ax.set_title(f"(b) {kind}: kMQ's noise share")
+        ax.legend(fontsize=7)
+    axes[1].set_ylabel("noise share of the selection")
     save_figure(fig, out, "candidates")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 (16 hex) of a file's bytes: the runs cache is keyed by its inputs' contents."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pool", type=Path, default=POOLS / "mix-small.jsonl.gz")
-    parser.add_argument("--n", type=int, default=160, help="rows of the stratified subset")
-    parser.add_argument("--fraction", type=float, default=0.25, help="noisy share per kind")
-    parser.add_argument("--max-length", type=int, default=64, help="LM window (tokens)")
-    parser.add_argument("--k", type=int, default=4, help="clusters of the subset")
-    parser.add_argument("--budget", type=int, default=8, help="rows selected from the subset")
+    parser.add_argument("--nll-table", type=Path, help="pool_nll.py score's .npz (required)")
+    parser.add_argument("--embeddings", type=Path, help=".npy of the pool's embeddings (+ .ids)")
+    parser.add_argument("--fraction", type=float, default=NOISE_FRACTION, help="noisy share")
+    parser.add_argument(
+        "--noise-seeds", default=",".join(map(str, NOISE_SEEDS)), help="noise seeds"
+    )
+    parser.add_argument("--k", type=int, default=32, help="clusters")
+    parser.add_argument("--budget", type=int, default=512, help="rows selected")
     parser.add_argument("--multiples", default="1,2,4,8", help="M values compared with full")
-    parser.add_argument("--seeds", type=int, default=200, help="selection seeds per setting")
+    parser.add_argument("--seeds", type=int, default=10, help="selection seeds per noise seed")
     parser.add_argument("--draws", type=int, default=400, help="Monte Carlo draws for (a)")
     parser.add_argument("--skews", default="0.5,1,2", help="sd of the log-weights for (a)")
-    parser.add_argument("--embeddings", type=Path, help=".npy of the pool's embeddings (+ .ids)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="noise kinds to report")
-    parser.add_argument("--score-only", action="store_true", help="only fill the NLL cache")
-    parser.add_argument(
-        "--no-fill", action="store_true", help="score nothing: IFD only for kinds already scored"
-    )
-    parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--work", type=Path, default=WORK, help="caches of (a) and (b)")
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
     args = parser.parse_args(argv)
+    table = require_table(args.nll_table)
     setup_logging()
     started = time.perf_counter()
-    records = read_records(args.pool)
-    subset = stratified_subset(records, args.n, seed=0)
-    pool = [records[i] for i in subset]
-    planted = noisy_pools(pool, args.fraction, seed=0)
-    variants = {kind: planted[kind] for kind in args.kinds.split(",")}  # scored in this order
-    cache = NLLCache(args.work / f"nll-max{args.max_length}.json")
-    needed = list(pool)
-    for noisy_records, mask in variants.values():
-        needed += [noisy_records[i] for i in np.flatnonzero(mask)]
-    if not args.no_fill:
-        cache.fill(needed, max_length=args.max_length)
-    if args.score_only:
-        return 0
     multiples = [int(v) for v in args.multiples.split(",")]
     skews = [float(v) for v in args.skews.split(",")]
     synthetic, curves = cached_synthetic(args.work, skews, multiples, args.draws)
-    embeddings = load_embeddings(args.embeddings, pool, args.pool)
-    seeds = list(range(args.seeds))
-    cost, shares, plot = noise_table(
-        embeddings, variants, cache, k=args.k, budget=args.budget, multiples=multiples, seeds=seeds
-    )
-    cached = [cache.rows[row_key(r)] for r in needed if row_key(r) in cache.rows]
-    lm = {
-        "kinds": [kind for kind, (records, _) in variants.items() if cache.has(records)],
-        "rows": len({row_key(r) for r in needed if row_key(r) in cache.rows}),
-        "per_row": float(np.mean([c[3] for c in cached])) if cached else None,
-    }
-    body = report_body(args, synthetic, cost, shares, lm)
+    records = read_records(args.pool)
+    noise_seeds = [int(v) for v in args.noise_seeds.split(",")]
+    inputs = [file_digest(args.pool), file_digest(table)]
+    if args.embeddings is not None:
+        inputs.append(file_digest(args.embeddings))
+    key = [inputs, args.k, args.budget, args.fraction, multiples, noise_seeds, args.seeds]
+    key.append(list(LM_SCORES))  # the scores compared
+    path = args.work / f"runs-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json"
+    note = ""
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        runs = saved["runs"]
+        took = saved["seconds"]
+        note = f"(Selections of (b) read from the cache; computing them took {took:.0f} s.)"
+        log.info("selections read from %s", path)
+    else:
+        t0 = time.perf_counter()
+        runs = noise_runs(
+            load_embeddings(args.embeddings, records, args.pool),
+            records,
+            table,
+            k=args.k,
+            budget=args.budget,
+            fraction=args.fraction,
+            multiples=multiples,
+            noise_seeds=noise_seeds,
+            seeds=list(range(args.seeds)),
+        )
+        write_json(path, {"runs": runs, "seconds": time.perf_counter() - t0})
+    body = report_body(args, synthetic, runs, len(records), multiples)
     write_report(
         args.out,
         "candidates",
@@ -602,8 +619,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         body,
         time.perf_counter() - started,
         command_line(argv),
+        note,
     )
-    save_plot(args.out, curves, multiples, plot)
+    save_plot(args.out, curves, multiples, runs)
     return 0
 
 

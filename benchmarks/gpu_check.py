@@ -56,7 +56,7 @@ def embedding_check(texts: list[str], device: str, cpu_rows: int) -> dict[str, A
 def ifd_check(rows: list[Any], device: str, cpu_rows: int, batch_size: int) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
-    from kmq.quality.lm import IFDScorer
+    from kmq.quality.lm_scorers import IFDScorer
 
     def run(dev: str, dtype: str, subset: list[Any]) -> tuple[np.ndarray, np.ndarray, float]:
         scorer = IFDScorer(

@@ -27,7 +27,7 @@ from _common import (
 
 from kmq.examples import Example
 from kmq.formats import load_pool
-from kmq.quality.lm import IFDScorer
+from kmq.quality.lm_scorers import IFDScorer
 
 WARMUP_ROWS = 4
 

@@ -291,7 +291,7 @@ def main() -> None:
             "" if have["onnxruntime"] else "pip install onnxruntime onnx",
         ),
         Candidate(
-            "openvino fp32",
+            "openvino (its CPU default: bf16 on AMX)",
             openvino_loader(cache, pad, b),
             "" if have["openvino"] else "pip install openvino",
         ),

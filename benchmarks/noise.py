@@ -282,8 +282,9 @@ def pool_labels(pool: Path, k: int, seed: int, embeddings: Path | None, n: int) 
             raise ValueError(f"{embeddings}: {len(vectors)} rows, the pool has {n}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     else:
+        from kmq.config import SelectConfig
         from kmq.formats import load_pool
-        from kmq.pipeline import SelectConfig, embed_pool
+        from kmq.pipeline import embed_pool
 
         loaded = load_pool(pool)
         if len(loaded.examples) != n:

@@ -165,7 +165,8 @@ def real_vectors(pool: Path) -> Path | None:
 
 def worker(args: argparse.Namespace) -> None:
     """Run one streaming selection and print what it measured as one JSON line."""
-    from kmq.pipeline import SelectConfig, select_file
+    from kmq.config import SelectConfig
+    from kmq.pipeline import select_file
     from kmq.selectors import get_selector
     from kmq.streaming import centroid_cosine
 
@@ -187,7 +188,7 @@ def worker(args: argparse.Namespace) -> None:
     manifest = run.manifest
     clusters = np.load(args.out / "clusters.npz")
     labels, distances = clusters["labels"], clusters["distances"]
-    n, budget = len(labels), manifest["counts"]["budget"]
+    n, budget = len(labels), manifest.counts["budget"]
     placeholder = np.empty((n, 0), dtype=np.float32)
     methods = {}
     for method in EXTRA_METHODS:
@@ -201,13 +202,13 @@ def worker(args: argparse.Namespace) -> None:
     record = {
         "n": n,
         "real": bool(args.replay),
-        "k": manifest["clusters"]["k"],
+        "k": manifest.k,
         "budget": budget,
-        "kmeans_sample": manifest["streaming"]["kmeans_sample"],
-        "timings_s": manifest["timings_s"],
-        "peak_rss_mb": manifest["peak_rss_mb"],
-        "selected": manifest["counts"]["selected"],
-        "output_files": len(manifest["outputs"]["rows"]),
+        "kmeans_sample": (manifest.streaming or {}).get("kmeans_sample"),
+        "timings_s": manifest.timings_s,
+        "peak_rss_mb": manifest.peak_rss_mb,
+        "selected": manifest.counts["selected"],
+        "output_files": len(manifest.outputs["rows"]),
         "selection_only_s": methods,
     }
     sys.stdout.write(json.dumps(record) + "\n")

@@ -35,6 +35,8 @@ from _common import (
     write_report,
 )
 
+from kmq.outputs import Manifest
+
 METHODS = ["kmq", "random", "km-random", "km-closest", "k-center"]
 CLUSTERED = {"kmq", "km-random", "km-closest"}
 COMPOSITION_ORDER = ["pool", "random", "km-random", "km-closest", "k-center", "kmq"]
@@ -74,15 +76,15 @@ def run_select(method: str, args: argparse.Namespace, k: int | str) -> dict[str,
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"kmq select --method {method} failed ({proc.returncode}); see {log_path}")
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    manifest = Manifest.read(out)
     log.info(
         "%s done in %.1f s: %s, peak %.0f MB",
         method,
         wall,
-        manifest["timings_s"],
-        manifest["peak_rss_mb"],
+        manifest.timings_s,
+        manifest.peak_rss_mb,
     )
-    return {"wall": wall, "manifest": manifest, "command": cmd}
+    return {"wall": wall, "manifest": manifest.to_dict(), "command": cmd}
 
 
 def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -191,8 +193,7 @@ def main() -> None:
         saved = {"runs": runs, "total_s": total, "command": command}
         runs_path.write_text(json.dumps(saved, indent=1), "utf-8")
     for method, run in runs.items():
-        path = args.work / method / "manifest.json"
-        run["manifest"] = json.loads(path.read_text(encoding="utf-8"))
+        run["manifest"] = Manifest.read(args.work / method).to_dict()
     chosen_k = runs["kmq"]["manifest"]["clusters"]["k"] if "kmq" in runs else None
     stages = list(dict.fromkeys(s for run in runs.values() for s in run["manifest"]["timings_s"]))
 

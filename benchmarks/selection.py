@@ -15,8 +15,18 @@ Each (pool, method, seed) selection is cached atomically by a hash of its inputs
 interrupted or widened run (``--seeds``, ``--methods``) computes only what is missing. Methods
 are compared with random seed by seed (paired; the seed fixes the k-means and the draw) with
 ``quality/stats.py``: mean difference, 95 % t interval, and a two-sided paired t-test
-Holm-corrected over every (method, metric, pool) comparison. Writes ``results/selection.md``
-and ``selection.png``.
+Holm-corrected over every (method, metric, pool) comparison, plus each method − balanced
+km-random on the noisy share (does the quality score, not the clusters, avoid the noise?).
+
+Quality for kMQ/Deita/QDIT: a kmq scorer (``--quality``, default ``length``), per-row ``.npy``
+scores (``--quality-scores``, ``--noisy-quality-scores``), or kmq's ``pmi`` / ``ifd`` looked up by
+row in a table of both IFD passes (``--nll-table NLL.npz --quality pmi,ifd``: one arm per
+quality; ``benchmarks/pool_nll.py`` makes the table). Writes ``results/selection.md`` and
+``selection.png`` (``selection_lm.*`` with ``--nll-table``; ``--name`` to choose):
+
+    python benchmarks/selection.py --embeddings POOL-MINILM.npy --seeds 10
+    python benchmarks/selection.py --embeddings POOL-MINILM.npy --seeds 10 \\
+        --nll-table NLL.npz --quality pmi,ifd
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from _common import (
@@ -43,6 +53,7 @@ from _common import (
     write_report,
 )
 from noise import NoiseSpec, plant, read_records, write_outputs
+from pool_nll import QUALITIES, require_table, table_quality
 from quality.stats import PairedTest, holm, paired_test
 from tqdm import tqdm
 
@@ -121,7 +132,10 @@ def measure(
     held: np.ndarray,
     sources: Sequence[str],
     noisy: np.ndarray | None,
+    kinds: np.ndarray | None = None,
 ) -> dict[str, float]:
+    """The metrics of one selection; with ``kinds`` (each row's noise kind, "" if clean) also
+    the share of the picks of each kind (``"<kind> share"``, descriptive, not tested)."""
     sel = x[picks]
     out = {
         "source entropy": entropy_bits([sources[i] for i in picks]),
@@ -132,7 +146,36 @@ def measure(
         share = float(noisy[picks].mean())
         out["noisy share"] = share
         out["noise ratio"] = share / float(noisy[pool_rows].mean())
+    if kinds is not None:
+        for kind in sorted(set(kinds.tolist()) - {""}):
+            out[f"{kind} share"] = float((kinds[picks] == kind).mean())
     return out
+
+
+class Arm(NamedTuple):
+    """One arm of the comparison: a method of :data:`METHODS` with the quality it reads."""
+
+    label: str
+    method: str
+    quality: str | None
+
+
+def make_arms(methods: Sequence[str], qualities: Sequence[str]) -> list[Arm]:
+    """Every method; one arm per quality for the methods that read one (labelled
+    ``method (quality)`` when there are several qualities)."""
+    arms = []
+    for method in methods:
+        if METHODS[method]["method"] not in WITH_QUALITY:
+            arms.append(Arm(method, method, None))
+            continue
+        for q in qualities:
+            arms.append(Arm(method if len(qualities) == 1 else f"{method} ({q})", method, q))
+    return arms
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
 
 
 def main() -> None:
@@ -145,13 +188,23 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--holdout", type=int, default=50, help="held-out rows per source")
-    parser.add_argument("--quality", default="length", help="kmq quality scorer for kMQ/Deita/QDIT")
+    parser.add_argument(
+        "--quality",
+        default="length",
+        help="kmq quality scorer for kMQ/Deita/QDIT; with --nll-table: pmi, ifd or pmi,ifd",
+    )
     parser.add_argument("--quality-scores", type=Path, help=".npy scores of the clean pool")
     parser.add_argument("--noisy-quality-scores", type=Path, help=".npy scores of the noisy pool")
+    parser.add_argument(
+        "--nll-table", type=Path, help="pool_nll.py score's .npz: --quality read from it by row"
+    )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--run", type=Path, default=Path("benchmarks/out/selection"))
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument(
+        "--name", help="results file stem (default: selection, or selection_lm with --nll-table)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
     setup_logging()
@@ -160,6 +213,19 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         sys.exit(f"error: unknown --methods {unknown}; known: {', '.join(METHODS)}")
+    qualities = args.quality.split(",")
+    if args.nll_table is not None:
+        require_table(args.nll_table)
+        if args.quality_scores or args.noisy_quality_scores:
+            sys.exit(
+                "error: --nll-table and --quality-scores/--noisy-quality-scores exclude each other"
+            )
+        bad = sorted(set(qualities) - set(QUALITIES))
+        if bad:
+            sys.exit(f"error: --quality {bad} not in the table's scores: {', '.join(QUALITIES)}")
+    elif len(qualities) > 1:
+        sys.exit(f"error: several --quality ({args.quality}) need --nll-table")
+    name = args.name or ("selection_lm" if args.nll_table else "selection")
     args.run.mkdir(parents=True, exist_ok=True)
 
     records = read_records(args.pool)
@@ -180,27 +246,36 @@ def main() -> None:
     noisy_pool = load_pool(noisy_path)
     is_noisy = np.zeros(len(records), dtype=bool)
     is_noisy[list(noisy_rows)] = True
+    noise_kinds = np.full(len(records), "", dtype=object)
+    for row, kind in noisy_rows.items():
+        noise_kinds[row] = kind
 
     held = holdout_rows(sources, args.holdout, seed=0)
     pool_rows = np.setdiff1d(np.arange(len(records)), held)
-    pools = {
-        "clean": (quality_scores(args.quality, clean.examples, args.quality_scores), None),
-        "noisy": (
-            quality_scores(args.quality, noisy_pool.examples, args.noisy_quality_scores),
-            is_noisy,
-        ),
-    }
-    quality_id = str(args.quality_scores or args.quality)
+    examples = {"clean": clean.examples, "noisy": noisy_pool.examples}
+    masks = {"clean": None, "noisy": is_noisy}
+    scores: dict[tuple[str, str], np.ndarray] = {}
+    quality_ids: dict[str, str] = {}
+    for q in qualities:
+        if args.nll_table is not None:
+            quality_ids[q] = f"{q}@{file_digest(args.nll_table)}"
+            for pool_name, exs in examples.items():
+                scores[pool_name, q] = table_quality(args.nll_table, exs, q)
+        else:
+            quality_ids[q] = str(args.quality_scores or q)
+            scores["clean", q] = quality_scores(q, clean.examples, args.quality_scores)
+            scores["noisy", q] = quality_scores(q, noisy_pool.examples, args.noisy_quality_scores)
+    arms = make_arms(methods, qualities)
     rows: list[dict[str, Any]] = []
-    jobs = [(p, m, s) for p in pools for m in methods for s in range(args.seeds)]
-    for pool_name, method, seed in tqdm(jobs, desc="selections"):
-        quality, noisy = pools[pool_name]
-        settings = METHODS[method]
+    cached: list[float] = []
+    jobs = [(p, arm, s) for p in examples for arm in arms for s in range(args.seeds)]
+    for pool_name, arm, seed in tqdm(jobs, desc="selections"):
+        settings = METHODS[arm.method]
         key = sha(
             pool_name,
-            quality_id,
+            quality_ids[arm.quality] if arm.quality else None,
             noise_summary["noisy"],
-            method,
+            arm.method,
             settings,
             seed,
             args.budget,
@@ -208,16 +283,18 @@ def main() -> None:
             args.holdout,
             len(records),
         )
-        path = args.run / pool_name / method / f"s{seed}-{key}.json"
+        path = args.run / pool_name / arm.label / f"s{seed}-{key}.json"
         if path.exists():
-            picks = np.array(json.loads(path.read_text())["indices"], dtype=np.int64)
+            saved = json.loads(path.read_text())
+            picks = np.array(saved["indices"], dtype=np.int64)
+            cached.append(float(saved["seconds"]))
         else:
             t0 = time.perf_counter()
             result = select(
                 x,
                 args.budget,
                 k=args.k,
-                quality=quality if settings["method"] in WITH_QUALITY else None,
+                quality=scores[pool_name, arm.quality] if arm.quality else None,
                 exclude=held,
                 seed=seed,
                 **settings,
@@ -227,12 +304,37 @@ def main() -> None:
         rows.append(
             {
                 "pool": pool_name,
-                "method": method,
+                "method": arm.label,
                 "seed": seed,
-                **measure(picks, x, pool_rows, held, sources, noisy),
+                **measure(
+                    picks,
+                    x,
+                    pool_rows,
+                    held,
+                    sources,
+                    masks[pool_name],
+                    noise_kinds if pool_name == "noisy" else None,
+                ),
             }
         )
-    report(args, rows, methods, noise_summary, time.perf_counter() - started)
+    if args.nll_table is not None:
+        described = (
+            f"{' and '.join(f'`{q}`' for q in qualities)} from the NLL table "
+            f"`{args.nll_table.name}` (`benchmarks/pool_nll.py`: SmolLM2-135M-Instruct, float32, "
+            "max_length 512; `pmi` = NLL(y) − NLL(y|x), `ifd` = Cherry LLM's IFD, 0 when ≥ 1; "
+            "an empty response gets the lowest score)"
+        )
+    else:
+        described = f"`{args.quality_scores or args.quality}`"
+    labels = [arm.label for arm in arms]
+    note = (
+        f"({len(cached)} of the {len(jobs)} selections read from the cache in `--run`; computing "
+        f"them took {sum(cached):.0f} s.)"
+        if cached
+        else ""
+    )
+    seconds = time.perf_counter() - started
+    report(args, name, rows, labels, described, noise_summary, seconds, note)
 
 
 def embeddings(args: argparse.Namespace, pool: Any) -> np.ndarray:
@@ -241,25 +343,32 @@ def embeddings(args: argparse.Namespace, pool: Any) -> np.ndarray:
         if len(x) != len(pool.examples):
             sys.exit(f"error: {args.embeddings}: {len(x)} rows, the pool has {len(pool.examples)}")
         return np.ascontiguousarray(x, dtype=np.float32)
-    from kmq.pipeline import SelectConfig, embed_pool
+    from kmq.config import SelectConfig
+    from kmq.pipeline import embed_pool
 
     config = SelectConfig(input=str(args.pool), out="", cache_dir=str(args.cache_dir))
     return embed_pool(pool, config)[0]
 
 
+BASELINE = "km-random-balanced"
+
+
 def report(
     args: argparse.Namespace,
+    name: str,
     rows: list[dict[str, Any]],
     methods: list[str],
+    quality: str,
     noise_summary: dict[str, Any],
     seconds: float,
+    note: str = "",
 ) -> None:
     def values(pool: str, method: str, metric: str) -> np.ndarray:
         got = [r for r in rows if r["pool"] == pool and r["method"] == method]
         return np.array([r[metric] for r in sorted(got, key=lambda r: r["seed"])])
 
     sections = []
-    comparisons: list[tuple[str, str, str, PairedTest]] = []
+    comparisons: list[tuple[str, str, str, str, PairedTest]] = []
     for pool in ("clean", "noisy"):
         metrics = [m for m in METRICS if pool == "noisy" or m not in ("noisy share", "noise ratio")]
         table = []
@@ -269,54 +378,114 @@ def report(
                 v = values(pool, method, metric)
                 cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
                 if method != "random":
-                    comparisons.append(
-                        (pool, method, metric, paired_test(v - values(pool, "random", metric)))
-                    )
+                    test = paired_test(v - values(pool, "random", metric))
+                    comparisons.append((pool, method, metric, "random", test))
             table.append(cells)
         sections.append(
             f"### {pool} pool (mean ± seed std over {args.seeds} seeds)\n\n"
             + markdown_table(["method", *metrics], table)
         )
-    tested = [i for i, c in enumerate(comparisons) if c[3].undefined is None]
-    adjusted = dict(zip(tested, holm([comparisons[i][3].p for i in tested]), strict=True))
+    if BASELINE in methods:
+        for method in methods:
+            if method not in ("random", BASELINE):
+                d = values("noisy", method, "noisy share") - values(
+                    "noisy", BASELINE, "noisy share"
+                )
+                comparisons.append(("noisy", method, "noisy share", BASELINE, paired_test(d)))
+    tested = [i for i, c in enumerate(comparisons) if c[4].undefined is None]
+    adjusted = dict(zip(tested, holm([comparisons[i][4].p for i in tested]), strict=True))
     diff_rows = []
-    for i, (pool, method, metric, t) in enumerate(comparisons):
-        ci = "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]"
+    found: dict[tuple[str, str], tuple[PairedTest, float]] = {}
+    for i, (pool, method, metric, baseline, t) in enumerate(comparisons):
         p_holm = adjusted.get(i, math.nan)
+        if pool == "noisy" and metric == "noisy share":
+            found[method, baseline] = (t, p_holm)
         diff_rows.append(
             [
                 pool,
-                method,
+                f"{method} − {baseline}",
                 metric,
                 f"{t.mean:+.4f}",
-                ci,
+                interval(t),
                 f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
                 "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}",
                 "yes" if p_holm <= 0.05 else "no",
             ]
         )
+    headline = []
+    share_random = values("noisy", "random", "noisy share").mean()
+    kinds = [s["kind"] for s in noise_summary["specs"]]
+    for method in methods:
+        share = values("noisy", method, "noisy share")
+        cells = [method, f"{share.mean():.4f} ± {share.std(ddof=1):.4f}"]
+        cells += [f"{values('noisy', method, f'{kind} share').mean():.3f}" for kind in kinds]
+        cells.append(f"{share.mean() / share_random:.2f}")
+        for baseline in ("random", BASELINE):
+            if (method, baseline) not in found:
+                cells += ["", ""]
+                continue
+            t, p_holm = found[method, baseline]
+            cells += [f"{t.mean:+.4f} {interval(t)}", holm_cell(p_holm)]
+        headline.append(cells)
     noise_lines = "; ".join(
         f"{s['kind']} ({s['where']}): {s['noisy']} rows" for s in noise_summary["specs"]
     )
     body = (
         f"Pool `{args.pool.name}` ({noise_summary['rows']} rows), budget {args.budget}, "
-        f"k = {args.k}, quality `{args.quality_scores or args.quality}` for kMQ/Deita/QDIT, "
+        f"k = {args.k}, quality {quality} for kMQ/Deita/QDIT, "
         f"seeds 0–{args.seeds - 1}, {args.holdout} held-out rows per source removed before "
         f"selection. Noisy pool: {noise_summary['noisy']} noisy rows "
         f"({noise_summary['noisy'] / noise_summary['rows']:.1%}) — {noise_lines}.\n\n"
-        + "\n\n".join(sections)
-        + "\n\n### Each method − random, paired by seed\n\n95 % t interval of the mean "
-        "difference; p from a two-sided paired t-test (exact t); 'p (Holm)' adjusted over all "
-        f"{len(comparisons)} comparisons; significant = Holm-adjusted p ≤ 0.05.\n\n"
+        "### Headline: noisy rows picked from the noisy pool\n\nNoise share of the picks (mean "
+        "± seed std; then the mean share of each kind of noise), its ratio to random's, and "
+        "the seed-paired difference from random and from "
+        f"{BASELINE} (95 % t interval; p Holm-adjusted over the {len(tested)} comparisons "
+        "of this run that have a test, * = ≤ 0.05).\n\n"
         + markdown_table(
-            ["pool", "method", "metric", "mean diff", "95 % CI", "p", "p (Holm)", "significant"],
+            [
+                "method",
+                "noisy share",
+                *(f"of which {kind}" for kind in kinds),
+                "× random's",
+                "− random [95 % CI]",
+                "p (Holm)",
+                f"− {BASELINE} [95 % CI]",
+                "p (Holm)",
+            ],
+            headline,
+        )
+        + "\n\n"
+        + "\n\n".join(sections)
+        + "\n\n### Paired differences, by seed\n\nEach method − random on every metric, and "
+        f"each method − {BASELINE} on the noisy share; 95 % t interval of the mean difference; p "
+        "from a two-sided paired t-test (exact t); 'p (Holm)' adjusted over the "
+        f"{len(tested)} comparisons with a test (n/a: zero spread, left out); significant = "
+        "Holm-adjusted p ≤ 0.05.\n\n"
+        + markdown_table(
+            [
+                "pool",
+                "comparison",
+                "metric",
+                "mean diff",
+                "95 % CI",
+                "p",
+                "p (Holm)",
+                "significant",
+            ],
             diff_rows,
         )
     )
-    plot(args.out / "selection.png", rows, methods)
-    write_report(
-        args.out, "selection", "Selection-level metrics, clean and noisy pool", body, seconds
-    )
+    plot(args.out / f"{name}.png", rows, methods)
+    title = "Selection-level metrics, clean and noisy pool"
+    write_report(args.out, name, title, body, seconds, run_time_note=note)
+
+
+def interval(t: PairedTest) -> str:
+    return "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]"
+
+
+def holm_cell(p_holm: float) -> str:
+    return "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}{' *' if p_holm <= 0.05 else ''}"
 
 
 def plot(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:

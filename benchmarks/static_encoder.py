@@ -186,7 +186,8 @@ def agreement(
     embs: dict[str, np.ndarray], sources: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Clusterings, ARI/NMI and the selections of both encoders for every k."""
-    from kmq.pipeline import cluster, resolve_budget, select
+    from kmq.config import resolve_budget
+    from kmq.pipeline import cluster, select
 
     metric_name, ari, nmi = agreement_functions()
     n = len(sources)

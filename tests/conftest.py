@@ -99,3 +99,19 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# Fixtures that build (and tests that then run) a small torch model
+MODEL_FIXTURES = {"tiny_llama", "taught_lm", "tiny_model", "tiny_dir", "tiny_lm", "tiny_rm_dir"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``model`` every test that builds or runs a torch model (it uses a model fixture, or
+    its module imports torch) and ``ray`` every test of a module that imports Ray; ``make
+    test-fast`` leaves both out."""
+    for item in items:
+        names = getattr(getattr(item, "module", None), "__dict__", {})
+        if set(getattr(item, "fixturenames", ())) & MODEL_FIXTURES or "torch" in names:
+            item.add_marker(pytest.mark.model)
+        if "ray" in names:
+            item.add_marker(pytest.mark.ray)

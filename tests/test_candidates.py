@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 import kmq.scoring
 from kmq.cli import main
 from kmq.clustering import kmeans
+from kmq.config import SelectConfig
 from kmq.errors import KmqError
 from kmq.loop import IterativeSelection
-from kmq.pipeline import SelectConfig, select, select_file
+from kmq.pipeline import select, select_file
 from kmq.selectors import KMQSelector
 from kmq.selectors.kmq import candidate_multiple, draw_candidates
 from tests.conftest import make_blobs
@@ -129,7 +130,7 @@ def test_a_missing_score_among_the_candidates_is_an_error() -> None:
 
 @pytest.mark.parametrize("value", [-1, 1.5, "some", True])
 def test_bad_candidate_multiples_name_the_parameter(value: object) -> None:
-    with pytest.raises(KmqError, match=r"quality_candidates \(--quality-candidates\) must be"):
+    with pytest.raises(KmqError, match=r"^quality_candidates must be"):
         candidate_multiple(value)  # type: ignore[arg-type]
     assert candidate_multiple(0) is None and candidate_multiple("all") is None
     assert candidate_multiple(np.int64(0)) is None and candidate_multiple(np.int64(3)) == 3
@@ -174,11 +175,11 @@ def test_select_file_scores_only_the_candidates(
         )
         for name, m in (("all", "all"), ("1", 1), ("60", 60))
     }
-    n = runs["all"].manifest["counts"]["valid"]
+    n = runs["all"].manifest.counts["valid"]
     assert scored == [n, 12, n]  # budget 12: one candidate per quota row
-    info = runs["1"].manifest["quality"]
+    info = runs["1"].manifest.quality
     assert info["rows_scored"] == 12 and info["candidates"] == 1 and info["missing"] == 0
-    assert runs["all"].manifest["quality"]["candidates"] is None
+    assert runs["all"].manifest.quality["candidates"] is None
     # M covering every cluster: the very same output as full scoring
     table = "selection.parquet"
     assert (tmp_path / "60" / table).read_bytes() == (tmp_path / "all" / table).read_bytes()
@@ -186,7 +187,7 @@ def test_select_file_scores_only_the_candidates(
     deita = select_file(
         config(tmp_path, pool, method="deita", quality="length", out=str(tmp_path / "deita"))
     )
-    assert deita.manifest["quality"]["rows_scored"] == n
+    assert deita.manifest.quality["rows_scored"] == n
 
 
 def test_cli_takes_quality_candidates(tmp_path: Path) -> None:

@@ -120,8 +120,9 @@ def test_score_command_writes_the_scores(
 
 
 def test_backend_and_device_flags_reach_every_model() -> None:
-    from kmq.cli import build_parser, scorer_options, select_config
-    from kmq.cli_iterate import loop_config
+    from kmq.cli import build_parser
+    from kmq.cli.args import scorer_options, select_config
+    from kmq.cli.iterate import loop_config
 
     flags = ["--lm-backend", "ctranslate2", "--lm-compute-type", "float32", "--device", "cuda"]
     flags += ["--lm-dtype", "bfloat16"]

@@ -99,8 +99,8 @@ def test_select_drops_and_records_contaminated_rows(tmp_path: Path) -> None:
         json.dumps({"question": QUESTION}) + "\n" + json.dumps({"question": SHORT}) + "\n"
     )
     run = select_file(config(tmp_path, pool, budget=28, k=2, decontaminate=[str(evals)]))
-    assert run.manifest["counts"]["decontaminated"] == 2
-    assert run.manifest["outputs"]["contamination"] == "contamination.jsonl"
+    assert run.manifest.counts["decontaminated"] == 2
+    assert run.manifest.outputs["contamination"] == "contamination.jsonl"
     picked = pq.read_table(tmp_path / "out" / "selection.parquet").column("id").to_pylist()
     assert len(picked) == 28 and not {"ex-4", "ex-9"} & set(picked)
     lines = (tmp_path / "out" / "contamination.jsonl").read_text().splitlines()
@@ -114,5 +114,5 @@ def test_streaming_and_bad_ngram_are_refused(tmp_path: Path) -> None:
     write_chat_pool(pool)
     with pytest.raises(KmqError, match="--decontaminate runs on pools read in memory"):
         select_file(config(tmp_path, pool, streaming=True, decontaminate=["e.jsonl"]))
-    with pytest.raises(KmqError, match="--ngram must be a positive integer, got -1"):
+    with pytest.raises(KmqError, match=r"^ngram must be a positive integer, got -1"):
         select_file(config(tmp_path, pool, ngram=-1))

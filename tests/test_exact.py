@@ -87,8 +87,8 @@ def test_select_removes_duplicates_by_default(tmp_path: Path, streaming: bool) -
     half_duplicated(pool)
     run = select_file(config(tmp_path, pool, budget=30, k=4, streaming=streaming))
     out = tmp_path / "out"
-    assert run.manifest["counts"]["exact_duplicates"] == 20
-    assert run.manifest["outputs"]["duplicates"] == "duplicates.jsonl"
+    assert run.manifest.counts["exact_duplicates"] == 20
+    assert run.manifest.outputs["duplicates"] == "duplicates.jsonl"
     picked = pq.read_table(out / "selection.parquet").column("index").to_pylist()
     assert len(picked) == 30 and max(picked) < 40  # no copy picked
     lines = [json.loads(line) for line in (out / "duplicates.jsonl").read_text().splitlines()]
@@ -100,8 +100,8 @@ def test_keep_duplicates_turns_it_off(tmp_path: Path) -> None:
     pool = tmp_path / "pool.jsonl"
     half_duplicated(pool)
     run = select_file(config(tmp_path, pool, budget=50, k=4, keep_duplicates=True))
-    assert run.manifest["counts"]["exact_duplicates"] is None
-    assert run.manifest["outputs"]["duplicates"] is None
+    assert run.manifest.counts["exact_duplicates"] is None
+    assert run.manifest.outputs["duplicates"] is None
     assert not (tmp_path / "out" / "duplicates.jsonl").exists()
     picked = pq.read_table(tmp_path / "out" / "selection.parquet").column("index").to_pylist()
     assert max(picked) >= 40  # 50 of 60 rows: copies are picked too
@@ -113,5 +113,5 @@ def test_excluded_counts_only_the_exclude_file(tmp_path: Path) -> None:
     ids = tmp_path / "ids.txt"
     ids.write_text("ex-1\nex-41\n")  # ex-41 is also a duplicate of ex-1
     run = select_file(config(tmp_path, pool, budget=10, k=4, exclude=str(ids)))
-    assert run.manifest["counts"]["excluded"] == 2
-    assert run.manifest["counts"]["exact_duplicates"] == 20
+    assert run.manifest.counts["excluded"] == 2
+    assert run.manifest.counts["exact_duplicates"] == 20

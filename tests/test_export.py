@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kmq.cli import build_parser, select_config
+from kmq.cli import build_parser
+from kmq.cli.args import select_config
 from kmq.errors import KmqError
 from kmq.examples import Example, Message
 from kmq.export import to_record
@@ -92,6 +93,7 @@ def smollm2_tokenizer() -> object:
     return transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
+@pytest.mark.model
 def test_messages_output_loads_with_datasets_and_takes_smollm2_template(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     pool = write_rows(tmp_path / "chat.jsonl")
@@ -107,7 +109,7 @@ def test_messages_output_loads_with_datasets_and_takes_smollm2_template(tmp_path
         )
     )
     out = tmp_path / "out" / "selected.jsonl"
-    assert run.manifest["outputs"]["rows"] == "selected.jsonl"
+    assert run.manifest.outputs["rows"] == "selected.jsonl"
     data = datasets.load_dataset("json", data_files=str(out), split="train")
     assert sorted(data["id"]) == ["lead", "lead-sys", "ok-0", "ok-1"]
     lead = data[data["id"].index("lead")]
@@ -149,7 +151,7 @@ def test_parquet_input_gives_parquet(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows), parquet)
     run = select_file(config(tmp_path, parquet, output_format="alpaca"))
     table = pq.read_table(tmp_path / "out" / "selected.parquet").to_pylist()
-    assert len(table) == 12 and run.manifest["config"]["output_format"] == "alpaca"
+    assert len(table) == 12 and run.manifest.config["output_format"] == "alpaca"
     first = table[0]
     assert set(first) == {"id", "source", "instruction", "input", "output", "system", "history"}
     assert first["output"].startswith("answer ")

@@ -7,7 +7,8 @@ import pytest
 
 from kmq.errors import KmqError
 from kmq.examples import Message
-from kmq.feedback import FEEDBACK_SCORERS, gap, get_feedback_scorer
+from kmq.feedback import FEEDBACK_SCORERS, get_feedback_scorer
+from kmq.feedback.base import gap
 from kmq.feedback.similarity import SimilarityFeedback
 from tests.conftest import FakeEncoder
 

@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -270,6 +269,7 @@ def make_kind(kind: str, tmp_path: Path) -> Path:
     if kind == "parquet.gz":
         pq.write_table(table, tmp_path / "plain.parquet")
         return gzip_copy(tmp_path / "plain.parquet", tmp_path / "pool.parquet.gz")
+    datasets = pytest.importorskip("datasets")
     dataset = datasets.Dataset.from_list(strip_history(alpaca_records()))
     if kind == "hf-disk":
         dataset.save_to_disk(str(tmp_path / "pool"))
@@ -338,6 +338,7 @@ def test_csv_selected_rows_keep_header_and_bytes(tmp_path: Path) -> None:
 
 
 def test_hf_dataset_dict_without_train_split(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
     dataset = datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}])
     datasets.DatasetDict({"validation": dataset}).save_to_disk(str(tmp_path / "one"))
     assert len(load_pool(tmp_path / "one").examples) == 1
@@ -355,6 +356,7 @@ def test_hf_write_replaces_an_earlier_selection(tmp_path: Path) -> None:
 
 
 def test_hub_dataset_through_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
     dataset = datasets.Dataset.from_list([{"prompt": "p", "completion": "c"}] * 2)
     calls: list[tuple[str, str]] = []
 
@@ -371,6 +373,8 @@ def test_hub_dataset_through_datasets(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_hub_unreachable_says_local_paths_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+
     def offline(name: str, split: str) -> None:
         raise ConnectionError("no network")
 

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import kmq
+from kmq.config import SelectConfig
 from kmq.errors import InputError, KmqError
 from kmq.formats import FieldMap, load_pool
-from kmq.pipeline import SelectConfig, select_file
+from kmq.pipeline import select_file
 from tests.test_pipeline import config, write_pool
 
 ALPACA = [
@@ -97,8 +98,8 @@ def test_select_a_dataset_and_hand_it_back(tmp_path: Path) -> None:
     assert run.to_dataset().features == data.features
     messages = run.records("messages")
     assert messages[0]["messages"][0]["role"] == "user" and messages[0]["id"] == table[0]["id"]
-    assert run.manifest["config"]["input"] == "<records: Dataset, 60 rows>"
-    assert run.manifest["input"]["kind"] == "memory"
+    assert run.manifest.config["input"] == "<records: Dataset, 60 rows>"
+    assert run.manifest.input["kind"] == "memory"
     written = (tmp_path / "out" / "selected.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in written) == sorted(r["id"] for r in table)
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kmq.config import SelectConfig
 from kmq.errors import KmqError
 from kmq.examples import Example, Message
 from kmq.loop import IterateConfig, IterativeSelection, round_sizes
-from kmq.pipeline import SelectConfig
 from tests.conftest import FakeEncoder
 
 TOPICS = ["math", "code", "poem", "trivia", "cooking", "travel"]

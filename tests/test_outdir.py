@@ -61,7 +61,12 @@ def test_a_rerun_leaves_no_file_of_the_earlier_run(
     assert hidden_beside(out) == []
 
 
-WRITERS = ["write_output", "write_table", "write_clusters", "write_json"]
+WRITERS = [
+    "pipeline.write_output",
+    "pipeline.write_table",
+    "pipeline.write_clusters",
+    "outputs.write_json",  # the manifest, written last
+]
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -76,7 +81,7 @@ def test_a_failure_while_writing_leaves_the_earlier_run_whole(
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("interrupted while writing")
 
-    monkeypatch.setattr(pipeline, writer, fail)
+    monkeypatch.setattr(f"kmq.{writer}", fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         select_file(config(tmp_path, pool, on_invalid="skip", seed=1, budget=20))
     assert snapshot(out) == before

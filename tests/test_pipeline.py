@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from kmq.config import resolve_budget
 from kmq.errors import KmqError
-from kmq.pipeline import SelectConfig, resolve_budget, select, select_file
+from kmq.pipeline import SelectConfig, select, select_file
 from tests.conftest import FakeEncoder, make_blobs
 
 SOURCES = ["alpha"] * 40 + ["beta"] * 15 + ["gamma"] * 5
@@ -93,9 +94,9 @@ def test_same_seed_same_selection_and_cache_reuse(tmp_path: Path) -> None:
     calls = enc.calls
     b = select_file(config(tmp_path, pool, encoder=enc, out=str(tmp_path / "b"), k="auto"))
     assert enc.calls == calls  # embeddings came from the cache
-    assert b.manifest["embedding"]["cache_hit"]
+    assert b.manifest.embedding["cache_hit"]
     assert np.array_equal(a.result.indices, b.result.indices)
-    assert a.manifest["clusters"]["silhouette"] == b.manifest["clusters"]["silhouette"]
+    assert a.manifest.clusters["silhouette"] == b.manifest.clusters["silhouette"]
     c = select_file(config(tmp_path, pool, encoder=enc, out=str(tmp_path / "c"), k="auto", seed=1))
     assert not np.array_equal(np.sort(a.result.indices), np.sort(c.result.indices))
 
@@ -109,8 +110,8 @@ def test_exclude_file_and_fraction_budget(tmp_path: Path) -> None:
     ids = [run.pool.examples[i].id for i in run.result.indices]
     assert len(ids) == 15  # 25% of 60
     assert not set(ids) & set(excluded)
-    assert run.manifest["counts"]["excluded"] == 30
-    assert run.manifest["counts"]["excluded_not_in_pool"] == 1
+    assert run.manifest.counts["excluded"] == 30
+    assert run.manifest.counts["excluded_not_in_pool"] == 1
     # a previous selection table works as an exclude file too
     again = select_file(
         config(
@@ -129,7 +130,7 @@ def test_skip_invalid_rows_records_them(tmp_path: Path) -> None:
     with pytest.raises(KmqError, match=r"pool\.jsonl, line 11"):
         select_file(config(tmp_path, pool))
     run = select_file(config(tmp_path, pool, on_invalid="skip"))
-    assert run.manifest["counts"]["rejected"] == 1
+    assert run.manifest.counts["rejected"] == 1
     rejects = [
         json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()
     ]
@@ -142,16 +143,14 @@ def test_every_method_runs_end_to_end(tmp_path: Path, method: str) -> None:
     write_pool(pool)
     run = select_file(config(tmp_path, pool, method=method, budget=10, k="auto"))
     assert len(run.result) == 10
-    assert (run.manifest["clusters"] is None) == (method in {"random", "k-center"})
+    assert (run.manifest.clusters is None) == (method in {"random", "k-center"})
 
 
 def test_equal_allocation_reports_its_shortfall(tmp_path: Path) -> None:
     pool = tmp_path / "pool.jsonl"
     write_pool(pool)
     run = select_file(config(tmp_path, pool, allocation="equal", budget=5, k=6))
-    assert (
-        run.manifest["counts"]["shortfall"] == 5
-    )  # k = 6 > b = 5: the official code picks nothing
+    assert run.manifest.counts["shortfall"] == 5  # k = 6 > b = 5: the official code picks nothing
 
 
 def test_select_api_on_arrays() -> None:
@@ -177,7 +176,7 @@ def test_plain_random_needs_no_embeddings(tmp_path: Path) -> None:
     enc = FakeEncoder()
     run = select_file(config(tmp_path, pool, method="random", k="auto", encoder=enc))
     assert enc.calls == 0
-    assert run.manifest["embedding"] is None
+    assert run.manifest.embedding is None
     assert len(run.result) == 12
 
 
@@ -185,7 +184,7 @@ def test_quality_scorer_feeds_kmq_and_the_manifest(tmp_path: Path) -> None:
     pool = tmp_path / "pool.jsonl"
     write_pool(pool)
     run = select_file(config(tmp_path, pool, quality="length"))
-    info = run.manifest["quality"]
+    info = run.manifest.quality
     assert info["scorer"] == "length" and info["column"] == "length_score"
     assert info["missing"] == 0 and not info["cache_hit"]
     lengths = [len(run.pool.examples[i].response) for i in run.result.indices]
@@ -193,7 +192,7 @@ def test_quality_scorer_feeds_kmq_and_the_manifest(tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "out" / "selection.parquet").to_pylist()
     assert [r["quality"] for r in table] == lengths
     again = select_file(config(tmp_path, pool, quality="length", out=str(tmp_path / "again")))
-    assert again.manifest["quality"]["cache_hit"]
+    assert again.manifest.quality["cache_hit"]
     with pytest.raises(KmqError, match="not both"):
         select_file(config(tmp_path, pool, quality="length", quality_field="quality"))
 
@@ -206,7 +205,7 @@ def test_peer_baselines_run_behind_the_same_interface(tmp_path: Path, method: st
         config(tmp_path, pool, method=method, quality="length", k="auto", deita_threshold=0.5)
     )
     assert run.result.method == method
-    assert len(run.result) + run.manifest["counts"]["shortfall"] == 12
+    assert len(run.result) + run.manifest.counts["shortfall"] == 12
     assert len(set(run.result.indices.tolist())) == len(run.result)
 
 
@@ -225,7 +224,7 @@ def test_dedup_removes_planted_twins_before_selection(tmp_path: Path) -> None:
     pairs = {tuple(sorted((r["id"], r["twin_id"]))) for r in records}
     assert pairs == {tuple(sorted((f"ex-{i}", f"ex-{i}-copy"))) for i in range(5)}
     assert all(r["similarity"] > 0.99 for r in records)
-    assert run.manifest["counts"]["deduplicated"] == 5
+    assert run.manifest.counts["deduplicated"] == 5
     picked = {run.pool.examples[i].id for i in run.result.indices}
     assert not picked & {r["id"] for r in records}
     assert len(picked) == 60
@@ -236,9 +235,9 @@ def test_sample_selects_from_a_seeded_subset_and_writes_the_input_rows(tmp_path:
     lines = write_pool(pool)
     run = select_file(config(tmp_path, pool, sample=30, budget=0.2, quality_field="quality"))
     out = tmp_path / "out"
-    counts = run.manifest["counts"]
+    counts = run.manifest.counts
     assert counts["valid"] == 30 and counts["not_sampled"] == 30
-    assert run.manifest["config"]["sample"] == 30
+    assert run.manifest.config["sample"] == 30
     table = pq.read_table(out / "selection.parquet").to_pylist()
     assert len(table) == 6  # the budget fraction is of the sample
     picked = (out / "selected.jsonl").read_bytes().splitlines()
@@ -250,13 +249,13 @@ def test_sample_selects_from_a_seeded_subset_and_writes_the_input_rows(tmp_path:
     other = select_file(config(tmp_path, pool, sample=30, out=str(tmp_path / "c"), seed=1))
     assert {ex.row for ex in other.pool.examples} != sampled  # type: ignore[union-attr]
     whole = select_file(config(tmp_path, pool, sample=500, out=str(tmp_path / "d")))
-    assert whole.manifest["counts"]["valid"] == 60  # a sample larger than the pool is the pool
+    assert whole.manifest.counts["valid"] == 60  # a sample larger than the pool is the pool
 
 
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"sample": 0}, "--sample must be a positive integer"),
+        ({"sample": 0}, "^sample must be a positive integer"),
         ({"sample": 5, "streaming": True}, "--sample applies to in-memory runs only"),
     ],
 )
@@ -267,3 +266,16 @@ def test_bad_sample_settings_are_rejected(
     write_pool(pool)
     with pytest.raises(KmqError, match=message):
         select_file(config(tmp_path, pool, **kw))
+
+
+def test_random_with_dedup_embeds_and_clusters_for_semdedup(tmp_path: Path) -> None:
+    """One rule (SelectConfig.needs_clusters / needs_embeddings) decides the stages, so SemDeDup
+    under the random method clusters real vectors."""
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    encoder = FakeEncoder()
+    run = select_file(config(tmp_path, pool, method="random", k="auto", dedup=0.5, encoder=encoder))
+    assert encoder.calls > 0
+    assert run.manifest.embedding is not None and run.manifest.k is not None
+    assert run.manifest.outputs["dedup"] == "dedup.jsonl"
+    assert config(tmp_path, pool, method="random", k="auto").needs_embeddings() is False

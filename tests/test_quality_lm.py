@@ -36,15 +36,13 @@ from kmq.models import (
 from kmq.quality import get_quality_scorer
 from kmq.quality.lm import (
     TEMPLATE_VERSION,
-    IFDScorer,
     NLLResult,
-    PerplexityScorer,
-    PMIScorer,
     fit_window,
     response_nll,
     score_responses,
     token_ids,
 )
+from kmq.quality.lm_scorers import IFDScorer, PerplexityScorer, PMIScorer
 from kmq.quality.reward import RewardScorer, common_prefix, free_token_id
 
 CHATML = (
@@ -269,6 +267,13 @@ def test_scores_are_the_documented_nll_combinations(
     np.testing.assert_allclose(ifd[kept], raw[kept], rtol=0, atol=1e-5)
     assert (ifd[~kept] == 0).all()
     assert pmi[3] == 0.0 and ifd[3] == 0.0  # no prompt: IFD is exactly 1, nothing explained
+    total = get_quality_scorer("pmi-total", model=str(tiny_dir), show_progress=False)
+    summed = total.score(rows)
+    chat = ChatFormat(tokenizer)
+    tokens = np.array([len(token_ids(tokenizer, [chat.response(r)])[0]) for r in RESPONSES])
+    np.testing.assert_array_equal(total.results_[0].response_tokens, tokens)
+    np.testing.assert_allclose(summed, (unconditional - conditional) * tokens, rtol=0, atol=1e-4)
+    assert summed[3] == 0.0
 
 
 def test_ifd_follows_the_authors_and_pmi_the_reverse() -> None:

@@ -29,7 +29,7 @@ def test_from_your_data_to_your_trainer(
     pytest.importorskip("trl")
     pytest.importorskip("sentence_transformers")
     monkeypatch.chdir(tmp_path)
-    select_code, train_code = blocks("python")
+    select_code, train_code, _ = blocks("python")
     namespace: dict[str, object] = {}
     exec(compile(select_code, "README: select", "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
@@ -50,3 +50,19 @@ def test_from_your_data_to_your_trainer(
     assert main(args[1:]) == 0
     written = [json.loads(line) for line in Path("picked/selected.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in written) == sorted(train["id"])  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_token_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The token-budget block, after the block that defines ``rows``."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    select_code, _, tokens_code = blocks("python")
+    namespace: dict[str, object] = {}
+    exec(compile(select_code, "README: select", "exec"), namespace)
+    capsys.readouterr()
+    exec(compile(tokens_code, "README: token budgets", "exec"), namespace)
+    assert capsys.readouterr().out.splitlines() == ["2 True", "[50, 50]"]

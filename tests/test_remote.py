@@ -235,8 +235,17 @@ def test_a_cancelled_request_stops_at_once() -> None:
         server.close()
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as in a terminal (a process started in the background
+    with ``&`` inherits SIGINT ignored, and then these tests could not interrupt anything)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_stops_the_api_encoder_promptly_and_saves_nothing_half_done(
-    stub: OpenAIStub, tmp_path: Path
+    stub: OpenAIStub, tmp_path: Path, ctrl_c: None
 ) -> None:
     def interrupt_on_the_last_batch(request: dict[str, Any], seen: int) -> Reply:
         reply = embedding_reply([vector(t) for t in request["input"]])
@@ -263,7 +272,7 @@ def test_ctrl_c_stops_the_api_encoder_promptly_and_saves_nothing_half_done(
     assert leftovers == []
 
 
-def test_ctrl_c_stops_the_http_judge_promptly(stub: OpenAIStub) -> None:
+def test_ctrl_c_stops_the_http_judge_promptly(stub: OpenAIStub, ctrl_c: None) -> None:
     stub.script = lambda request, seen: Reply(logprob_reply({"5": 1.0}).body, delay=30)
     interrupt = threading.Timer(
         0.5, signal.pthread_kill, args=(threading.main_thread().ident, signal.SIGINT)

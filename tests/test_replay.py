@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 from kmq.cli import main
 from kmq.errors import KmqError
+from kmq.outputs import Manifest
 from kmq.pipeline import select_file
 from kmq.replay import check_same_input, config_from_manifest, read_manifest
 from tests.conftest import FakeEncoder
@@ -49,9 +51,13 @@ def test_cli_replay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "needs an input file (or --config MANIFEST" in capsys.readouterr().err
 
 
+def recorded(**sections: Any) -> Manifest:
+    return Manifest.from_dict({"tool": "kmq", "config": {}} | sections)
+
+
 def test_changed_input_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    manifest = {"input": {"sha256": "a" * 64}}
-    assert not check_same_input(manifest, {"input": {"sha256": "b" * 64}})
+    manifest = recorded(input={"sha256": "a" * 64})
+    assert not check_same_input(manifest, recorded(input={"sha256": "b" * 64}))
     assert "the input differs from the recorded one" in caplog.text
 
 
@@ -72,10 +78,10 @@ def test_bad_manifests(tmp_path: Path, content: str | None, message: str) -> Non
 
 
 def test_what_cannot_be_replayed() -> None:
-    recorded = {"tool": "kmq", "version": "9", "config": {"input": "x", "out": "o", "warp": 1}}
+    newer = recorded(version="9", config={"input": "x", "out": "o", "warp": 1})
     with pytest.raises(KmqError, match=r"written by kmq 9 and has settings .*: warp"):
-        config_from_manifest(recorded, out="n")
-    memory = {"config": {"input": "<records: list, 3 rows>"}, "input": {"path": "<records>"}}
+        config_from_manifest(newer, out="n")
+    memory = recorded(config={"input": "<records: list, 3 rows>"}, input={"path": "<records>"})
     with pytest.raises(KmqError, match="records in memory"):
         config_from_manifest(memory, out="n")
     assert config_from_manifest(memory, out="n", input="p.jsonl").input == "p.jsonl"

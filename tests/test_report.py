@@ -11,10 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kmq.config import SelectConfig
 from kmq.errors import KmqError
 from kmq.loop import IterativeSelection, source_weights
-from kmq.pipeline import CLUSTERS, SelectConfig, SelectRun, select_file
-from kmq.report import distinctive_terms, markdown_html, write_report
+from kmq.outputs import CLUSTERS, SelectRun
+from kmq.pipeline import select_file
+from kmq.report import write_report
+from kmq.report.markdown import markdown_html
+from kmq.report.terms import distinctive_terms
 from kmq.reweight import uniform
 from tests.test_loop import (
     TOPICS,
@@ -160,7 +164,7 @@ def test_select_report_matches_the_manifest(selected: SelectRun) -> None:
     assert path == selected.out / "report.html"
     _, page = read_page(path)
     assert set(SECTIONS) <= set(page.ids)
-    m = selected.manifest
+    m = selected.manifest.to_dict()
     counts = m["counts"]
     summary = page.kv()
     assert summary["budget"] == f"{counts['budget']:,} rows (0.2 of the valid rows)"
@@ -182,7 +186,7 @@ def test_select_report_cluster_table(selected: SelectRun) -> None:
     _, page = read_page(write_report(selected.out))
     header, *rows = page.table("clusters", "cluster")
     assert header[:7] == ["cluster", "label", "size", "quota", "picked", "picked %", "mean quality"]
-    clusters = selected.manifest["clusters"]
+    clusters = selected.manifest.clusters
     assert len(rows) == clusters["k"]
     for row in rows:
         j = int(row[0])
@@ -201,7 +205,7 @@ def test_select_report_cluster_table(selected: SelectRun) -> None:
 def test_select_report_quality_and_map(selected: SelectRun) -> None:
     _, page = read_page(write_report(selected.out))
     stats = {row[0]: row[1] for row in page.table("quality", "rows")[1:]}
-    assert stats == {"pool": str(selected.manifest["counts"]["valid"]), "selected": "24"}
+    assert stats == {"pool": str(selected.manifest.counts["valid"]), "selected": "24"}
     assert len(page.images) == 4  # sources, clusters, map, quality
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
@@ -226,7 +230,7 @@ def test_cluster_table_is_capped(selected: SelectRun, tmp_path: Path) -> None:
 
 
 def test_missing_input_is_said_not_fatal(selected: SelectRun) -> None:
-    Path(selected.manifest["input"]["path"]).unlink()
+    Path(selected.manifest.input["path"]).unlink()
     text, page = read_page(write_report(selected.out))
     assert "the input could not be read" in text
     assert set(SECTIONS) <= set(page.ids)
@@ -236,7 +240,7 @@ def test_missing_input_is_said_not_fatal(selected: SelectRun) -> None:
 
 
 def test_changed_input_is_not_used(selected: SelectRun) -> None:
-    pool = Path(selected.manifest["input"]["path"])
+    pool = Path(selected.manifest.input["path"])
     pool.write_text(pool.read_text().replace("question", "zquestion"))
     text, _ = read_page(write_report(selected.out))
     assert "changed since the selection" in text
@@ -444,3 +448,20 @@ def test_report_renders_in_chromium(kind: str, tmp_path: Path) -> None:
     order = [int(row[0]) for row in Page(dom).table("clusters", "cluster")[1:]]
     assert order == sorted(order, reverse=True) and len(order) > 1
     assert '<th data-order="desc">cluster</th>' in dom
+
+
+def test_select_report_lengths_match_the_statistics(selected: SelectRun) -> None:
+    _, page = read_page(write_report(selected.out))
+    stats = selected.manifest.statistics
+    assert stats is not None
+    header, pool, picked = page.table("lengths", "part")
+    assert header == ["part", "rows", "mean turns", "mean characters"]  # no tokenizer: no tokens
+    assert pool[:2] == ["pool", str(stats["pool"]["rows"])]
+    assert picked[:2] == ["selected", str(stats["selected"]["rows"])]
+    _, *by_source = page.table("lengths", "source")
+    shown = {row[0]: int(row[1]) for row in by_source}
+    assert shown == {
+        f"{name} {part}": group[part]["rows"]
+        for name, group in stats["by_source"].items()
+        for part in ("pool", "selected")
+    }

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from kmq.clustering import kmeans
 from kmq.errors import KmqError
-from kmq.selectors import SELECTORS, KMQSelector, SelectionResult, get_selector
+from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, get_selector
 from kmq.selectors.base import weighted_order
 from tests.conftest import make_blobs
 
@@ -27,7 +27,8 @@ QUALITY = np.random.default_rng(5).random(len(X))
 def test_selection_properties(
     method: str, allocation: str, budget: int, seed: int, excluded: set[int]
 ) -> None:
-    selector = get_selector(method, allocation=allocation)
+    options = {"allocation": allocation} if method in CLUSTERED else {}
+    selector = get_selector(method, **options)
     exclude = np.array(sorted(excluded), dtype=np.int64)
 
     def run() -> SelectionResult:

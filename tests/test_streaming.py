@@ -19,9 +19,10 @@ from kmq import streaming
 from kmq.chunks import read_rows, spans, take_rows
 from kmq.cli import build_parser
 from kmq.clustering import assign, fit_centroids, kmeans, normalize
+from kmq.config import SelectConfig
 from kmq.errors import InputError, KmqError
 from kmq.formats import ExampleStream, load_pool
-from kmq.pipeline import SelectConfig, select_file
+from kmq.pipeline import select_file
 from tests.conftest import FakeEncoder, make_blobs
 
 SOURCES = ("alpha", "beta", "gamma", None)
@@ -115,7 +116,7 @@ def test_streaming_equals_in_memory_byte_for_byte(
     assert picked_lines(tmp_path / "streamed") == (
         tmp_path / "memory" / "selected.jsonl"
     ).read_bytes().splitlines(True)
-    a, b = memory.manifest, streamed.manifest
+    a, b = memory.manifest.to_dict(), streamed.manifest.to_dict()
     for key in ("counts", "sources", "input", "quality", "notes", "method"):
         assert a[key] == b[key], key
     if a["clusters"] is not None:
@@ -133,14 +134,14 @@ def test_a_folder_of_shards_selects_as_the_same_rows_in_one_file(tmp_path: Path)
     folder = write_shards(tmp_path / "shards", lines, [90, 91, 200])
     one = select_file(config(tmp_path, whole, "one", streaming=True, k="auto", k_grid=[4, 8]))
     run = select_file(config(tmp_path, folder, "many", k="auto", k_grid=[4, 8]))  # automatic
-    assert run.manifest["streaming"]["input_files"] == 4
+    assert run.manifest.streaming["input_files"] == 4
     table = pq.read_table(tmp_path / "many" / "selection.parquet")
     assert table.equals(pq.read_table(tmp_path / "one" / "selection.parquet"))
     assert picked_lines(tmp_path / "many") == picked_lines(tmp_path / "one")
     assert set(table.column("id").to_pylist()) <= {f"row-{i}" for i in range(250)}
-    assert one.manifest["embedding"]["cache_hit"] is False
-    assert run.manifest["embedding"]["cache_hit"] is True  # same texts, same cache entry
-    assert run.manifest["input"]["kind"] == "jsonl"
+    assert one.manifest.embedding["cache_hit"] is False
+    assert run.manifest.embedding["cache_hit"] is True  # same texts, same cache entry
+    assert run.manifest.input["kind"] == "jsonl"
 
 
 def test_same_seed_same_selection_with_float16_and_a_sample(tmp_path: Path) -> None:
@@ -152,9 +153,9 @@ def test_same_seed_same_selection_with_float16_and_a_sample(tmp_path: Path) -> N
     table = (tmp_path / "a" / "selection.parquet").read_bytes()
     assert (tmp_path / "b" / "selection.parquet").read_bytes() == table
     assert not np.array_equal(np.sort(a.result.indices), np.sort(c.result.indices))
-    assert a.manifest["embedding"]["dtype"] == "float16"
-    assert a.manifest["streaming"]["kmeans_sample"] == 150
-    assert b.manifest["embedding"]["cache_hit"]
+    assert a.manifest.embedding["dtype"] == "float16"
+    assert a.manifest.streaming["kmeans_sample"] == 150
+    assert b.manifest.embedding["cache_hit"]
     cache = tmp_path / "cache" / "embeddings"
     stored = [np.load(p, mmap_mode="r") for p in cache.glob("*/segments/*/values.npy")]
     assert [s.dtype for s in stored] == [np.float16]
@@ -169,7 +170,7 @@ def test_output_shards_split_the_picks_in_input_order(tmp_path: Path) -> None:
     run = select_file(config(tmp_path, pool, streaming=True, budget=25, output_shard_rows=10))
     out = tmp_path / "out"
     names = ["selected-00000.jsonl.gz", "selected-00001.jsonl.gz", "selected-00002.jsonl.gz"]
-    assert run.manifest["outputs"]["rows"] == names
+    assert run.manifest.outputs["rows"] == names
     sizes = [len(gzip.decompress((out / n).read_bytes()).splitlines()) for n in names]
     assert sizes == [10, 10, 5]
     rows = sorted(pq.read_table(out / "selection.parquet").column("index").to_pylist())
@@ -186,8 +187,8 @@ def test_parquet_shards_keep_their_schema(tmp_path: Path) -> None:
         pq.write_table(pa.Table.from_pylist(rows[a:b]), folder / f"part-{i}.parquet")
     run = select_file(config(tmp_path, folder, budget=30, output_shard_rows=16))
     out = tmp_path / "out"
-    assert run.manifest["outputs"]["rows"] == ["selected-00000.parquet", "selected-00001.parquet"]
-    picked = pa.concat_tables(pq.read_table(out / n) for n in run.manifest["outputs"]["rows"])
+    assert run.manifest.outputs["rows"] == ["selected-00000.parquet", "selected-00001.parquet"]
+    picked = pa.concat_tables(pq.read_table(out / n) for n in run.manifest.outputs["rows"])
     assert picked.schema == pq.read_table(folder / "part-0.parquet").schema
     index = sorted(pq.read_table(out / "selection.parquet").column("index").to_pylist())
     assert picked.to_pylist() == pa.Table.from_pylist(rows).take(index).to_pylist()
@@ -212,7 +213,7 @@ def test_bad_rows_in_a_shard_are_named_by_shard_and_line(tmp_path: Path) -> None
     ]
     assert "part-0.jsonl, line 4" in rejects[0]["reason"]  # where the id was first seen
     assert all(r["path"] == str(folder) for r in rejects)
-    counts = run.manifest["counts"]
+    counts = run.manifest.counts
     assert (counts["records"], counts["valid"], counts["rejected"]) == (60, 58, 2)
 
 
@@ -259,7 +260,7 @@ def test_an_interrupted_embedding_resumes_at_the_missing_shard(tmp_path: Path) -
     resumed = CrashingEncoder(fail_on=0)
     run = select_file(config(tmp_path, pool, "resumed", encoder=resumed, **options))
     assert resumed.rows == n - 2 * 4096  # only the missing shard was encoded
-    assert not run.manifest["embedding"]["cache_hit"]
+    assert not run.manifest.embedding["cache_hit"]
     clean = select_file(config(tmp_path / "clean", pool, **options))
     assert np.array_equal(run.result.indices, clean.result.indices)
 
@@ -297,7 +298,7 @@ def test_what_streaming_refuses_it_refuses_up_front(
         select_file(config(tmp_path, pool, kmeans_sample=10, output_shard_rows=5))
     with pytest.raises(KmqError, match="k=6 needs at least that many rows"):
         select_file(config(tmp_path, pool, streaming=True, kmeans_sample=5))
-    with pytest.raises(KmqError, match="--kmeans-sample must be a positive integer"):
+    with pytest.raises(KmqError, match=r"^kmeans_sample must be a positive integer"):
         select_file(config(tmp_path, pool, streaming=True, kmeans_sample=0))
 
 
@@ -394,7 +395,7 @@ def test_mix_small_streams_to_the_in_memory_selection(
             **options,
         )
     )
-    assert streamed.manifest["streaming"]["kmeans_sample"] == 18_814
+    assert streamed.manifest.streaming["kmeans_sample"] == 18_814
     table = (tmp_path / "memory" / "selection.parquet").read_bytes()
     assert (tmp_path / "streamed" / "selection.parquet").read_bytes() == table
-    assert memory.manifest["clusters"]["k"] == streamed.manifest["clusters"]["k"]
+    assert memory.manifest.clusters["k"] == streamed.manifest.clusters["k"]

@@ -375,3 +375,21 @@ def test_smollm2_lora_end_to_end(tmp_path: Path) -> None:
     assert len(answers) == 2
     assert all(isinstance(a, str) and a for a in answers)
     print(f"SmolLM2 LoRA: 1 step {trained:.1f} s, 2 answers {generated:.1f} s: {answers}")
+
+
+def test_checkpointing_option_follows_the_config_class() -> None:
+    from dataclasses import dataclass
+
+    from kmq.training.trl import checkpointing_option
+
+    @dataclass
+    class Recent:
+        activation_checkpointing: bool = False
+
+    @dataclass
+    class Older:
+        gradient_checkpointing: bool = False
+
+    assert checkpointing_option(Recent, True) == {"activation_checkpointing": True}
+    assert checkpointing_option(Older, False) == {"gradient_checkpointing": False}
+    assert Older(**checkpointing_option(Older, True)).gradient_checkpointing is True

@@ -140,7 +140,7 @@ def test_select_records_reasons_and_repairs(
 ) -> None:
     path = write_rows(tmp_path / "chat.jsonl")
     run = select_file(config(tmp_path, path, budget=2, k=2, on_invalid="skip"))
-    checks = run.manifest["checks"]
+    checks = run.manifest.checks
     assert checks == {
         "rejected_by_reason": {"unknown role": 2, "empty turn": 1, "no assistant turn": 1},
         "repaired": 2,

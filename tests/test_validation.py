@@ -19,7 +19,8 @@ from kmq.cli import main
 from kmq.errors import KmqError
 from kmq.examples import Message
 from kmq.loop import IterativeSelection
-from kmq.pipeline import EMBED_MAX_CHARS, cap_texts, select_file
+from kmq.pipeline import select_file
+from kmq.stages import EMBED_MAX_CHARS, cap_texts
 from tests.conftest import FakeEncoder
 from tests.test_loop import WordOverlapFeedback, make_config
 from tests.test_loop import write_pool as write_topic_pool

@@ -7,14 +7,16 @@ import logging
 from collections import defaultdict
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness import MC_SUITES, Grid
-
+from kmq.evaluation import MC_SUITES
 from kmq.evaluation.scoring import mc, nll
 from kmq.evaluation.suites import MCItem, NLLItem, load_suite
 from kmq.models import load_causal_lm
 from kmq.training.generate import load_checkpoint
+
+if TYPE_CHECKING:
+    from harness import Grid
 
 log = logging.getLogger("kmq.benchmarks")
 

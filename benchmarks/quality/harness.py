@@ -35,10 +35,12 @@ from typing import Any
 import numpy as np
 
 from kmq.atomic import write_json, write_text
+from kmq.config import SelectConfig
 from kmq.examples import Example
 from kmq.formats import LoadedPool, load_pool
 from kmq.loop import IterateConfig, IterativeSelection
-from kmq.pipeline import SelectConfig, select_file
+from kmq.outputs import Manifest
+from kmq.pipeline import select_file
 
 log = logging.getLogger("kmq.benchmarks")
 
@@ -413,11 +415,10 @@ def _select(job: Job, grid: Grid) -> tuple[list[str], dict[str, Any]]:
     return ids, selection_info(run.manifest)
 
 
-def selection_info(manifest: dict[str, Any]) -> dict[str, Any]:
+def selection_info(manifest: Manifest) -> dict[str, Any]:
     """What a job records of ``kmq select``'s manifest: the k it clustered with (None for a
     method without clusters) and the seconds of each of its stages."""
-    clusters = manifest["clusters"]
-    return {"k": None if clusters is None else clusters["k"], "stages": manifest["timings_s"]}
+    return {"k": manifest.k, "stages": manifest.timings_s}
 
 
 def _trainer(grid: Grid) -> Any:

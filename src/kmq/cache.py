@@ -18,24 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kmq.encoders import Encoder
+from kmq.cachedir import default_cache_dir
+from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from kmq.rowcache import Compute, RowStore, keys_digest, row_keys
 
 SHARD_ROWS = 4096
 CHUNKING = "token-windows/mean-by-tokens/v2"
-
-
-def default_cache_dir() -> Path:
-    """``$KMQ_CACHE_DIR``, else ``~/.cache/kmq``."""
-    env = os.environ.get("KMQ_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "kmq"
 
 
 class ContentHash:
@@ -158,6 +152,35 @@ def embed_rows(
     pool = store.write_pool(name, keys, located)
     store.compact()
     return pool.values, computed == 0
+
+
+def embed(
+    texts: Sequence[str],
+    encoder: str | Encoder = DEFAULT_ENCODER,
+    *,
+    view: str = "user",
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str | None = None,
+    show_progress: bool = True,
+) -> np.ndarray:
+    """``(n, d)`` float32 embeddings of ``texts`` by ``encoder`` (a spec of
+    :func:`kmq.encoders.get_encoder` or an :class:`Encoder`), cached per row; ``view`` names
+    what the texts are (:meth:`kmq.examples.Example.text`), a part of the cache key."""
+    model = get_encoder(
+        encoder,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        cache_dir=cache_dir,
+        show_progress=False,
+    )
+    root = Path(cache_dir) if cache_dir is not None else None
+    vectors, _ = embed_cached(
+        list(texts), model, view=view, cache_dir=root, show_progress=show_progress
+    )
+    return vectors
 
 
 def embed_cached(

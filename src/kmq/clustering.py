@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -13,6 +15,8 @@ from tqdm.auto import tqdm
 from kmq.chunks import CHUNK_ROWS, iter_rows
 from kmq.errors import KmqError
 from kmq.random import SeedLike, as_int_seed, make_rng
+
+log = logging.getLogger("kmq")
 
 DEFAULT_NITER = 10
 # AFK-MC² seeding costs about chain length × k² distance computations. Up to SMALL_K the chain
@@ -225,3 +229,39 @@ def choose_k(
     return KChoice(
         k=best, scores=scores, sample_size=len(idx), seconds=time.perf_counter() - started
     )
+
+
+def resolve_k(
+    embeddings: np.ndarray,
+    k: int | Literal["auto"],
+    *,
+    budget: int | None = None,
+    seed: SeedLike = 0,
+    k_grid: Sequence[int] | None = None,
+    niter: int = DEFAULT_NITER,
+    silhouette_sample: int = SILHOUETTE_SAMPLE,
+    show_progress: bool = False,
+    n_pool: int | None = None,
+) -> tuple[int, dict[int, float] | None]:
+    """``k`` itself, or (``"auto"``) the k on ``k_grid`` with the best silhouette on
+    ``embeddings``, and the scores. The default grid follows ``n_pool`` rows (default: all of
+    ``embeddings``; the streaming path passes a sample and the pool's size)."""
+    if k != "auto":
+        return int(k), None
+    n = len(embeddings) if n_pool is None else n_pool
+    grid = list(k_grid) if k_grid else default_k_grid(n, budget)
+    choice = choose_k(
+        embeddings,
+        grid,
+        seed=seed,
+        sample_size=silhouette_sample,
+        niter=niter,
+        show_progress=show_progress,
+    )
+    log.info(
+        "k by silhouette on %d rows: %s → k=%d",
+        choice.sample_size,
+        ", ".join(f"{kk}: {s:.4f}" for kk, s in choice.scores.items()),
+        choice.k,
+    )
+    return choice.k, choice.scores

@@ -2,8 +2,10 @@
 
 It reads the pool as the run would (every row checked; invalid rows counted, not raised),
 counts exact duplicates and sources, counts tokens with the encoder's own tokenizer when it has
-one (sentence-transformers models; other encoders report none), and times the encoder on a
-sample of the texts to estimate the embedding time of the whole pool if nothing is cached.
+one (sentence-transformers models; other encoders report none) and, with ``--budget-tokens`` or
+``--tokenizer``, the tokens of the whole conversations that a token budget counts, and times the
+encoder on a sample of the texts to estimate the embedding time of the whole pool if nothing is
+cached.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from kmq.config import SelectConfig, make_encoder, resolve_budget
 from kmq.exact import exact_duplicates
 from kmq.formats import load_pool
-from kmq.pipeline import SelectConfig, make_encoder, resolve_budget, source_counts
+from kmq.outputs import source_counts
+from kmq.tokens import DEFAULT_TOKENIZER, load_token_counter
 from kmq.validate import reason_counts
 
 SAMPLE = 64  # texts timed through the encoder
@@ -49,8 +53,8 @@ def dry_run(config: SelectConfig, *, sample: int = SAMPLE) -> dict[str, Any]:
         "sources": source_counts(pool),
         "characters": int(sum(len(text) for text in texts)),
         "view": config.view,
-    }
-    if (config.method == "random" and config.k == "auto") or not n:
+    } | conversation_tokens(config, pool.examples)
+    if not config.needs_embeddings() or not n:
         return report | {"tokens": None, "tokenizer": None, "embed_seconds_estimate": 0.0}
     encoder = make_encoder(replace(config, progress=False))
     tokens, tokenizer = count_tokens(encoder, texts)
@@ -81,6 +85,18 @@ def count_tokens(encoder: Any, texts: list[str]) -> tuple[int | None, str | None
     return total, str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
+def conversation_tokens(config: SelectConfig, examples: list[Any]) -> dict[str, Any]:
+    """The tokens of the whole conversations (:mod:`kmq.tokens`), what ``--budget-tokens`` is
+    counted in, when the run has a token budget or names a tokenizer."""
+    if config.budget_tokens is None and config.tokenizer is None:
+        return {"conversation_tokens": None, "conversation_tokenizer": None}
+    counter = load_token_counter(config.tokenizer or DEFAULT_TOKENIZER, config.cache_dir)
+    return {
+        "conversation_tokens": int(counter.count(examples).sum()),
+        "conversation_tokenizer": counter.name,
+    }
+
+
 def dry_run_lines(report: dict[str, Any]) -> list[str]:
     """The report in a few lines for the terminal."""
     lines = [
@@ -105,6 +121,11 @@ def dry_run_lines(report: dict[str, Any]) -> list[str]:
     if report["tokens"] is not None:
         size += f", {report['tokens']:,} tokens ({report['tokenizer']})"
     lines.append(f"text ({report['view']} view): {size}")
+    if report.get("conversation_tokens") is not None:
+        lines.append(
+            f"conversations: {report['conversation_tokens']:,} tokens "
+            f"({report['conversation_tokenizer']}; what --budget-tokens counts)"
+        )
     if "encoder" in report:
         lines.append(
             f"embedding with {report['encoder']}: about {report['embed_seconds_estimate']:,.0f} s "

@@ -40,3 +40,20 @@ class InputError(KmqError):
 
 class FormatError(KmqError):
     """The input's format could not be recognised."""
+
+
+class ParameterError(KmqError):
+    """A bad value of one parameter, named as the Python API spells it (``quality_weighting``);
+    the command line names its flag instead (``--quality-weighting``) through :meth:`naming`.
+
+    ``template`` holds ``{param}`` where the name goes.
+    """
+
+    def __init__(self, parameter: str, template: str) -> None:
+        self.parameter = parameter
+        self.template = template
+        super().__init__(self.naming(parameter))
+
+    def naming(self, name: str) -> str:
+        """The message with ``name`` (e.g. a flag) in place of the parameter."""
+        return self.template.replace("{param}", name)

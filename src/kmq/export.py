@@ -18,7 +18,8 @@ and, when it has one, its ``source``:
 
 The file follows the input: ``selected.parquet`` for Parquet, a ``selected/`` save_to_disk
 folder for Hugging Face datasets, else ``selected.jsonl`` (``.gz`` when the input is gzipped).
-Records given in memory have no file to copy: ``native`` writes them as JSON lines.
+Records given in memory have no file to copy, and several inputs (:mod:`kmq.inputs`) need not
+share a format: ``native`` writes their records as read, as JSON lines.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def write_output(pool: LoadedPool, rows: Sequence[int], out_dir: Path, output_fo
     """Write the examples at ``rows`` (0-based record indices) in ``output_format``; returns the
     file (or folder) written."""
     check_output_format(output_format)
-    if output_format == "native" and pool.file_kind != "memory":
+    if output_format == "native" and pool.file_kind not in ("memory", "several"):
         return write_selected(pool, rows, out_dir)
     wanted = set(int(row) for row in rows)
     records = [

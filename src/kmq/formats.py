@@ -41,6 +41,7 @@ from kmq._imports import require
 from kmq.atomic import atomic_path
 from kmq.errors import FormatError, InputError, KmqError, Reject
 from kmq.examples import Example, Message, Role
+from kmq.inputs import input_files, load_several
 from kmq.validate import Repair, describe_drop, invalid_rows_error, leading_replies
 
 FORMATS: tuple[str, ...] = (
@@ -143,6 +144,7 @@ class LoadedPool:
     quality: npt.NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
     repairs: list[Repair] = field(default_factory=list, repr=False, compare=False)
     data: Any = field(default=None, repr=False, compare=False)  # in-memory input, as given
+    parts: list[dict[str, Any]] | None = field(default=None, compare=False)  # several inputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,8 @@ def load_pool(
     In memory (file kind ``memory``): a list of record dicts, a ``datasets.Dataset``, a pandas
     ``DataFrame`` or a pyarrow ``Table``, read with the same detection and field mapping as a
     file; a reject names ``<records>, row N`` (0-based), and ``LoadedPool.data`` is the input.
+    Several files (a list of paths, or a folder of JSON arrays) are read as one pool by
+    :func:`kmq.inputs.load_several`.
     Every record is checked. ``on_invalid="error"`` then raises one :class:`InputError` that
     names the first bad record and counts them all by reason; ``"skip"`` keeps every reject in
     ``LoadedPool.rejects``. A file that cannot be read as a whole always raises. Repaired rows
@@ -192,6 +196,18 @@ def load_pool(
     """
     fields = fields or FieldMap()
     _check_options(fields, format, on_invalid)
+    files = input_files(path)
+    if files is not None:
+        return load_several(
+            files,
+            lambda file: load_pool(
+                file,
+                fields=fields,
+                format=format,
+                on_invalid=on_invalid,
+                quality_field=quality_field,
+            ),
+        )
     if not isinstance(path, str | os.PathLike):
         return _load_memory(path, fields, format, on_invalid, quality_field)
     source, kind, compressed = _resolve(os.fspath(path))

@@ -24,29 +24,26 @@ from typing import Any
 
 import numpy as np
 
-from kmq import __version__
+from kmq._version import __version__
+from kmq.config import SelectConfig, make_engine, quality_multiple, resolve_budget
 from kmq.engines import Engine
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.examples import Example
-from kmq.feedback import DEFAULT_FEEDBACK, FeedbackScorer, get_feedback_scorer, needs_generation
-from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
-from kmq.pipeline import (
-    CLUSTERS,
-    SelectConfig,
-    check_feasible,
-    cluster,
-    embed_pool,
-    exclusion,
-    make_engine,
-    pool_quality,
-    quality_multiple,
-    resolve_budget,
-    write_clusters,
-    write_table,
+from kmq.feedback import (
+    DEFAULT_FEEDBACK,
+    FeedbackScorer,
+    check_feedback_options,
+    get_feedback_scorer,
+    needs_generation,
 )
-from kmq.reweight import cluster_means, uniform, update
+from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
+from kmq.outputs import CLUSTERS, write_clusters, write_table
+from kmq.pipeline import cluster, embed_pool, pool_quality
+from kmq.registry import choose
+from kmq.reweight import POSITIVE_MAPS, RULES, cluster_means, uniform, update
 from kmq.rundir import RunDir
 from kmq.selectors import KMQSelector, SelectionResult
+from kmq.stages import check_feasible, exclusion
 from kmq.training import Trainer
 
 log = logging.getLogger("kmq")
@@ -66,6 +63,32 @@ class IterateConfig:
     feedback_options: dict[str, Any] = field(default_factory=dict)
     trainer_options: dict[str, Any] = field(default_factory=dict)
     external: bool = False  # True: rounds are trained elsewhere (init / feedback / next)
+
+    def validate(self, *, feedback: bool = True) -> None:
+        """Check every setting before any work (the feedback scorer's too unless ``feedback``
+        is False: one was handed in); errors name the field (``kmq iterate`` names its flag
+        instead)."""
+        self.pool.validate()
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ParameterError(
+                "rounds", f"{{param}} must be an integer >= 1, got {self.rounds!r}"
+            )
+        choose("rule", self.rule, RULES)
+        choose("positive", self.positive, POSITIVE_MAPS)
+        if not 0 <= self.floor < 1:
+            raise ParameterError("floor", f"{{param}} must be in [0, 1), got {self.floor!r}")
+        if not self.reweight_temperature > 0:
+            raise ParameterError(
+                "reweight_temperature", f"{{param}} must be > 0, got {self.reweight_temperature!r}"
+            )
+        if not feedback:
+            return
+        try:
+            check_feedback_options(self.feedback, self.feedback_options)
+        except ParameterError as exc:
+            if exc.parameter == "feedback":
+                raise
+            raise ParameterError(f"feedback_options[{exc.parameter!r}]", exc.template) from None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -116,7 +139,8 @@ class IterativeSelection:
 
     def init(self) -> None:
         """Write the config (or check it matches) and prepare the pool's clusters."""
-        self.config.pool.validate()
+        # the feedback scorer of an external run is built only if it hands in generations
+        self.config.validate(feedback=self._feedback is None and not self.config.external)
         path = self.dir.path / "config.json"
         wanted = absolute_paths(self.config.to_dict()) | {"version": __version__}
         if path.exists():
@@ -618,8 +642,11 @@ class IterativeSelection:
     @property
     def feedback(self) -> FeedbackScorer:
         if self._feedback is None:
-            options = self.config.feedback_options | {"encoder": self.config.pool.encoder}
-            self._feedback = get_feedback_scorer(self.config.feedback, **options)
+            self._feedback = get_feedback_scorer(
+                self.config.feedback,
+                shared={"encoder": self.config.pool.encoder},
+                **self.config.feedback_options,
+            )
         return self._feedback
 
     def seed(self, r: int, step: int) -> int:

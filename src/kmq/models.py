@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kmq._imports import require
-from kmq.cache import default_cache_dir
+from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 from kmq.examples import Message
 
@@ -98,7 +98,7 @@ def converted_model_dir(spec: str = SMOLLM2, cache_dir: str | Path | None = None
     """A Hugging Face model folder for ``spec`` that a trainer can load and fine-tune.
 
     ``smollm2``: the converted folder under ``<cache_dir>/models`` (converted now if missing;
-    ``cache_dir`` defaults to :func:`kmq.cache.default_cache_dir`). A local folder: itself.
+    ``cache_dir`` defaults to :func:`kmq.cachedir.default_cache_dir`). A local folder: itself.
     """
     if spec == SMOLLM2:
         gguf = smollm2_gguf()

@@ -2,90 +2,89 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import platform
-import resource
-import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from os import PathLike
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from kmq import __version__
-from kmq._imports import require
-from kmq.atomic import atomic_path, write_json
+from kmq.cachedir import default_cache_dir
 from kmq.clustering import (
     DEFAULT_NITER,
     SILHOUETTE_SAMPLE,
     Clustering,
-    choose_k,
-    default_k_grid,
+    resolve_k,
+)
+from kmq.config import (
+    SelectConfig,
+    make_encoder,
+    make_engine,
+    make_selector,
+    quality_multiple,
 )
 from kmq.decontaminate import (
     CONTAMINATION,
-    NGRAM,
     Contamination,
     find_contamination,
     read_eval,
     write_contamination,
 )
-from kmq.dedup import DedupResult, semdedup
-from kmq.encoders import DEFAULT_ENCODER, Encoder, get_encoder
+from kmq.dedup import semdedup
 from kmq.engines import Engine, get_engine
-from kmq.errors import KmqError, Reject
-from kmq.exact import DUPLICATES, ExactDuplicates, exact_duplicates, write_duplicates
-from kmq.examples import TEXT_VIEWS
-from kmq.export import check_output_format, to_record, write_output
+from kmq.errors import KmqError, ParameterError
+from kmq.exact import DUPLICATES, exact_duplicates, write_duplicates
+from kmq.export import write_output
 from kmq.formats import (
-    FieldMap,
     LoadedPool,
-    is_shard_folder,
     load_pool,
     write_rejects,
 )
+from kmq.mixing import select_budgeted
 from kmq.outdir import check_out, staged
+from kmq.outputs import (
+    CLUSTERS,
+    DEDUP,
+    REJECTS,
+    TABLE,
+    PoolSummary,
+    SelectRun,
+    Timer,
+    build_manifest,
+    source_counts,
+    write_clusters,
+    write_dedup,
+    write_table,
+)
 from kmq.random import SeedLike, seed_sequence, stream
 from kmq.scoring import compute_quality, fill_missing
-from kmq.selectors import CLUSTERED, SELECTORS, KMQSelector, SelectionResult, Selector, get_selector
-from kmq.selectors.kmq import DEFAULT_CANDIDATES, candidate_multiple
+from kmq.selectors import (
+    ClusterSelector,
+    KMQSelector,
+    SelectionResult,
+    Selector,
+    get_selector,
+)
+from kmq.selectors.kmq import candidate_multiple
+from kmq.stages import (
+    cap_texts,
+    check_vectors,
+    column_quality_info,
+    exclusions,
+    nothing_valid,
+)
+from kmq.statistics import statistics
+from kmq.streaming import select_streaming
+from kmq.token_budget import row_budget, rows_for_tokens
+from kmq.tokens import DEFAULT_TOKENIZER, load_token_counter
 from kmq.validate import REPAIRS, checks_summary, write_repairs
-
-if TYPE_CHECKING:
-    from kmq.streaming import StreamedPool
 
 log = logging.getLogger("kmq")
 
-MANIFEST = "manifest.json"
-TABLE = "selection.parquet"
-REJECTS = "rejects.jsonl"
-CLUSTERS = "clusters.npz"
-DEDUP = "dedup.jsonl"
-# Characters of a row's text that are embedded at most (about 12,500 tokens, ~50 MiniLM
-# windows); the longest row of the 71k-row mix pool has 26,253.
-EMBED_MAX_CHARS = 50_000
 # The random stream (under --seed) that --sample draws from, apart from the selection's own.
 SAMPLE_STREAM = 0x53414D50
-
-
-def resolve_budget(budget: int | float, n: int) -> int:
-    """A count, or a fraction in (0, 1] of the ``n`` valid rows (rounded, at least 1)."""
-    if isinstance(budget, bool):
-        raise KmqError(f"budget must be a count or a fraction in (0, 1], got {budget!r}")
-    if isinstance(budget, float | np.floating):
-        if not 0 < budget <= 1:
-            raise KmqError(f"a fractional budget must be in (0, 1], got {budget}")
-        return max(1, round(float(budget) * n))
-    if int(budget) < 1:
-        raise KmqError(f"budget must be >= 1, got {budget}")
-    return int(budget)
 
 
 def cluster(
@@ -115,47 +114,15 @@ def cluster(
     return (engine or get_engine()).kmeans(embeddings, k, seed=seed, niter=niter), scores
 
 
-def resolve_k(
-    embeddings: np.ndarray,
-    k: int | Literal["auto"],
-    *,
-    budget: int | None = None,
-    seed: SeedLike = 0,
-    k_grid: Sequence[int] | None = None,
-    niter: int = DEFAULT_NITER,
-    silhouette_sample: int = SILHOUETTE_SAMPLE,
-    show_progress: bool = False,
-    n_pool: int | None = None,
-) -> tuple[int, dict[int, float] | None]:
-    """``k`` itself, or (``"auto"``) the k on ``k_grid`` with the best silhouette on
-    ``embeddings``, and the scores. The default grid follows ``n_pool`` rows (default: all of
-    ``embeddings``; the streaming path passes a sample and the pool's size)."""
-    if k != "auto":
-        return int(k), None
-    n = len(embeddings) if n_pool is None else n_pool
-    grid = list(k_grid) if k_grid else default_k_grid(n, budget)
-    choice = choose_k(
-        embeddings,
-        grid,
-        seed=seed,
-        sample_size=silhouette_sample,
-        niter=niter,
-        show_progress=show_progress,
-    )
-    log.info(
-        "k by silhouette on %d rows: %s → k=%d",
-        choice.sample_size,
-        ", ".join(f"{kk}: {s:.4f}" for kk, s in choice.scores.items()),
-        choice.k,
-    )
-    return choice.k, choice.scores
-
-
 def select(
     embeddings: np.ndarray,
-    budget: int | float,
+    budget: int | float | None = None,
     *,
-    method: str = "kmq",
+    budget_tokens: int | None = None,
+    tokens: np.ndarray | Sequence[int] | None = None,
+    mix: Mapping[str, float] | None = None,
+    sources: Sequence[str | None] | None = None,
+    method: str | Selector = "kmq",
     k: int | Literal["auto"] = "auto",
     labels: np.ndarray | None = None,
     quality: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
@@ -168,56 +135,101 @@ def select(
     k_grid: Sequence[int] | None = None,
     niter: int = DEFAULT_NITER,
     engine: str | Engine = "local",
+    **options: Any,
 ) -> SelectionResult:
-    """Select ``budget`` rows of ``embeddings`` (a count or a fraction) with ``method``.
+    """Select ``budget`` rows of ``embeddings`` (a count or a fraction) with ``method``: a name
+    of :data:`~kmq.selectors.SELECTORS`, built with ``options`` (e.g. ``method="qdit",
+    alpha=0.9``; an option the method does not take is refused), or a
+    :class:`~kmq.selectors.Selector` object.
 
     Clustered methods cluster first unless ``labels`` are given. The result's ``notes`` say
     when a method fell back (e.g. kMQ without quality is kM-Random). ``engine`` (a name or an
     :class:`~kmq.engines.Engine`) assigns the rows and draws the per-cluster picks; every
-    engine gives the same selection.
+    engine gives the same selection. ``allocation`` (the clustered methods),
+    ``quality_weighting`` and ``temperature`` (kmq) go to the methods that take them.
 
     ``quality`` is one score per row, or a function called once with the (ascending) rows
     whose scores the selection needs, returning their scores. ``quality_candidates`` = M
     (kmq only; None, 0 or ``"all"``: every row) draws each cluster's quota among M × quota
     uniformly drawn candidates, so only those rows need a score (see
     :class:`~kmq.selectors.KMQSelector`).
+
+    ``budget_tokens`` (instead of ``budget``) selects rows whose ``tokens`` (one count per row)
+    sum to at most that many, as :mod:`kmq.token_budget` says; every row's quality is then read.
+    ``mix`` (source → share, summing to 1) with ``sources`` (one per row) splits the budget by
+    source first and selects inside each source's rows (:mod:`kmq.mixing`).
     """
     runner = get_engine(engine) if isinstance(engine, str) else engine
     check_embeddings(embeddings)
     n = len(embeddings)
-    n_budget = resolve_budget(budget, n)
-    if method not in SELECTORS:
-        raise KmqError(f"method must be one of {', '.join(SELECTORS)}; got {method!r}")
+    n_budget = row_budget(budget, budget_tokens, tokens, n, exclude, quality_candidates)
     multiple = candidate_multiple(quality_candidates)
-    if multiple is not None and method != "kmq":
-        raise KmqError(
-            f"quality_candidates applies to method='kmq' only (other methods read every row's "
-            f"quality); got method={method!r}"
-        )
-    silhouette = None
-    if labels is None and method in CLUSTERED:
-        fitted, silhouette = cluster(
-            embeddings, k, budget=n_budget, seed=seed, k_grid=k_grid, niter=niter, engine=runner
-        )
-        labels = fitted.labels_
-    selector = get_selector(
+    selector = make_method(
         method,
+        options,
         allocation=allocation,
         weighting=quality_weighting,
         temperature=temperature,
         candidates=multiple,
     )
+    if multiple is not None and not isinstance(selector, KMQSelector):
+        raise ParameterError(
+            "quality_candidates",
+            f"{{param}} applies to method='kmq' only (other methods read every row's "
+            f"quality); got method={method!r}",
+        )
+    silhouette = None
+    if labels is None and isinstance(selector, ClusterSelector):
+        fitted, silhouette = cluster(
+            embeddings, k, budget=n_budget, seed=seed, k_grid=k_grid, niter=niter, engine=runner
+        )
+        labels = fitted.labels_
     if callable(quality):
         rows = np.arange(n, dtype=np.int64)
         if isinstance(selector, KMQSelector):
             seed = seed_sequence(seed)  # a Generator would advance between the two calls
             rows = selector.candidate_rows(n, n_budget, labels=labels, exclude=exclude, seed=seed)
         quality = scores_at(rows, np.asarray(quality(rows), dtype=np.float64), n)
-    result = runner.select(
-        selector, embeddings, n_budget, labels=labels, quality=quality, exclude=exclude, seed=seed
+    result, _, spent = select_budgeted(
+        selector,
+        embeddings,
+        n_budget,
+        engine=runner,
+        mix=mix,
+        sources=sources,
+        budget_tokens=budget_tokens,
+        tokens=None if tokens is None else np.asarray(tokens),
+        labels=labels,
+        quality=quality,
+        exclude=exclude,
+        seed=seed,
     )
+    if spent is not None:
+        result.notes.append(spent.note())
     result.silhouette = silhouette
     return result
+
+
+# select()'s names of the settings the selectors take under another name
+SELECT_PARAMETERS = {"weighting": "quality_weighting", "candidates": "quality_candidates"}
+
+
+def make_method(method: str | Selector, options: dict[str, Any], **shared: Any) -> Selector:
+    """The selector :func:`select` runs: ``method`` itself, or the one it names built with
+    ``options`` and the ``shared`` settings it takes."""
+    if not isinstance(method, str):
+        if options:
+            raise ParameterError(
+                "method",
+                f"{{param}} is a selector object; give {', '.join(options)} to it, not to select()",
+            )
+        return method
+    try:
+        return get_selector(method, shared=shared, **options)
+    except ParameterError as exc:
+        if exc.parameter not in SELECT_PARAMETERS:
+            raise
+        raise ParameterError(SELECT_PARAMETERS[exc.parameter], exc.template) from None
 
 
 def scores_at(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
@@ -245,251 +257,6 @@ def check_embeddings(embeddings: Any) -> None:
         )
 
 
-def is_path(value: Any) -> bool:
-    return isinstance(value, str | PathLike)
-
-
-def input_label(value: Any) -> str:
-    """A path as given; records in memory as ``<records: TYPE, N rows>``."""
-    if is_path(value):
-        return str(value)
-    size = f", {len(value)} rows" if hasattr(value, "__len__") else ""
-    return f"<records: {type(value).__name__}{size}>"
-
-
-@dataclass
-class SelectConfig:
-    """Everything ``kmq select`` takes; written whole into ``manifest.json``.
-
-    ``input`` is a path, or records in memory (see :func:`kmq.formats.load_pool`), which the
-    manifest names by their type and size.
-    """
-
-    input: str | Any
-    out: str
-    budget: int | float = 0.05
-    method: str = "kmq"
-    k: int | Literal["auto"] = "auto"
-    k_grid: list[int] | None = None
-    seed: int = 0
-    allocation: str = "balanced"
-    quality_field: str | None = None
-    quality: str | None = None
-    quality_options: dict[str, Any] = field(default_factory=dict)
-    quality_weighting: str = "auto"
-    temperature: float = 1.0
-    quality_candidates: int | str | None = DEFAULT_CANDIDATES
-    encoder: str | Encoder = DEFAULT_ENCODER
-    device: str | None = None
-    view: str = "user"
-    batch_size: int = 64
-    max_length: int | None = None
-    cache_dir: str | None = None
-    exclude: str | None = None
-    on_invalid: Literal["error", "skip"] = "error"
-    fields: FieldMap = field(default_factory=FieldMap)
-    format: str | None = None
-    niter: int = DEFAULT_NITER
-    silhouette_sample: int = SILHOUETTE_SAMPLE
-    deita_threshold: float = 0.9
-    qdit_alpha: float = 0.5
-    n_neighbors: int = 50
-    dedup: float | None = None
-    progress: bool = True
-    streaming: bool = False
-    kmeans_sample: int | None = None
-    sample: int | None = None
-    embedding_dtype: Literal["float16", "float32"] | None = None
-    output_shard_rows: int | None = None
-    engine: str = "local"
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    output_format: str = "native"
-    keep_duplicates: bool = False
-    decontaminate: list[str] | None = None
-    ngram: int = NGRAM
-
-    def validate(self) -> None:
-        if self.method not in SELECTORS:
-            raise KmqError(f"--method must be one of {', '.join(SELECTORS)}; got {self.method!r}")
-        if self.view not in TEXT_VIEWS:
-            raise KmqError(f"--view must be one of {', '.join(TEXT_VIEWS)}; got {self.view!r}")
-        if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
-            raise KmqError(f"--k must be a positive integer or 'auto', got {self.k!r}")
-        if self.quality and self.quality_field:
-            raise KmqError(
-                f"give either --quality {self.quality} (a scorer) or --quality-field "
-                f"{self.quality_field} (a column), not both"
-            )
-        candidate_multiple(self.quality_candidates)
-        if self.embedding_dtype not in (None, "float16", "float32"):
-            raise KmqError(
-                f"--embedding-dtype must be float16 or float32, got {self.embedding_dtype!r}"
-            )
-        for name in ("kmeans_sample", "output_shard_rows", "max_length", "sample"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                flag = "--" + name.replace("_", "-")
-                raise KmqError(f"{flag} must be a positive integer, got {value!r}")
-        for name, low in (("niter", 1), ("batch_size", 1), ("silhouette_sample", 2), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                flag = "--" + name.replace("_", "-")
-                raise KmqError(f"{flag} must be an integer >= {low}, got {value!r}")
-        if self.k_grid is not None and (not self.k_grid or min(self.k_grid) < 2):
-            raise KmqError(f"--k-grid must list integers >= 2, got {self.k_grid!r}")
-        make_engine(self)
-        if self.engine != "local" and self.is_streaming():
-            raise KmqError(f"--engine {self.engine} does not run --streaming selections")
-        check_output_format(self.output_format)
-        if self.decontaminate and self.is_streaming():
-            raise KmqError("--decontaminate runs on pools read in memory, not --streaming")
-        if not isinstance(self.ngram, int) or self.ngram < 1:
-            raise KmqError(f"--ngram must be a positive integer, got {self.ngram!r}")
-        if self.streaming and not is_path(self.input):
-            raise KmqError("--streaming reads files; records in memory are selected in memory")
-        if self.output_format != "native" and self.is_streaming():
-            raise KmqError(
-                f"--output-format {self.output_format}: streaming runs write the rows as read "
-                "(native) only"
-            )
-        if self.sample is not None and self.is_streaming():
-            raise KmqError("--sample applies to in-memory runs only, not to --streaming ones")
-
-    def is_streaming(self) -> bool:
-        """``--streaming``, or an input that is a folder of shards (see :mod:`kmq.streaming`)."""
-        return self.streaming or (is_path(self.input) and is_shard_folder(self.input))
-
-
-@dataclass
-class SelectRun:
-    """What :func:`select_file` did: the result, the pool and the manifest it wrote.
-
-    ``result.indices`` index the pool's valid rows; :attr:`rows` are the picks' rows in the
-    input (the same when no row was rejected), so ``dataset.select(run.rows)`` is the selection.
-    """
-
-    result: SelectionResult
-    pool: LoadedPool | StreamedPool
-    manifest: dict[str, Any]
-    out: Path
-
-    @property
-    def rows(self) -> list[int]:
-        """The input row (0-based record index) of every pick, in pick order."""
-        if isinstance(self.pool, LoadedPool):
-            return [self.pool.examples[i].row for i in self.result.indices]
-        return self.pool.rows[self.result.indices].tolist()
-
-    def records(self, output_format: str = "native") -> list[dict[str, Any]]:
-        """The picked records in pick order: as read (``native``) or as ``messages`` /
-        ``sharegpt`` / ``alpaca`` records (see :mod:`kmq.export`)."""
-        check_output_format(output_format)
-        if not isinstance(self.pool, LoadedPool):
-            raise KmqError(
-                f"a streaming run keeps no records in memory; read {self.out}/selected-*"
-            )
-        picked = [self.pool.examples[i] for i in self.result.indices]
-        if output_format == "native":
-            return [dict(example.fields) for example in picked]
-        return [to_record(example, output_format) for example in picked]
-
-    def to_dataset(self, output_format: str = "native") -> Any:
-        """The picks as a ``datasets.Dataset``, in pick order: for a Dataset input and
-        ``native``, ``dataset.select(run.rows)`` (its features kept); else built from
-        :meth:`records`."""
-        datasets = require("datasets")
-        data = self.pool.data if isinstance(self.pool, LoadedPool) else None
-        if output_format == "native" and isinstance(data, datasets.Dataset):
-            return data.select(self.rows)
-        return datasets.Dataset.from_list(self.records(output_format))
-
-
-class Timer:
-    """Named wall-clock stages."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(time.perf_counter() - started, 3)
-
-
-def read_exclude(path: Path) -> list[str]:
-    """Ids never to pick: a selection table (Parquet), a JSON array or JSONL of ids or of
-    objects with an ``id``, or plain text with one id per line. A JSON object is refused (it
-    holds no list of ids kmq could read without guessing)."""
-    if not path.exists():
-        raise KmqError(f"--exclude file not found: {path}")
-    if not path.is_file():
-        raise KmqError(f"--exclude {path} is a folder; give a file of ids")
-    if path.suffix == ".parquet":
-        try:
-            names = pq.read_schema(path).names
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise KmqError(f"--exclude {path}: not a readable Parquet file ({exc})") from None
-        if "id" not in names:
-            raise KmqError(
-                f"--exclude {path}: no 'id' column (it has {', '.join(names) or 'none'})"
-            )
-        return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise KmqError(f"--exclude {path}: not UTF-8 text (byte {exc.start})") from None
-    if path.suffix == ".json":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise KmqError(
-                f"--exclude {path}, line {exc.lineno} column {exc.colno}: not valid JSON "
-                f"({exc.msg})"
-            ) from None
-        if not isinstance(items, list):
-            raise KmqError(
-                f"--exclude {path}: a JSON {json_kind(items)}, expected an array of ids "
-                '(["a", "b"]) or of objects with an "id"'
-            )
-        return exclude_ids(path, "item", list(enumerate(items, start=1)))
-    if path.suffix == ".jsonl":
-        lines = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                lines.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise KmqError(
-                    f"--exclude {path}, line {number}: not valid JSON ({exc.msg})"
-                ) from None
-        return exclude_ids(path, "line", lines)
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def json_kind(value: Any) -> str:
-    """What JSON calls the type of a parsed ``value``."""
-    kinds = {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}
-    return kinds.get(type(value), "null" if value is None else type(value).__name__)
-
-
-def exclude_ids(path: Path, unit: str, items: list[tuple[int, Any]]) -> list[str]:
-    """The id of every (number, item): the item itself or its ``id`` field."""
-    ids = []
-    for number, item in items:
-        value = item.get("id") if isinstance(item, dict) else item
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise KmqError(
-                f"--exclude {path}, {unit} {number}: expected an id (a string, or an object "
-                f"with 'id'), got {json.dumps(item)[:80]}"
-            )
-        ids.append(str(value))
-    return ids
-
-
 def select_file(config: SelectConfig) -> SelectRun:
     """Load → embed (cached) → cluster → select → write, as ``kmq select`` does.
 
@@ -499,8 +266,6 @@ def select_file(config: SelectConfig) -> SelectRun:
     config.validate()
     check_out(config.out)
     if config.is_streaming():
-        from kmq.streaming import select_streaming  # it builds on this module
-
         return select_streaming(config)
     streaming_only = {
         "--kmeans-sample": config.kmeans_sample,
@@ -542,13 +307,12 @@ def select_file(config: SelectConfig) -> SelectRun:
             config.seed,
         )
         n = config.sample
-    budget = resolve_budget(config.budget, n)
     ids = [ex.id for ex in pool.examples]
-    exclude_mask, unknown_excluded = exclusion(ids, config.exclude)
-    n_excluded = int(exclude_mask.sum())  # by --exclude; the masks below are counted apart
-    check_feasible(config, n, budget, n_excluded)
-    duplicates = None if config.keep_duplicates else exact_duplicates(pool.examples)
-    exclude_mask |= exact_mask(duplicates, n)
+    left_out = exclusions(config, ids, lambda: exact_duplicates(pool.examples))
+    budget, exclude_mask, duplicates = left_out.budget, left_out.mask, left_out.duplicates
+    tokens, tokenizer = count_tokens(pool, config, timer)
+    if config.budget_tokens is not None:
+        budget = rows_for_tokens(config.budget_tokens, tokens, exclude_mask)
     contamination = decontamination(pool, config)
     if contamination is not None:
         exclude_mask |= contamination.mask(n)
@@ -563,7 +327,7 @@ def select_file(config: SelectConfig) -> SelectRun:
     fitted: Clustering | None = None
     silhouette = None
     with timer.stage("cluster"):
-        if config.method in CLUSTERED or config.k != "auto" or config.dedup is not None:
+        if config.needs_clusters():
             fitted, silhouette = cluster(
                 embeddings,
                 config.k,
@@ -575,14 +339,10 @@ def select_file(config: SelectConfig) -> SelectRun:
                 show_progress=config.progress,
                 engine=make_engine(config),
             )
-    excluded = {
-        "excluded": n_excluded,
-        "excluded_not_in_pool": unknown_excluded,
-        "deduplicated": 0,
-        "exact_duplicates": None if duplicates is None else len(duplicates.removed),
-        "decontaminated": None if contamination is None else len(contamination.removed),
+    excluded = left_out.counts(
+        decontaminated=None if contamination is None else len(contamination.removed),
         **not_sampled,
-    }
+    )
     dedup = None
     if config.dedup is not None and fitted is not None:
         with timer.stage("dedup"):
@@ -599,10 +359,15 @@ def select_file(config: SelectConfig) -> SelectRun:
             )
             quality, quality_info = pool_quality(pool, config, rows=rows)
     with timer.stage("select"):
-        result = make_engine(config).select(
+        result, mix, token_selection = select_budgeted(
             selector,
             embeddings,
             budget,
+            engine=make_engine(config),
+            mix=config.mix,
+            sources=[ex.source for ex in pool.examples],
+            budget_tokens=config.budget_tokens,
+            tokens=tokens,
             labels=labels,
             quality=quality,
             exclude=exclude_mask,
@@ -645,6 +410,8 @@ def select_file(config: SelectConfig) -> SelectRun:
             sources=source_counts(pool),
             selected_sources=source_counts(pool, result.indices),
         )
+        if pool.parts:  # several inputs: each file, and the list of them as the path
+            summary.input |= {"path": [part["path"] for part in pool.parts], "files": pool.parts}
         manifest = build_manifest(
             config,
             summary,
@@ -655,43 +422,33 @@ def select_file(config: SelectConfig) -> SelectRun:
             excluded,
             timer,
             data_path.name,
+            checks=checks_summary(pool.rejects, pool.repairs),
         )
-        manifest["checks"] = checks_summary(pool.rejects, pool.repairs)
-        manifest["outputs"]["contamination"] = CONTAMINATION if contamination is not None else None
-        write_json(folder / MANIFEST, manifest)  # last: the folder is complete
+        manifest.outputs["contamination"] = CONTAMINATION if contamination is not None else None
+        manifest.statistics = statistics(
+            pool.examples, result.indices, tokens=tokens, tokenizer=tokenizer, labels=labels
+        )
+        if mix is not None and manifest.sources is not None:
+            manifest.sources["mix"] = mix
+        manifest.statistics["token_budget"] = (
+            None if token_selection is None else token_selection.summary()
+        )
+        manifest.write(folder)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
 
 
-def nothing_valid(config: SelectConfig, rejects: Sequence[Reject]) -> NoReturn:
-    """Stop a run whose input has no valid row; with rejects, ``--out`` holds only
-    ``rejects.jsonl`` (every row and why), which the error names."""
-    if not rejects:
-        raise KmqError(f"{input_label(config.input)}: no valid rows to select from")
-    with staged(config.out) as folder:
-        write_rejects(rejects, folder / REJECTS)
-    raise KmqError(
-        f"{input_label(config.input)}: every row was rejected ({len(rejects)}), nothing to select; "
-        f"each row and its reason are in {Path(config.out) / REJECTS}"
-    )
-
-
-def check_feasible(config: SelectConfig, n: int, budget: int, excluded: int) -> None:
-    """Before any embedding: the budget fits the rows left, and k (or the k grid) the pool."""
-    left = n - excluded
-    if left == 0:
-        raise KmqError(
-            f"--exclude {config.exclude} names every one of the {n} valid rows: "
-            "nothing is left to select"
-        )
-    if budget > left:
-        named = f" ({excluded} excluded by --exclude {config.exclude})" if excluded else ""
-        raise KmqError(f"--budget {budget} exceeds the {left} rows left to select of {n}{named}")
-    if not (config.method in CLUSTERED or config.k != "auto" or config.dedup is not None):
-        return
-    if config.k != "auto" and config.k > n:
-        raise KmqError(f"--k {config.k} exceeds the {n} valid rows (k-means needs k <= rows)")
-    if config.k == "auto" and config.k_grid and max(config.k_grid) > n:
-        raise KmqError(f"--k-grid {config.k_grid} has a k above the {n} valid rows")
+def count_tokens(
+    pool: LoadedPool, config: SelectConfig, timer: Timer
+) -> tuple[np.ndarray | None, str | None]:
+    """Tokens of every row (see :mod:`kmq.tokens`) and the tokenizer's name, when the run has
+    a token budget or names a tokenizer; ``(None, None)`` otherwise."""
+    if config.budget_tokens is None and config.tokenizer is None:
+        return None, None
+    with timer.stage("tokens"):
+        counter = load_token_counter(config.tokenizer or DEFAULT_TOKENIZER, config.cache_dir)
+        tokens = counter.count(pool.examples, cache_dir=config.cache_dir or default_cache_dir())
+    log.info("%s tokens in %d rows (%s)", f"{int(tokens.sum()):,}", len(tokens), counter.name)
+    return tokens, counter.name
 
 
 def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | None:
@@ -710,45 +467,12 @@ def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | N
     return found
 
 
-def exact_mask(duplicates: ExactDuplicates | None, n: int) -> np.ndarray:
-    """Mask of the rows removed as exact duplicates (none when dedup is off), logged."""
-    if duplicates is None:
-        return np.zeros(n, dtype=bool)
-    log.info("removed %d exact duplicates (kept their first copies)", len(duplicates.removed))
-    return duplicates.mask(n)
-
-
 def sample_pool(pool: LoadedPool, size: int, seed: int) -> LoadedPool:
     """``pool`` with ``size`` of its valid rows, drawn uniformly without replacement from the
     seed's own stream (:data:`SAMPLE_STREAM`) and kept in input order."""
     keep = np.sort(stream(seed, SAMPLE_STREAM).choice(len(pool.examples), size, replace=False))
     quality = None if pool.quality is None else pool.quality[keep]
     return replace(pool, examples=[pool.examples[i] for i in keep], quality=quality)
-
-
-def make_selector(config: SelectConfig, **options: Any) -> Selector:
-    """The selector ``config`` names, with its settings (and ``options`` for it)."""
-    return get_selector(
-        config.method,
-        allocation=config.allocation,
-        weighting=config.quality_weighting,
-        temperature=config.temperature,
-        threshold=config.deita_threshold,
-        alpha=config.qdit_alpha,
-        n_neighbors=config.n_neighbors,
-        show_progress=config.progress,
-        candidates=quality_multiple(config),
-        **options,
-    )
-
-
-def quality_multiple(config: SelectConfig) -> int | None:
-    """M when kMQ draws among M × quota candidates scored by a ``--quality`` scorer; None when
-    every row is scored (``--quality-candidates 0|all``, a ``--quality-field`` column, which
-    is read whole, or another method: deita and qdit rank every row's quality)."""
-    if not config.quality or config.method != "kmq":
-        return None
-    return candidate_multiple(config.quality_candidates)
 
 
 def pool_quality(
@@ -772,30 +496,9 @@ def pool_quality(
     return fill_missing(scores.values, rows), info
 
 
-def column_quality_info(column: str) -> dict[str, Any]:
-    """The manifest's ``quality`` for scores read from a column (``--quality-field``)."""
-    return {"scorer": "column", "column": column, "direction": "as given; higher = better"}
-
-
-def make_engine(config: SelectConfig) -> Engine:
-    """The engine ``config`` names (``--engine``), with its options (nothing starts yet)."""
-    return get_engine(config.engine, **config.engine_options)
-
-
-def make_encoder(config: SelectConfig) -> Encoder:
-    return get_encoder(
-        config.encoder,
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        device=config.device,
-        show_progress=False,
-        cache_dir=config.cache_dir,
-    )
-
-
 def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
     """The pool's embeddings (cached) and what made them; none for plain random selection."""
-    if config.method == "random" and config.k == "auto":
+    if not config.needs_embeddings():
         return np.empty((len(pool.examples), 0), dtype=np.float32), None
     encoder = make_encoder(config)
     texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]
@@ -816,228 +519,3 @@ def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict
         "cache_hit": cache_hit,
     }
     return embeddings, info
-
-
-def cap_texts(texts: list[str], ids: Sequence[str]) -> list[str]:
-    """``texts`` with each cut to its first :data:`EMBED_MAX_CHARS` characters (a warning names
-    how many were cut and the longest), so one huge row cannot take hours and gigabytes."""
-    long = [i for i, text in enumerate(texts) if len(text) > EMBED_MAX_CHARS]
-    if not long:
-        return texts
-    longest = max(long, key=lambda i: len(texts[i]))
-    log.warning(
-        "%d rows are longer than %s characters: only their first %s are embedded "
-        "(the longest: id %s, %s characters)",
-        len(long),
-        f"{EMBED_MAX_CHARS:,}",
-        f"{EMBED_MAX_CHARS:,}",
-        ids[longest],
-        f"{len(texts[longest]):,}",
-    )
-    return [text[:EMBED_MAX_CHARS] for text in texts]
-
-
-def check_vectors(vectors: np.ndarray, encoder: str, cache_dir: str | None) -> None:
-    """Refuse vectors that cannot be clustered: any NaN/inf, or every row all-zero (an API
-    that answers zeros); a few all-zero rows only warn (e.g. a static model that knows none of
-    a text's tokens)."""
-    n = len(vectors)
-    where = f"--cache-dir {cache_dir}" if cache_dir else "the kmq cache ($KMQ_CACHE_DIR)"
-    fix = f"; they may be cached in {where}: remove that entry or give another --cache-dir"
-    broken = n - int(np.isfinite(vectors).all(axis=1).sum())
-    if broken:
-        raise KmqError(f"the encoder {encoder} returned {broken} of {n} vectors with NaN/inf{fix}")
-    zero = int((~np.any(vectors != 0, axis=1)).sum())
-    if zero == n:
-        raise KmqError(
-            f"the encoder {encoder} returned an all-zero vector for every one of the {n} rows: "
-            f"nothing to cluster{fix}"
-        )
-    if zero:
-        log.warning("the encoder %s returned %d all-zero vectors of %d", encoder, zero, n)
-
-
-def exclusion(ids: list[str], path: str | None) -> tuple[np.ndarray, int]:
-    """Mask of the pool rows named in ``--exclude``, and how many named ids are not in the pool."""
-    mask = np.zeros(len(ids), dtype=bool)
-    if path is None:
-        return mask, 0
-    wanted = set(read_exclude(Path(path)))
-    position = {id_: i for i, id_ in enumerate(ids)}
-    hits = [position[w] for w in wanted if w in position]
-    mask[hits] = True
-    unknown = len(wanted) - len(hits)
-    if unknown:
-        log.warning("%d ids in %s are not in the pool", unknown, path)
-    return mask, unknown
-
-
-def write_table(
-    path: Path, pool: LoadedPool, result: SelectionResult, quality: np.ndarray | None
-) -> None:
-    """One row per pick: pick order, input row, id, cluster, source, quality, score, reason."""
-    idx = result.indices
-    write_selection_table(
-        path,
-        result,
-        quality,
-        rows=np.array([pool.examples[i].row for i in idx], dtype=np.int64),
-        ids=[pool.examples[i].id for i in idx],
-        sources=[pool.examples[i].source for i in idx],
-    )
-
-
-def write_selection_table(
-    path: Path,
-    result: SelectionResult,
-    quality: np.ndarray | None,
-    *,
-    rows: np.ndarray,
-    ids: list[str],
-    sources: list[str | None],
-) -> None:
-    """:func:`write_table` given the input row, id and source of every pick (in pick order)."""
-    idx = result.indices
-    picked_quality = quality[idx] if quality is not None else np.full(len(idx), np.nan)
-    table = pa.table(
-        {
-            "pick_order": np.arange(len(idx), dtype=np.int64),
-            "index": np.asarray(rows, dtype=np.int64),
-            "id": ids,
-            "cluster": (
-                result.labels[idx] if result.labels is not None else np.full(len(idx), -1)
-            ).astype(np.int64),
-            "source": sources,
-            "quality": picked_quality.astype(np.float64),
-            f"{result.score_name}_score": result.scores,
-            "reason": result.reasons,
-        }
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def write_dedup(path: Path, pool: LoadedPool, dedup: DedupResult) -> None:
-    """One line per near-duplicate removed: its input row and id, its kept twin's, the cosine."""
-    lines = []
-    for row, twin, sim in zip(dedup.removed, dedup.twin, dedup.similarity, strict=True):
-        ex, kept = pool.examples[row], pool.examples[twin]
-        record = {
-            "index": ex.row,
-            "id": ex.id,
-            "twin_index": kept.row,
-            "twin_id": kept.id,
-            "similarity": round(float(sim), 6),
-        }
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(lines), encoding="utf-8")
-
-
-def write_clusters(path: Path, fitted: Clustering, distances: np.ndarray | None = None) -> None:
-    """Labels of every pool row and the centroids (``np.load(path)["labels"|"centroids"]``);
-    the streaming path adds each row's squared L2 ``distances`` to its centre."""
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        if distances is None:
-            np.savez(fh, labels=fitted.labels_, centroids=fitted.centroids_)
-        else:
-            np.savez(fh, labels=fitted.labels_, centroids=fitted.centroids_, distances=distances)
-
-
-def source_counts(pool: LoadedPool, rows: np.ndarray | None = None) -> dict[str, int] | None:
-    sources = [ex.source for ex in pool.examples]
-    if all(s is None for s in sources):
-        return None
-    picked = sources if rows is None else [sources[i] for i in rows]
-    return dict(sorted(Counter(s if s is not None else "(none)" for s in picked).items()))
-
-
-def entropy(counts: dict[str, int]) -> float:
-    """Shannon entropy (nats) of a count distribution."""
-    p = np.array(list(counts.values()), dtype=np.float64)
-    p = p[p > 0] / p.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-@dataclass
-class PoolSummary:
-    """What the manifest says of the input: where it is, what it held, its sources (rows per
-    source in the pool and in the selection; None when no row has one)."""
-
-    input: dict[str, Any]  # path, sha256, kind, compressed, format
-    records: int
-    valid: int
-    rejected: int
-    sources: dict[str, int] | None
-    selected_sources: dict[str, int] | None
-
-
-def build_manifest(
-    config: SelectConfig,
-    pool: PoolSummary,
-    result: SelectionResult,
-    fitted: Clustering | None,
-    embedding: dict[str, Any] | None,
-    quality_info: dict[str, Any] | None,
-    excluded: dict[str, int | None],
-    timer: Timer,
-    rows_written: str | list[str],
-    streaming: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """``manifest.json``; ``rows_written`` names the selected-rows file(s), ``streaming`` (only
-    in streaming runs) how the pool was streamed."""
-    pool_sources = pool.sources
-    picked_sources = pool.selected_sources
-    encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
-    config_dict = asdict(replace(config, encoder=encoder, input=input_label(config.input)))
-    clusters = None
-    if fitted is not None:
-        clusters = {
-            "k": fitted.k,
-            "inertia": fitted.inertia_,
-            "silhouette": {str(k): s for k, s in (result.silhouette or {}).items()} or None,
-            "pool": fitted.sizes_.tolist(),
-            "quota": None if result.quotas is None else result.quotas.tolist(),
-            "selected": np.bincount(fitted.labels_[result.indices], minlength=fitted.k).tolist(),
-        }
-    return {
-        "tool": "kmq",
-        "version": __version__,
-        "python": platform.python_version(),
-        "config": config_dict,
-        "seed": config.seed,
-        "input": pool.input,
-        "counts": {
-            "records": pool.records,
-            "valid": pool.valid,
-            "rejected": pool.rejected,
-            **excluded,
-            "budget": result.budget,
-            "selected": len(result),
-            "shortfall": result.shortfall,
-        },
-        "method": result.method,
-        "score_name": f"{result.score_name}_score",
-        "notes": result.notes,
-        "embedding": embedding,
-        "quality": quality_info,
-        "clusters": clusters,
-        "sources": None
-        if pool_sources is None
-        else {
-            "pool": pool_sources,
-            "selected": picked_sources,
-            "entropy_pool": entropy(pool_sources),
-            "entropy_selected": entropy(picked_sources or {}),
-        },
-        "timings_s": timer.seconds,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "outputs": {
-            "clusters": CLUSTERS if fitted is not None else None,
-            "rows": rows_written,
-            "table": TABLE,
-            "rejects": REJECTS if pool.rejected else None,
-            "dedup": DEDUP if config.dedup is not None else None,
-            "duplicates": None if config.keep_duplicates else DUPLICATES,
-        },
-    } | ({"streaming": streaming} if streaming is not None else {})

@@ -1,6 +1,6 @@
 """Replay a recorded selection: ``kmq select --config manifest.json --out NEW``.
 
-``manifest.json`` holds the whole :class:`~kmq.pipeline.SelectConfig` of a run. Rebuilt from it
+``manifest.json`` holds the whole :class:`~kmq.config.SelectConfig` of a run. Rebuilt from it
 (output folder new, input optionally moved), the run makes the same picks on the same input:
 every random draw derives from the recorded seed. :func:`check_same_input` says when the input
 is not the bytes the manifest recorded.
@@ -8,48 +8,39 @@ is not the bytes the manifest recorded.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
+from kmq.config import SelectConfig
 from kmq.errors import KmqError
 from kmq.formats import FieldMap
-from kmq.pipeline import SelectConfig
+from kmq.outputs import Manifest
 
 log = logging.getLogger("kmq")
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """A ``manifest.json`` written by ``kmq select`` (or the folder holding one)."""
-    file = Path(path)
-    if file.is_dir():
-        file = file / "manifest.json"
+def read_manifest(path: str | Path) -> Manifest:
+    """The :class:`Manifest` given to ``--config`` (a ``manifest.json`` or its folder)."""
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KmqError(f"--config {path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise KmqError(f"--config {file}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(manifest, dict) or manifest.get("tool") != "kmq" or "config" not in manifest:
-        raise KmqError(f"--config {file}: not a manifest.json written by kmq select")
-    return manifest
+        return Manifest.read(path)
+    except KmqError as exc:
+        raise KmqError(f"--config {exc}") from None
 
 
 def config_from_manifest(
-    manifest: dict[str, Any], *, out: str, input: str | None = None
+    manifest: Manifest, *, out: str, input: str | list[str] | None = None
 ) -> SelectConfig:
     """The recorded config with ``out`` (and ``input``, when given) replaced."""
-    recorded = dict(manifest["config"])
+    recorded = dict(manifest.config)
     known = {f.name for f in fields(SelectConfig)}
     unknown = sorted(set(recorded) - known)
     if unknown:
         raise KmqError(
-            f"the manifest was written by kmq {manifest.get('version')} and has settings this "
+            f"the manifest was written by kmq {manifest.version} and has settings this "
             f"kmq does not know: {', '.join(unknown)}"
         )
-    source = input if input is not None else manifest["input"]["path"]
+    source = input if input is not None else manifest.input["path"]
     if input is None and str(source).startswith("<records"):
         raise KmqError(
             f"the recorded input was records in memory ({source}); name the file to replay on"
@@ -58,9 +49,9 @@ def config_from_manifest(
     return SelectConfig(**(recorded | {"input": source, "out": out}))
 
 
-def check_same_input(manifest: dict[str, Any], replayed: dict[str, Any]) -> bool:
+def check_same_input(manifest: Manifest, replayed: Manifest) -> bool:
     """Whether the replay read the input the manifest recorded (same sha256); warns if not."""
-    before, now = manifest["input"]["sha256"], replayed["input"]["sha256"]
+    before, now = manifest.input["sha256"], replayed.input["sha256"]
     if before != now:
         log.warning(
             "the input differs from the recorded one (sha256 %s…, recorded %s…): the picks "

@@ -42,42 +42,36 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from kmq.atomic import write_json
 from kmq.cache import ContentHash, embed_rows, encode_shards
 from kmq.chunks import CHUNK_ROWS, take_rows
-from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids
+from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids, resolve_k
+from kmq.config import SelectConfig, make_encoder, make_selector
 from kmq.errors import KmqError, Reject
 from kmq.exact import DUPLICATES, KEY_DTYPE, find_duplicates, text_key, write_duplicates
 from kmq.examples import Example
 from kmq.formats import ExampleStream, write_rejects, write_selected_shards
 from kmq.outdir import check_out, staged
-from kmq.pipeline import (
+from kmq.outputs import (
     CLUSTERS,
-    MANIFEST,
     REJECTS,
     TABLE,
     PoolSummary,
-    SelectConfig,
     SelectRun,
     Timer,
     build_manifest,
-    cap_texts,
-    check_feasible,
-    check_vectors,
-    column_quality_info,
-    exact_mask,
-    exclusion,
-    make_encoder,
-    make_selector,
-    nothing_valid,
-    resolve_budget,
-    resolve_k,
     write_clusters,
     write_selection_table,
 )
 from kmq.random import make_rng
 from kmq.rowcache import keys_array, row_key
-from kmq.selectors import CLUSTERED, SelectionResult, Selector
+from kmq.selectors import SelectionResult, Selector
+from kmq.stages import (
+    cap_texts,
+    check_vectors,
+    column_quality_info,
+    exclusions,
+    nothing_valid,
+)
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 log = logging.getLogger("kmq")
@@ -437,15 +431,11 @@ def select_streaming(config: SelectConfig) -> SelectRun:
             f"with --streaming it runs on pools of up to {IN_MEMORY_LIMIT:,} rows, and this one "
             f"has {n:,}. Use kmq, km-random, km-closest or random"
         )
-    budget = resolve_budget(config.budget, n)
-    exclude_mask, unknown_excluded = exclusion(pool.ids, config.exclude)
-    n_excluded = int(exclude_mask.sum())  # by --exclude; the masks below are counted apart
-    check_feasible(config, n, budget, n_excluded)
-    duplicates = None if config.keep_duplicates else find_duplicates(pool.dedup_keys)
-    exclude_mask |= exact_mask(duplicates, n)
-    clustered = config.method in CLUSTERED or config.k != "auto"
+    left_out = exclusions(config, pool.ids, lambda: find_duplicates(pool.dedup_keys))
+    budget, exclude_mask, duplicates = left_out.budget, left_out.mask, left_out.duplicates
+    clustered = config.needs_clusters()  # --dedup is refused above: the clusters are k-means'
     embeddings, embedding = None, None
-    if clustered or config.method in IN_MEMORY_METHODS:
+    if config.needs_embeddings():
         with timer.stage("embed"):
             embeddings, embedding = embed_stream(pool, config)
     clusters = None
@@ -462,13 +452,7 @@ def select_streaming(config: SelectConfig) -> SelectRun:
     with staged(out) as folder:
         with timer.stage("write"):
             files = write_outputs(folder, pool, result, clusters, config)
-        excluded = {
-            "excluded": n_excluded,
-            "excluded_not_in_pool": unknown_excluded,
-            "deduplicated": 0,
-            "exact_duplicates": None if duplicates is None else len(duplicates.removed),
-            "decontaminated": None,
-        }
+        excluded = left_out.counts(decontaminated=None)
         if duplicates is not None:
             write_duplicates(folder / DUPLICATES, duplicates, pool.rows, pool.ids)
         streaming = {
@@ -489,7 +473,7 @@ def select_streaming(config: SelectConfig) -> SelectRun:
             timer,
             [path.name for path in files],
             streaming,
+            checks=checks_summary(pool.rejects, pool.stream.repairs),
         )
-        manifest["checks"] = checks_summary(pool.rejects, pool.stream.repairs)
-        write_json(folder / MANIFEST, manifest)  # last: the folder is complete
+        manifest.write(folder)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)

@@ -23,15 +23,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kmq.backends.base import Prompt
 from kmq.errors import KmqError
 from kmq.examples import Message
 from kmq.quality.lm import NLLResult, Window
 
 LM_BACKENDS = ("torch", "ctranslate2")
-COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float32", "float16")
-"""CTranslate2 compute types: the int8 ones store int8 weights, the others float weights."""
-
-Prompt = Sequence[Message] | None
 
 
 @runtime_checkable

@@ -22,22 +22,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kmq._imports import require
-from kmq.backends import COMPUTE_TYPES
-from kmq.cache import default_cache_dir
+from kmq.backends.base import WindowedLM
+from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 from kmq.examples import Message
 from kmq.models import converted_model_dir, model_identity
-from kmq.quality.lm import (
-    NLLResult,
-    Window,
-    check_settings,
-    length_batches,
-    score_windows,
-)
+from kmq.quality.lm import Window, check_settings, length_batches
 
 log = logging.getLogger("kmq")
 
 INSTALL = "pip install ctranslate2"
+COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float32", "float16")
+"""CTranslate2 compute types: the int8 ones store int8 weights, the others float weights."""
 
 
 def require_ctranslate2() -> Any:
@@ -85,7 +81,7 @@ def convert(hf_dir: Path, folder: Path, weights: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class CTranslate2LM:
+class CTranslate2LM(WindowedLM):
     """A causal LM run by CTranslate2 (see the module doc and :func:`get_lm_backend`).
 
     ``threads``: CPU threads per forward pass (0 = CTranslate2's default).
@@ -147,6 +143,10 @@ class CTranslate2LM:
             self._loaded = (generator, load_tokenizer(hf_dir), config)
         return self._loaded
 
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded[1]
+
     def windows_nll(self, windows: Sequence[Window], *, desc: str = "scoring") -> np.ndarray:
         """Mean NLL of each window's response tokens, longest windows batched first."""
         generator, tokenizer, _ = self.loaded
@@ -164,28 +164,6 @@ class CTranslate2LM:
                 logp = np.asarray(result.log_probs[start : start + len(response)], np.float64)
                 out[i] = -logp.mean()
         return out
-
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message] | None],
-        responses: Sequence[str],
-        *,
-        desc: str = "scoring",
-    ) -> NLLResult:
-        _, tokenizer, _ = self.loaded
-        return score_windows(
-            tokenizer,
-            prompts,
-            responses,
-            max_length=self.max_length,
-            run=lambda windows: self.windows_nll(windows, desc=desc),
-        )
-
-    def nll(
-        self, prompts: Sequence[Sequence[Message] | None], responses: Sequence[str]
-    ) -> np.ndarray:
-        """Mean NLL (nats/token) of each response after its prompt; NaN = not scored."""
-        return self.score(prompts, responses).nll
 
     def generate(
         self, prompts: Sequence[Sequence[Message]], *, max_new_tokens: int = 256

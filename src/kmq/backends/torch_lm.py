@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from kmq.backends.base import WindowedLM
 from kmq.examples import Message
 from kmq.models import load_causal_lm, model_identity
-from kmq.quality.lm import NLLResult, Window, check_settings, score_windows, windows_nll
+from kmq.quality.lm import Window, check_settings, windows_nll
 
 
-class TorchLM:
+class TorchLM(WindowedLM):
     """A causal LM run by transformers (``dtype`` on ``device``; see :func:`get_lm_backend`)."""
 
     name = "torch"
@@ -52,6 +53,10 @@ class TorchLM:
             )
         return self._lm
 
+    @property
+    def tokenizer(self) -> Any:
+        return self.lm[1]
+
     def windows_nll(self, windows: Sequence[Window], *, desc: str = "scoring") -> np.ndarray:
         model, tokenizer = self.lm
         return windows_nll(
@@ -62,28 +67,6 @@ class TorchLM:
             show_progress=self.show_progress,
             desc=desc,
         )
-
-    def score(
-        self,
-        prompts: Sequence[Sequence[Message] | None],
-        responses: Sequence[str],
-        *,
-        desc: str = "scoring",
-    ) -> NLLResult:
-        _, tokenizer = self.lm
-        return score_windows(
-            tokenizer,
-            prompts,
-            responses,
-            max_length=self.max_length,
-            run=lambda windows: self.windows_nll(windows, desc=desc),
-        )
-
-    def nll(
-        self, prompts: Sequence[Sequence[Message] | None], responses: Sequence[str]
-    ) -> np.ndarray:
-        """Mean NLL (nats/token) of each response after its prompt; NaN = not scored."""
-        return self.score(prompts, responses).nll
 
     def generate(
         self, prompts: Sequence[Sequence[Message]], *, max_new_tokens: int = 256

@@ -117,7 +117,7 @@ def get_encoder(
     window in tokens (``minilm``/sentence-transformers: longer texts are chunked and pooled;
     ``static``: tokens kept, default all; ``causal``: tokens kept, default 512; not accepted
     by ``api``). ``device`` is the torch device (not accepted by ``static`` and ``api``).
-    ``cache_dir`` (default :func:`kmq.cache.default_cache_dir`) holds the distilled static
+    ``cache_dir`` (default :func:`kmq.cachedir.default_cache_dir`) holds the distilled static
     model, the exported ONNX graphs and the answered ``api`` batches.
     """
     if not isinstance(spec, str):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from kmq._imports import require
-from kmq.cache import default_cache_dir
+from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 
 log = logging.getLogger("kmq")

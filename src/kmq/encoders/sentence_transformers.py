@@ -61,7 +61,7 @@ class SentenceTransformerEncoder:
     :func:`kmq.encoders.openvino.auto_backend`, and ``self.backend`` is what it resolved to);
     the ONNX and OpenVINO ones run on the CPU with ``threads`` threads (default: one per core)
     and keep their exported model under ``cache_dir`` (default
-    :func:`kmq.cache.default_cache_dir`). Their vectors differ from torch's (``onnx`` and
+    :func:`kmq.cachedir.default_cache_dir`). Their vectors differ from torch's (``onnx`` and
     ``openvino`` in the last bits, ``openvino-bf16`` and ``onnx-int8`` more), so the backend is
     part of ``name``.
     """

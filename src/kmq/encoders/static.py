@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from kmq._imports import require
-from kmq.cache import default_cache_dir
+from kmq.cachedir import default_cache_dir
 from kmq.encoders.sentence_transformers import directory_fingerprint, packaged_minilm_path
 from kmq.errors import KmqError
 
@@ -51,7 +51,7 @@ def recipe() -> str:
 def distilled_minilm_dir(cache_dir: str | Path | None = None) -> Path:
     """The model2vec folder distilled from the packaged MiniLM (distilled now if missing).
 
-    ``cache_dir`` defaults to :func:`kmq.cache.default_cache_dir`.
+    ``cache_dir`` defaults to :func:`kmq.cachedir.default_cache_dir`.
     """
     source = packaged_minilm_path()
     key = f"{directory_fingerprint(source)}/{recipe()}"

@@ -10,14 +10,13 @@ not be scored is NaN and is left out of its cluster's mean (Eq. 5).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from kmq.errors import KmqError
 from kmq.examples import Message
+from kmq.registry import build, check_options, choose
 
 FEEDBACK_SCORERS = ("gold-pmi", "pmi-gap", "similarity", "perplexity", "reward-gap", "judge")
 DEFAULT_FEEDBACK = "similarity"
@@ -40,17 +39,6 @@ class FeedbackScorer(Protocol):
         gold: Sequence[str],
         generated: Sequence[str],
     ) -> np.ndarray: ...
-
-
-def gap(
-    measure: Callable[[list[Sequence[Message]], list[str]], np.ndarray],
-    prompts: Sequence[Sequence[Message]],
-    gold: Sequence[str],
-    generated: Sequence[str],
-) -> np.ndarray:
-    """Eq. 4: measure(x ⊕ y_gold) − measure(x ⊕ y_gen), both sides in one batched call."""
-    values = np.asarray(measure([*prompts, *prompts], [*gold, *generated]), dtype=np.float64)
-    return values[: len(gold)] - values[len(gold) :]
 
 
 def needs_generation(scorer: FeedbackScorer) -> bool:
@@ -84,10 +72,17 @@ def _factory(name: str) -> Callable[..., FeedbackScorer]:
     return JudgeFeedback
 
 
-def get_feedback_scorer(name: str, **options: Any) -> FeedbackScorer:
-    """The feedback scorer called ``name``; options it does not take (or None) are ignored."""
-    if name not in FEEDBACK_SCORERS:
-        raise KmqError(f"feedback must be one of {', '.join(FEEDBACK_SCORERS)}; got {name!r}")
-    factory = _factory(name)
-    accepted = inspect.signature(factory).parameters
-    return factory(**{k: v for k, v in options.items() if k in accepted and v is not None})
+def check_feedback_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse a feedback scorer ``name`` that does not exist or an option it does not take,
+    before anything is loaded."""
+    choose("feedback", name, FEEDBACK_SCORERS)
+    check_options("feedback scorer", name, _factory(name), options)
+
+
+def get_feedback_scorer(
+    name: str, *, shared: Mapping[str, Any] | None = None, **options: Any
+) -> FeedbackScorer:
+    """The feedback scorer called ``name`` built with ``options`` (None: the scorer's default;
+    an option it does not take is refused); ``shared`` settings are passed where taken."""
+    choose("feedback", name, FEEDBACK_SCORERS)
+    return build("feedback scorer", name, _factory(name), options, shared=shared)

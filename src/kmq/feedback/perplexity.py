@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kmq.examples import Message
-from kmq.feedback import gap
+from kmq.feedback.base import gap
 
 
 class PerplexityFeedback:

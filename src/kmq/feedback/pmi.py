@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from kmq.examples import Message
-from kmq.feedback import gap
+from kmq.feedback.base import gap
 
 Window = tuple[list[int], list[int]]
 

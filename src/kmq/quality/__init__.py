@@ -7,14 +7,13 @@ are NaN, are listed in the scorer's ``failures_`` after ``score``, and are never
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from kmq.errors import KmqError
 from kmq.examples import Example
+from kmq.registry import build, check_options, choose
 
 
 @runtime_checkable
@@ -35,7 +34,7 @@ class QualityScorer(Protocol):
     def score(self, examples: Sequence[Example]) -> np.ndarray: ...
 
 
-QUALITY_SCORERS = ("ifd", "pmi", "perplexity", "judge", "reward", "length", "column")
+QUALITY_SCORERS = ("ifd", "pmi", "pmi-total", "perplexity", "judge", "reward", "length", "column")
 
 
 def _factory(name: str) -> Callable[..., QualityScorer]:
@@ -48,15 +47,19 @@ def _factory(name: str) -> Callable[..., QualityScorer]:
 
         return RewardScorer
     if name == "ifd":
-        from kmq.quality.lm import IFDScorer
+        from kmq.quality.lm_scorers import IFDScorer
 
         return IFDScorer
     if name == "pmi":
-        from kmq.quality.lm import PMIScorer
+        from kmq.quality.lm_scorers import PMIScorer
 
         return PMIScorer
+    if name == "pmi-total":
+        from kmq.quality.lm_scorers import PMITotalScorer
+
+        return PMITotalScorer
     if name == "perplexity":
-        from kmq.quality.lm import PerplexityScorer
+        from kmq.quality.lm_scorers import PerplexityScorer
 
         return PerplexityScorer
     from kmq.quality.heuristics import ColumnScorer, LengthScorer
@@ -64,15 +67,20 @@ def _factory(name: str) -> Callable[..., QualityScorer]:
     return LengthScorer if name == "length" else ColumnScorer
 
 
-def get_quality_scorer(name: str, **options: Any) -> QualityScorer:
-    """The scorer called ``name`` (one of ``QUALITY_SCORERS``).
+def get_quality_scorer(
+    name: str, *, shared: Mapping[str, Any] | None = None, **options: Any
+) -> QualityScorer:
+    """The scorer called ``name`` (one of ``QUALITY_SCORERS``) built with ``options``.
 
-    Options the scorer does not take are ignored, and ``None`` means "the scorer's default",
-    so one set of command-line flags serves every scorer.
+    ``None`` means "the scorer's default"; an option the scorer does not take is refused.
+    ``shared`` settings (the cache folder, the device) are passed where taken (see
+    :func:`kmq.registry.build`).
     """
-    if name not in QUALITY_SCORERS:
-        raise KmqError(f"quality scorer must be one of {', '.join(QUALITY_SCORERS)}; got {name!r}")
-    factory = _factory(name)
-    accepted = inspect.signature(factory).parameters
-    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
-    return factory(**kwargs)
+    choose("quality", name, QUALITY_SCORERS)
+    return build("quality scorer", name, _factory(name), options, shared=shared)
+
+
+def check_quality_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse options the scorer ``name`` does not take, before anything is loaded."""
+    choose("quality", name, QUALITY_SCORERS)
+    check_options("quality scorer", name, _factory(name), options)

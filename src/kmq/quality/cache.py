@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kmq.cache import default_cache_dir, store_key
+from kmq.cache import store_key
+from kmq.cachedir import default_cache_dir
 from kmq.examples import Example
 from kmq.quality import QualityScorer
 from kmq.rowcache import RowStore, row_keys

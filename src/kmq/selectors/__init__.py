@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 from typing import Any
 
-from kmq.errors import KmqError
+from kmq.registry import build, choose
 from kmq.selectors.base import ClusterSelector, SelectionResult, Selector
 from kmq.selectors.deita import DeitaSelector
 from kmq.selectors.kcenter import KCenterSelector
@@ -28,14 +28,12 @@ SELECTORS: dict[str, type] = {
 CLUSTERED = {"kmq", "km-random", "km-closest"}
 
 
-def get_selector(name: str, **options: Any) -> Selector:
-    """The selector called ``name`` built with the options it accepts (others are ignored)."""
-    try:
-        cls = SELECTORS[name]
-    except KeyError:
-        raise KmqError(f"method must be one of {', '.join(SELECTORS)}; got {name!r}") from None
-    accepted = inspect.signature(cls).parameters
-    selector: Selector = cls(**{k: v for k, v in options.items() if k in accepted})
+def get_selector(name: str, *, shared: Mapping[str, Any] | None = None, **options: Any) -> Selector:
+    """The selector called ``name`` (a key of :data:`SELECTORS`) built with ``options``; an
+    option it does not take is refused. ``shared`` settings are passed where taken (see
+    :func:`kmq.registry.build`)."""
+    choose("method", name, SELECTORS)
+    selector: Selector = build("method", name, SELECTORS[name], options, shared=shared)
     return selector
 
 

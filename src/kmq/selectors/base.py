@@ -8,9 +8,10 @@ from typing import Protocol
 
 import numpy as np
 
-from kmq.allocation import allocate, weighted_quotas
+from kmq.allocation import ALLOCATIONS, allocate, weighted_quotas
 from kmq.errors import KmqError
 from kmq.random import SeedLike, seed_sequence, stream
+from kmq.registry import choose
 
 
 @dataclass
@@ -138,6 +139,7 @@ class ClusterSelector:
     score_name = "score"
 
     def __init__(self, *, allocation: str = "balanced") -> None:
+        choose("allocation", allocation, ALLOCATIONS)
         self.allocation = allocation
 
     def pick(

@@ -8,7 +8,7 @@ import numpy as np
 
 from kmq.clustering import normalize
 from kmq.dedup import threshold_walk
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.random import SeedLike
 from kmq.selectors.base import SelectionResult, available_mask, check_budget
 
@@ -38,9 +38,10 @@ class DeitaSelector:
             or not isinstance(threshold, int | float)
             or not 0 <= threshold <= 4
         ):
-            raise KmqError(
-                "threshold is a squared L2 distance between unit vectors and must be in "
-                f"[0, 4], got {threshold!r}"
+            raise ParameterError(
+                "threshold",
+                "{param} is a squared L2 distance between unit vectors and must be in "
+                f"[0, 4], got {threshold!r}",
             )
         self.threshold = float(threshold)
         self.show_progress = show_progress

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.random import SeedLike, stream
 from kmq.selectors.base import ClusterPicks, ClusterPlan, ClusterSelector, weighted_order
 
@@ -24,9 +24,10 @@ def candidate_multiple(value: int | str | None) -> int | None:
     if value is None or value == "all":
         return None
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise KmqError(
-            "quality_candidates (--quality-candidates) must be a positive integer M "
-            f"(score M × quota rows per cluster), or 0 / 'all' to score every row; got {value!r}"
+        raise ParameterError(
+            "quality_candidates",
+            "{param} must be a positive integer M (score M × quota rows per cluster), or 0 / "
+            f"'all' to score every row; got {value!r}",
         )
     return int(value) or None
 
@@ -82,9 +83,11 @@ class KMQSelector(ClusterSelector):
     ) -> None:
         super().__init__(allocation=allocation)
         if weighting not in WEIGHTINGS:
-            raise KmqError(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
-        if not temperature > 0:
-            raise KmqError(f"temperature must be > 0, got {temperature}")
+            raise ParameterError(
+                "weighting", f"{{param}} must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}"
+            )
+        if not isinstance(temperature, int | float) or not temperature > 0:
+            raise ParameterError("temperature", f"{{param}} must be > 0, got {temperature!r}")
         self.weighting = weighting
         self.temperature = temperature
         self.candidates = candidate_multiple(candidates)

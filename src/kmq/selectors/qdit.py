@@ -34,7 +34,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.knn import knn_graph
 from kmq.random import SeedLike
 from kmq.selectors.base import SelectionResult, available_mask, check_budget
@@ -87,9 +87,11 @@ class QDITSelector:
         self, alpha: float = 0.5, *, n_neighbors: int = 50, show_progress: bool = False
     ) -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
-            raise KmqError(f"alpha must be a number in [0, 1], got {alpha!r}")
+            raise ParameterError("alpha", f"{{param}} must be a number in [0, 1], got {alpha!r}")
         if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 1:
-            raise KmqError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+            raise ParameterError(
+                "n_neighbors", f"{{param}} must be a positive integer, got {n_neighbors!r}"
+            )
         self.alpha = float(alpha)
         self.n_neighbors = n_neighbors
         self.show_progress = show_progress

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -36,6 +37,18 @@ LossMasking = Literal["assistant_only", "completion_only"]
 DEFAULT_LEARNING_RATES: dict[str, float] = {"lora": 2e-4, "full": 2e-5}
 """Per method: 2e-4 is the usual LoRA rate; 2e-5 is the top of the paper's full fine-tuning
 range (1e-5–2e-5)."""
+
+
+def checkpointing_option(config_class: Any, enabled: bool) -> dict[str, bool]:
+    """The config's checkpointing switch: ``activation_checkpointing`` in recent transformers
+    (5.24), ``gradient_checkpointing`` in earlier ones (5.17 still takes only that name)."""
+    names = inspect.signature(config_class).parameters
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
+    return {name: enabled}
 
 
 class TRLTrainer:
@@ -270,14 +283,15 @@ class TRLTrainer:
         torch = require("torch")
         cuda = resolve_device(self.device).startswith("cuda")
         bf16 = cuda and torch.cuda.is_bf16_supported()
-        return require("trl").SFTConfig(
+        sft_config = require("trl").SFTConfig
+        return sft_config(
             output_dir=str(output_dir),
             num_train_epochs=self.epochs,
             learning_rate=self.learning_rate_,
             per_device_train_batch_size=self.batch_size,
             gradient_accumulation_steps=self.gradient_accumulation,
             max_length=self.max_length,
-            activation_checkpointing=self.gradient_checkpointing,
+            **checkpointing_option(sft_config, self.gradient_checkpointing),
             assistant_only_loss=masking == "assistant_only",
             completion_only_loss=masking == "completion_only",
             seed=seed,

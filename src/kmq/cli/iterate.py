@@ -17,6 +17,14 @@ from typing import Any
 
 from rich.console import Console
 
+from kmq.cli.args import (
+    CONFIG,
+    FEEDBACK_OPTIONS,
+    add_input_args,
+    add_selection_args,
+    budget_arg,
+    select_config,
+)
 from kmq.errors import KmqError
 from kmq.feedback import DEFAULT_FEEDBACK, FEEDBACK_SCORERS
 from kmq.loop import IterateConfig, IterativeSelection
@@ -80,8 +88,6 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
 
 
 def loop_config(args: argparse.Namespace, *, external: bool) -> IterateConfig:
-    from kmq.cli import select_config
-
     trainer: dict[str, Any] = {}
     if not external:
         trainer = {
@@ -107,22 +113,13 @@ def loop_config(args: argparse.Namespace, *, external: bool) -> IterateConfig:
         reweight_temperature=args.reweight_temperature,
         floor=args.floor,
         feedback=args.feedback,
-        feedback_options={
-            "model": args.feedback_model,
-            "backend": args.feedback_backend,
-            "base_url": args.feedback_base_url,
-            "lm_backend": args.lm_backend,
-            "compute_type": args.lm_compute_type,
-            "device": args.device,
-        },
+        feedback_options={option: getattr(args, dest) for option, dest in FEEDBACK_OPTIONS.items()},
         trainer_options=trainer,
         external=external,
     )
 
 
 def add_iterate(sub: Any) -> None:
-    from kmq.cli import add_input_args, add_selection_args
-
     p = sub.add_parser(
         "iterate",
         help="iterative kMQ (Algorithm 1) with the built-in trainer; see also init/feedback/next",
@@ -131,7 +128,7 @@ def add_iterate(sub: Any) -> None:
     )
     add_input_args(p, optional=True)
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder")
-    p.add_argument("--budget", type=_budget, default=0.05)
+    p.add_argument("--budget", type=budget_arg, default=CONFIG["budget"])
     add_selection_args(p, budget=False)
     add_loop_args(p, trainer=True)
     p.add_argument("--report", action="store_true", help="also write RUN/report.html")
@@ -139,7 +136,7 @@ def add_iterate(sub: Any) -> None:
 
     init = sub.add_parser("iterate-init", help="(kmq iterate init) start a run for your trainer")
     add_input_args(init)
-    init.add_argument("--budget", type=_budget, default=0.05)
+    init.add_argument("--budget", type=budget_arg, default=CONFIG["budget"])
     add_selection_args(init, budget=False)
     add_loop_args(init, trainer=False)
     init.set_defaults(handler=run_init)
@@ -155,12 +152,6 @@ def add_iterate(sub: Any) -> None:
     nxt = sub.add_parser("iterate-next", help="(kmq iterate next) reweight; next round's rows")
     nxt.add_argument("--run", required=True)
     nxt.set_defaults(handler=run_next)
-
-
-def _budget(text: str) -> int | float:
-    from kmq.cli import budget_arg
-
-    return budget_arg(text)
 
 
 def run_iterate(args: argparse.Namespace) -> int:

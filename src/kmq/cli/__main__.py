@@ -1,0 +1,5 @@
+"""``python -m kmq.cli``."""
+
+from kmq.cli.main import main
+
+raise SystemExit(main())
