@@ -6,8 +6,8 @@ graphs exported into ``--cache-dir`` if missing) and warmed up before timing. Th
 blocks of ``--block``; each block is encoded by every backend back to back, the order rotating
 from block to block, so load from other processes hits all backends alike. Fidelity against
 torch: per-row cosine, the adjusted Rand index of k-means assignments (``kmq.clustering.kmeans``
-at ``--k``, seed 0, on each backend's vectors) and the source mix of a kMQ selection (5%,
-k = ``--select-k``, seed 0).
+at ``--k``, seed 0, fitted on each backend's vectors; and each backend's vectors assigned to
+torch's centroids) and the source mix of a kMQ selection (5%, k = ``--select-k``, seed 0).
 
     python benchmarks/embedding.py --n 5000 --batch-size 64 --block 500
 """
@@ -120,9 +120,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--block", type=int, default=500, help="texts per alternating block")
-    parser.add_argument("--backends", default="torch,onnx,onnx-int8", help="torch first")
+    parser.add_argument(
+        "--backends", default="torch,onnx,onnx-int8,openvino,openvino-bf16", help="torch first"
+    )
     parser.add_argument("--k", type=int, default=256, help="k of the ARI comparison")
     parser.add_argument("--select-k", type=int, default=64, help="k of the kMQ selection")
+    parser.add_argument(
+        "--control-cosine",
+        type=float,
+        default=0.99999,
+        help="mean cosine to torch of the Gaussian-noise control of the own-fit ARI",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
     args = parser.parse_args()
@@ -132,7 +140,7 @@ def main() -> None:
     import torch
 
     import kmq
-    from kmq.clustering import kmeans
+    from kmq.clustering import assign, kmeans
     from kmq.encoders import get_encoder
 
     all_texts, all_sources = pool_texts(args.pool, "user")
@@ -162,8 +170,16 @@ def main() -> None:
     seconds, vectors, per_block = timed_blocks(fns, texts, args.block)
 
     ref = vectors[backends[0]].astype(np.float64)
-    ref_labels = kmeans(ref, args.k, seed=0).labels_
+    ref_fit = kmeans(ref, args.k, seed=0)
+    ref_labels = ref_fit.labels_
     noise_ari = ari(ref_labels, kmeans(ref, args.k, seed=1).labels_)
+    # torch's vectors nudged by isotropic Gaussian noise to a mean cosine of about
+    # --control-cosine (1 - σ²·d/2 for unit rows): how far k-means moves on such a nudge alone
+    sigma = np.sqrt(2 * (1 - args.control_cosine) / ref.shape[1])
+    nudged = ref + np.random.default_rng(args.seed).normal(scale=sigma, size=ref.shape)
+    nudged /= np.linalg.norm(nudged, axis=1, keepdims=True)
+    control_cos = float((nudged * ref).sum(1).mean())
+    control_ari = ari(ref_labels, kmeans(nudged, args.k, seed=0).labels_)
     budget = round(0.05 * len(texts))
 
     def picks(v: np.ndarray, seed: int) -> np.ndarray:
@@ -187,6 +203,7 @@ def main() -> None:
                 "cos_mean": float(cos.mean()),
                 "cos_min": float(cos.min()),
                 "ari": ari(ref_labels, kmeans(v, args.k, seed=0).labels_),
+                "ari_fixed": ari(ref_labels, assign(v, ref_fit.centroids_)[0]),
                 "tv": total_variation(ref_mix, mix),
                 "mix": mix,
                 "setup": setup_s[name],
@@ -199,7 +216,8 @@ def main() -> None:
             "× torch (≥ 2)",
             "× torch, per block (min–max)",
             "cosine to torch: mean (≥ 0.995) / min",
-            f"ARI at k={args.k} (≥ 0.9)",
+            f"ARI at k={args.k}, own fit (≥ 0.9)",
+            f"ARI at k={args.k}, torch's centroids",
             "kMQ source mix: TV distance to torch's",
             "load + warm-up s",
         ],
@@ -211,6 +229,7 @@ def main() -> None:
                 f"{r['block_min']:.2f}–{r['block_max']:.2f}",
                 f"{r['cos_mean']:.5f} / {r['cos_min']:.5f}",
                 f"{r['ari']:.3f}",
+                f"{r['ari_fixed']:.3f}",
                 f"{r['tv']:.3f}",
                 round(r["setup"], 1),
             ]
@@ -228,20 +247,22 @@ def main() -> None:
     )
     verdicts = []
     for r in rows[1:]:
-        ok = (
-            r["speedup"] >= SPEED_TARGET
-            and r["cos_mean"] >= COSINE_TARGET
-            and r["ari"] >= ARI_TARGET
-        )
+        fast = r["speedup"] >= SPEED_TARGET and r["cos_mean"] >= COSINE_TARGET
+
+        def verdict(value: float, fast: bool = fast) -> str:
+            return "meets" if fast and value >= ARI_TARGET else "does NOT meet"
+
         verdicts.append(
-            f"- {r['name']}: {r['speedup']:.2f}× torch, mean cosine {r['cos_mean']:.4f}, "
-            f"ARI {r['ari']:.3f} — {'meets' if ok else 'does NOT meet'} the bar for the "
-            "CPU default (≥ 2× at mean cosine ≥ 0.995 and ARI ≥ 0.9)"
+            f"- {r['name']}: {r['speedup']:.2f}× torch, mean cosine {r['cos_mean']:.5f}; "
+            f"with the own-fit ARI ({r['ari']:.3f}) it {verdict(r['ari'])} the bar for the CPU "
+            f"default (≥ 2× at mean cosine ≥ 0.995 and ARI ≥ 0.9), with the ARI on torch's "
+            f"centroids ({r['ari_fixed']:.3f}) it {verdict(r['ari_fixed'])} it"
         )
     body = f"""
 {len(texts):,} texts sampled with seed {args.seed} from the user view of `{args.pool.name}`
 ({len(all_texts):,} rows); MiniLM, batch size {args.batch_size}, CPU, torch threads
-{torch.get_num_threads()}, ONNX Runtime with its default threads (one per core). Each backend
+{torch.get_num_threads()}, ONNX Runtime and OpenVINO with their default threads (one per
+core). Each backend
 is `get_encoder("minilm,backend=NAME")` (texts longer than the window chunked and mean-pooled
 alike). One run: the texts go in blocks of {args.block}, every block through every backend
 back to back, the order rotating block by block; a backend's time is the sum over its blocks.
@@ -253,9 +274,14 @@ the per-block range shows how much the load moved them.
 
 {chr(10).join(verdicts)}
 
-The ARI compares `kmq.clustering.kmeans(vectors, k={args.k}, seed=0)` on each backend's
-vectors with the same on torch's (torch's vectors with seed 1 instead of 0 give ARI
-{noise_ari:.3f}: the seed-to-seed agreement of k-means itself on these texts). The kMQ
+"Own fit": the ARI of `kmq.clustering.kmeans(vectors, k={args.k}, seed=0)` on each backend's
+vectors against the same on torch's (torch's vectors with seed 1 instead of 0 give ARI
+{noise_ari:.3f}: the seed-to-seed agreement of k-means itself on these texts; torch's vectors
+plus isotropic Gaussian noise, at mean cosine {control_cos:.5f} to torch's, give ARI
+{control_ari:.3f} with the same seed: so an own-fit ARI far below 1 can be k-means'
+sensitivity to any nudge of its input rather than a backend's distortion). "Torch's
+centroids": each backend's vectors assigned to the centres fitted on torch's vectors, against
+torch's own labels: whether the rows land in the same clusters, free of the refit's noise. The kMQ
 selection is `kmq.select(vectors, {budget},
 method="kmq", k={args.select_k}, seed=0)` (no quality score: uniform inside clusters); its
 source mix per backend, in % of the picks (torch with seed 1 instead of 0 is
@@ -265,11 +291,14 @@ source mix per backend, in % of the picks (torch with seed 1 instead of 0 is
 
 Backends: `torch` = sentence-transformers; `onnx` = the model exported with
 `torch.onnx.export` (eager attention), fused by ONNX Runtime's transformer optimizer, float32;
+`openvino` = the same torch module converted with `openvino.convert_model` and run by OpenVINO
+in float32; `openvino-bf16` = that model run by OpenVINO in bfloat16 (weights and activations,
+float32 accumulation) on the CPU's AMX units;
 `onnx-int8` = that graph with dynamic int8 quantisation of the matrix products (weights per
 output channel), except the feed-forward output projections of layers 0–2 (kept float32: with
-them in int8 the mean cosine drops to 0.9941 on a 160-text pilot). ONNX backends sort texts by
-length before batching, as sentence-transformers does. Not measured here: OpenVINO (not
-installed), static int8 with calibration.
+them in int8 the mean cosine drops to 0.9941 on a 160-text pilot). The ONNX and OpenVINO
+backends sort texts by length before batching, as sentence-transformers does for torch (all
+backends get the same batches). Not measured here: static int8 with calibration.
 """
     total = time.perf_counter() - started
     write_report(args.out, "embedding", "Embedding: MiniLM backends on the CPU", body, total)

