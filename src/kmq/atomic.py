@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def build_folder(folder: Path, marker: str, build: Callable[[Path], None]) -> None:
+    """Make ``folder`` by ``build(tmp)`` in a temporary sibling that is then renamed into place:
+    an interrupted build leaves nothing behind, and when another process finished the same
+    folder first (its ``marker`` file is there) that copy is kept."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / marker).is_file():  # not a concurrent build: re-raise
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def umask() -> int:

@@ -15,14 +15,12 @@ import functools
 import hashlib
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from kmq._imports import require
+from kmq.atomic import build_folder
 from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 from kmq.examples import Message
@@ -125,18 +123,12 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "config.json").is_file():  # not a concurrent conversion: re-raise
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_folder(folder, "config.json", build)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from kmq._imports import require
-from kmq.atomic import atomic_path
+from kmq.atomic import atomic_path, build_folder
 from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 from kmq.examples import Example
@@ -119,14 +116,8 @@ def save_gguf_tokenizer(transformers: Any, gguf: Path, folder: Path) -> None:
     """Read the tokenizer of ``gguf`` and save it as a Hugging Face folder, atomically."""
     log.info("saving the tokenizer of %s to %s (once)", gguf.name, folder)
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "tokenizer_config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_folder(folder, "tokenizer_config.json", build)

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kmq._imports import require
+from kmq.atomic import build_folder
 from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 
@@ -123,9 +121,8 @@ def _export(st: Any, folder: Path, backend: str) -> None:
     sample = st.preprocess(inputs=["an example", "a slightly longer example text"])
     names = [name for name in INPUTS if name in sample]  # some models take no token types
     args = tuple(sample[name].to("cpu") for name in names)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         raw = tmp / "raw.onnx"
         axes = {name: {0: "batch", 1: "tokens"} for name in names}
         with torch.no_grad():
@@ -156,13 +153,8 @@ def _export(st: Any, folder: Path, backend: str) -> None:
         else:
             fused.save_model_to_file(str(final))
         raw.unlink()
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "model.onnx").is_file():  # not a concurrent export: re-raise
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_folder(folder, "model.onnx", build)
 
 
 def float_nodes(graph: Any, layers: int) -> list[str]:

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kmq._imports import require
+from kmq.atomic import build_folder
 from kmq.cachedir import default_cache_dir
 from kmq.errors import KmqError
 
@@ -100,20 +98,14 @@ def _convert(st: Any, folder: Path) -> None:
     module = pooled_module(st)
     sample = st.preprocess(inputs=["an example", "a slightly longer example text"])
     example = {name: sample[name].to("cpu") for name in INPUTS if name in sample}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings concern no input we feed
             model = ov.convert_model(module, example_input=example)
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "model.xml").is_file():  # not a concurrent conversion: re-raise
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_folder(folder, "model.xml", build)
 
 
 class OpenVinoRunner:

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kmq._imports import require
+from kmq.atomic import build_folder
 from kmq.cachedir import default_cache_dir
 from kmq.encoders.sentence_transformers import directory_fingerprint, packaged_minilm_path
 from kmq.errors import KmqError
@@ -85,17 +83,11 @@ def _distil(source: Path, folder: Path) -> None:
     )
     static.config["tokenizer_name"] = BASE_MODEL  # not the machine's path to the package
     static.base_model_name = BASE_MODEL
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         static.save_pretrained(tmp, model_name=folder.name)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "config.json").is_file():  # not a concurrent distillation: re-raise
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_folder(folder, "config.json", build)
 
 
 class StaticEncoder:
