@@ -814,10 +814,9 @@ def main() -> None:
         return
     pool_path, vectors, labels = prepare(args)
     from kmq.backends import get_lm_backend
-    from kmq.feedback.pmi import lm_tokenizer
 
     backend = get_lm_backend("torch", "smollm2", device="cpu")
-    cache = Reference(args.run, backend, lm_tokenizer("smollm2"), max_length=args.max_length)
+    cache = Reference(args.run, backend, backend.tokenizer, max_length=args.max_length)
     names = [config_name(kind, where, s) for where in WHERES for s in args.seeds for kind in KINDS]
     pools: dict[str, list[Example]] = {}
     for name in names:

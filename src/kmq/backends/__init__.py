@@ -39,6 +39,9 @@ class LMBackend(Protocol):
     name: str
     batch_size: int
 
+    @property
+    def tokenizer(self) -> Any: ...
+
     def fingerprint(self) -> str: ...
 
     def score(

@@ -36,7 +36,6 @@ Every pass goes through :func:`kmq.backends.get_lm_backend` (``lm_backend``, ``d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -113,16 +112,6 @@ def end_windows(
     return rows, given, alone
 
 
-def lm_tokenizer(model: str, cache_dir: str | Path | None = None) -> Any:
-    """The tokenizer every LM backend uses for ``model`` (``smollm2`` or a local folder)."""
-    from kmq.models import SMOLLM2, converted_model_dir
-    from kmq.training.generate import load_tokenizer
-
-    return load_tokenizer(
-        converted_model_dir(model, cache_dir) if model == SMOLLM2 else Path(model)
-    )
-
-
 def pmi_nll(
     backend: LMBackend,
     tokenizer: Any,
@@ -196,13 +185,11 @@ class _PMIFeedback:
         self.backend_ = backend_of(
             self, lm_backend, device=device, dtype=dtype, compute_type=compute_type
         )
-        self._tokenizer: Any = None
 
     @property
     def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            self._tokenizer = lm_tokenizer(self.model, self.cache_dir)
-        return self._tokenizer
+        """The backend's tokenizer (every backend tokenises with the model's own)."""
+        return self.backend_.tokenizer
 
     def pmi(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> np.ndarray:
         """PMI(x; y) in nats, summed over each answer's scored tokens (see the module doc);
