@@ -54,6 +54,7 @@ from _common import (
 )
 from noise import NoiseSpec, plant, read_records, write_outputs
 from pool_nll import QUALITIES, require_table, table_quality
+from quality.harness import METHODS as GRID_METHODS
 from quality.stats import PairedTest, holm, paired_test
 from tqdm import tqdm
 
@@ -63,16 +64,11 @@ from kmq.formats import load_pool
 from kmq.pipeline import select
 
 METHODS: dict[str, dict[str, Any]] = {
-    "random": {"method": "random"},
-    "km-closest-balanced": {"method": "km-closest", "allocation": "balanced"},
-    "km-random-proportional": {"method": "km-random", "allocation": "proportional"},
-    "km-random-balanced": {"method": "km-random", "allocation": "balanced"},
-    "kmq-proportional": {"method": "kmq", "allocation": "proportional"},
-    "kmq-balanced": {"method": "kmq", "allocation": "balanced"},
-    "deita": {"method": "deita"},
-    "qdit": {"method": "qdit"},
-    "k-center": {"method": "k-center"},
+    name: settings
+    for name, settings in GRID_METHODS.items()
+    if name not in ("km-closest-proportional", "iterative-kmq")
 }
+"""The quality grid's one-shot methods (no loop to train), less km-closest-proportional."""
 WITH_QUALITY = {"kmq", "deita", "qdit"}
 DEFAULT_NOISE = (
     NoiseSpec("swap", 0.10, "clusters"),
