@@ -218,7 +218,7 @@ class PMIScorer(_TwoPassScorer):
         return unconditional.nll - conditional.nll
 
 
-class PMITotalScorer(_TwoPassScorer):
+class PMITotalScorer(PMIScorer):
     """``pmi-total_score = Σ_t [log p(y_t | x, y_<t) − log p(y_t | y_<t)] = log p(y|x) − log p(y)``:
     the pointwise mutual information between prompt and response in nats, summed over the
     response tokens (``pmi`` × the response's token count). How much the prompt tells about the
@@ -226,7 +226,7 @@ class PMITotalScorer(_TwoPassScorer):
     short (truncated) explains less of it than a complete, relevant one, so it scores low.
     Range (−∞, ∞); 0 for a row without a prompt; a window cut at ``max_length`` sums only the
     tokens it scored. Longer relevant answers score higher: with kMQ's balanced per-cluster quotas
-    the source mix stays that of the clusters (``benchmarks/results/selection.md``).
+    the source mix stays that of the clusters (``benchmarks/results/selection_lm.md``).
     """
 
     name = "pmi-total"
@@ -236,5 +236,4 @@ class PMITotalScorer(_TwoPassScorer):
     )
 
     def _combine(self, results: tuple[NLLResult, ...]) -> np.ndarray:
-        conditional, unconditional = results
-        return (unconditional.nll - conditional.nll) * conditional.response_tokens
+        return super()._combine(results) * results[0].response_tokens
