@@ -48,6 +48,15 @@ def build_folder(folder: Path, marker: str, build: Callable[[Path], None]) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fsync_dir(path: Path) -> None:
+    """fsync the folder ``path`` (so a rename or a new file in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def umask() -> int:
     """The process's umask (read without changing it for longer than a call)."""
     mask = os.umask(0)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kmq.atomic import umask
+from kmq.atomic import fsync_dir, umask
 from kmq.errors import KmqError
 
 OUTPUT_NAMES = frozenset(
@@ -116,9 +116,9 @@ def staged(out: str | Path) -> Iterator[Path]:
     try:
         tmp.chmod(0o777 & ~umask())
         yield tmp
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         swap(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         raise unwritten(out, exc, tmp) from exc
     finally:
@@ -163,11 +163,3 @@ def _exchange(a: Path, b: Path) -> bool:
     at_fdcwd = -100
     done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE) == 0
     return bool(done)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,7 +42,7 @@ from typing import IO, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from kmq.atomic import write_json
+from kmq.atomic import fsync_dir, write_json
 from kmq.errors import KmqError
 from kmq.progress import reporting
 
@@ -232,7 +232,7 @@ class SegmentWriter:
                 raise
             self.abort()
             return False
-        _fsync_dir(self.segments)
+        fsync_dir(self.segments)
         return True
 
     def abort(self) -> None:
@@ -245,14 +245,6 @@ def _close_synced(fh: IO[bytes]) -> None:
     fh.flush()
     os.fsync(fh.fileno())
     fh.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
