@@ -21,7 +21,7 @@ from typing import Any
 
 from kmq._imports import require
 from kmq.atomic import build_folder
-from kmq.cachedir import default_cache_dir
+from kmq.cachedir import cache_root
 from kmq.errors import KmqError
 from kmq.examples import Message
 
@@ -100,7 +100,7 @@ def converted_model_dir(spec: str = SMOLLM2, cache_dir: str | Path | None = None
     """
     if spec == SMOLLM2:
         gguf = smollm2_gguf()
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = cache_root(cache_dir)
         folder = root / "models" / f"smollm2-{file_sha256(gguf)[:12]}"
         if not (folder / "config.json").is_file():
             _convert_gguf(gguf, folder)

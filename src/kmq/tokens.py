@@ -26,7 +26,7 @@ import numpy as np
 
 from kmq._imports import require
 from kmq.atomic import atomic_path, build_folder
-from kmq.cachedir import default_cache_dir
+from kmq.cachedir import cache_root
 from kmq.errors import KmqError
 from kmq.examples import Example
 
@@ -94,7 +94,7 @@ def load_token_counter(
     if spec == SMOLLM2:
         gguf = smollm2_gguf()
         digest = file_sha256(gguf)
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        root = cache_root(cache_dir)
         folder = root / "tokenizers" / f"smollm2-{digest[:12]}"
         if not (folder / "tokenizer_config.json").is_file():
             save_gguf_tokenizer(transformers, gguf, folder)

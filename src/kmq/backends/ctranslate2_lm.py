@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from kmq._imports import require
 from kmq.backends.base import WindowedLM
-from kmq.cachedir import default_cache_dir
+from kmq.cachedir import cache_root
 from kmq.errors import KmqError
 from kmq.examples import Message
 from kmq.models import converted_model_dir, model_identity
@@ -55,7 +55,7 @@ def converted_ct2_dir(
 ) -> tuple[Path, Path]:
     """(CTranslate2 folder, Hugging Face folder) of ``spec``, converting it now if missing."""
     hf_dir = converted_model_dir(spec, cache_dir)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     key = hashlib.sha256(model_identity(spec).encode()).hexdigest()[:12]
     folder = root / "models" / f"ct2-{key}-{quantization(compute_type)}"
     if not (folder / "model.bin").is_file():

@@ -29,7 +29,7 @@ import numpy as np
 
 from kmq._imports import require
 from kmq.atomic import build_folder
-from kmq.cachedir import default_cache_dir
+from kmq.cachedir import cache_root
 from kmq.errors import KmqError
 
 log = logging.getLogger("kmq")
@@ -64,7 +64,7 @@ def exported_model(st: Any, identity: str, backend: str, cache_dir: str | Path |
     key = f"{identity}/{recipe(backend)}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in identity.split("@")[0])
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     folder = root / "models" / f"onnx-{slug}-{backend}-{digest}"
     path = folder / "model.onnx"
     if not path.is_file():

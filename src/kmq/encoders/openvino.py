@@ -28,7 +28,7 @@ import numpy as np
 
 from kmq._imports import require
 from kmq.atomic import build_folder
-from kmq.cachedir import default_cache_dir
+from kmq.cachedir import cache_root
 from kmq.errors import KmqError
 
 log = logging.getLogger("kmq")
@@ -80,7 +80,7 @@ def converted_model(st: Any, identity: str, cache_dir: str | Path | None) -> Pat
     key = f"{identity.split('/')[0]}/torch-{torch.__version__}/openvino-{version(ov)}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in identity.split("@")[0])
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     folder = root / "models" / f"openvino-{slug}-{digest}"
     path = folder / "model.xml"
     if not path.is_file():

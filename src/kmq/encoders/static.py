@@ -23,7 +23,7 @@ import numpy as np
 
 from kmq._imports import require
 from kmq.atomic import build_folder
-from kmq.cachedir import default_cache_dir
+from kmq.cachedir import cache_root
 from kmq.encoders.sentence_transformers import directory_fingerprint, packaged_minilm_path
 from kmq.errors import KmqError
 
@@ -53,7 +53,7 @@ def distilled_minilm_dir(cache_dir: str | Path | None = None) -> Path:
     """
     source = packaged_minilm_path()
     key = f"{directory_fingerprint(source)}/{recipe()}"
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = cache_root(cache_dir)
     folder = root / "models" / f"static-minilm-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (folder / "config.json").is_file():
         _distil(source, folder)
