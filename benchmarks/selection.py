@@ -39,6 +39,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -174,6 +175,114 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
 
 
+@dataclass
+class Bench:
+    """The two pools of the comparison and what every selection of them shares."""
+
+    args: argparse.Namespace
+    x: np.ndarray  # the clean pool's user-view embeddings (both pools select on them)
+    sources: list[str]
+    examples: dict[str, list[Example]]  # "clean" and "noisy", row for row
+    noisy_path: Path
+    is_noisy: np.ndarray
+    noise_kinds: np.ndarray
+    noise_summary: dict[str, Any]
+    held: np.ndarray  # held-out rows (``--holdout`` per source), never selected
+    pool_rows: np.ndarray  # the others
+    scores: dict[tuple[str, str], np.ndarray]
+    quality_ids: dict[str, str]
+
+
+def prepare(args: argparse.Namespace, qualities: Sequence[str]) -> Bench:
+    """Load the clean pool, plant the noise (written once under ``args.run``), hold rows out
+    and read or compute every quality of both pools."""
+    records = read_records(args.pool)
+    clean = load_pool(args.pool)
+    if len(clean.examples) != len(records):
+        sys.exit(f"error: {args.pool}: {len(records)} records, {len(clean.examples)} valid rows")
+    x = embeddings(args, clean)
+    sources = [ex.source or "?" for ex in clean.examples]
+    from kmq.pipeline import cluster
+
+    noise_labels = cluster(x, 16, seed=args.noise_seed)[0].labels_
+    noisy_records, noisy_rows, noise_summary = plant(
+        records, noise_labels, DEFAULT_NOISE, args.noise_seed
+    )
+    noisy_path = args.run / f"noisy-{sha(str(args.pool), args.noise_seed)}.jsonl.gz"
+    if not noisy_path.exists():
+        write_outputs(noisy_path, noisy_records, noisy_rows, noise_summary)
+    noisy_pool = load_pool(noisy_path)
+    is_noisy = np.zeros(len(records), dtype=bool)
+    is_noisy[list(noisy_rows)] = True
+    noise_kinds = np.full(len(records), "", dtype=object)
+    for row, kind in noisy_rows.items():
+        noise_kinds[row] = kind
+    held = holdout_rows(sources, args.holdout, seed=0)
+    examples = {"clean": clean.examples, "noisy": noisy_pool.examples}
+    scores: dict[tuple[str, str], np.ndarray] = {}
+    quality_ids: dict[str, str] = {}
+    for q in qualities:
+        if args.nll_table is not None:
+            quality_ids[q] = f"{q}@{file_digest(args.nll_table)}"
+            for pool_name, exs in examples.items():
+                scores[pool_name, q] = table_quality(args.nll_table, exs, q)
+        else:
+            quality_ids[q] = str(args.quality_scores or q)
+            scores["clean", q] = quality_scores(q, clean.examples, args.quality_scores)
+            scores["noisy", q] = quality_scores(q, noisy_pool.examples, args.noisy_quality_scores)
+    return Bench(
+        args=args,
+        x=x,
+        sources=sources,
+        examples=examples,
+        noisy_path=noisy_path,
+        is_noisy=is_noisy,
+        noise_kinds=noise_kinds,
+        noise_summary=noise_summary,
+        held=held,
+        pool_rows=np.setdiff1d(np.arange(len(records)), held),
+        scores=scores,
+        quality_ids=quality_ids,
+    )
+
+
+def pick(bench: Bench, pool_name: str, arm: Arm, seed: int) -> tuple[np.ndarray, float | None]:
+    """The rows ``arm`` picks from ``pool_name`` with ``seed``, and the seconds the cached
+    selection took (None when it was computed now). Cached atomically by a hash of its inputs
+    under ``args.run``."""
+    args = bench.args
+    settings = METHODS[arm.method]
+    key = sha(
+        pool_name,
+        bench.quality_ids[arm.quality] if arm.quality else None,
+        bench.noise_summary["noisy"],
+        arm.method,
+        settings,
+        seed,
+        args.budget,
+        args.k,
+        args.holdout,
+        len(bench.x),
+    )
+    path = args.run / pool_name / arm.label / f"s{seed}-{key}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return np.array(saved["indices"], dtype=np.int64), float(saved["seconds"])
+    t0 = time.perf_counter()
+    result = select(
+        bench.x,
+        args.budget,
+        k=args.k,
+        quality=bench.scores[pool_name, arm.quality] if arm.quality else None,
+        exclude=bench.held,
+        seed=seed,
+        **settings,
+    )
+    picks = np.asarray(result.indices, dtype=np.int64)
+    write_json(path, {"indices": picks.tolist(), "seconds": time.perf_counter() - t0})
+    return picks, None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,79 +333,15 @@ def main() -> None:
     name = args.name or ("selection_lm" if args.nll_table else "selection")
     args.run.mkdir(parents=True, exist_ok=True)
 
-    records = read_records(args.pool)
-    clean = load_pool(args.pool)
-    if len(clean.examples) != len(records):
-        sys.exit(f"error: {args.pool}: {len(records)} records, {len(clean.examples)} valid rows")
-    x = embeddings(args, clean)
-    sources = [ex.source or "?" for ex in clean.examples]
-    from kmq.pipeline import cluster
-
-    noise_labels = cluster(x, 16, seed=args.noise_seed)[0].labels_
-    noisy_records, noisy_rows, noise_summary = plant(
-        records, noise_labels, DEFAULT_NOISE, args.noise_seed
-    )
-    noisy_path = args.run / f"noisy-{sha(str(args.pool), args.noise_seed)}.jsonl.gz"
-    if not noisy_path.exists():
-        write_outputs(noisy_path, noisy_records, noisy_rows, noise_summary)
-    noisy_pool = load_pool(noisy_path)
-    is_noisy = np.zeros(len(records), dtype=bool)
-    is_noisy[list(noisy_rows)] = True
-    noise_kinds = np.full(len(records), "", dtype=object)
-    for row, kind in noisy_rows.items():
-        noise_kinds[row] = kind
-
-    held = holdout_rows(sources, args.holdout, seed=0)
-    pool_rows = np.setdiff1d(np.arange(len(records)), held)
-    examples = {"clean": clean.examples, "noisy": noisy_pool.examples}
-    masks = {"clean": None, "noisy": is_noisy}
-    scores: dict[tuple[str, str], np.ndarray] = {}
-    quality_ids: dict[str, str] = {}
-    for q in qualities:
-        if args.nll_table is not None:
-            quality_ids[q] = f"{q}@{file_digest(args.nll_table)}"
-            for pool_name, exs in examples.items():
-                scores[pool_name, q] = table_quality(args.nll_table, exs, q)
-        else:
-            quality_ids[q] = str(args.quality_scores or q)
-            scores["clean", q] = quality_scores(q, clean.examples, args.quality_scores)
-            scores["noisy", q] = quality_scores(q, noisy_pool.examples, args.noisy_quality_scores)
+    bench = prepare(args, qualities)
     arms = make_arms(methods, qualities)
     rows: list[dict[str, Any]] = []
     cached: list[float] = []
-    jobs = [(p, arm, s) for p in examples for arm in arms for s in range(args.seeds)]
+    jobs = [(p, arm, s) for p in bench.examples for arm in arms for s in range(args.seeds)]
     for pool_name, arm, seed in tqdm(jobs, desc="selections"):
-        settings = METHODS[arm.method]
-        key = sha(
-            pool_name,
-            quality_ids[arm.quality] if arm.quality else None,
-            noise_summary["noisy"],
-            arm.method,
-            settings,
-            seed,
-            args.budget,
-            args.k,
-            args.holdout,
-            len(records),
-        )
-        path = args.run / pool_name / arm.label / f"s{seed}-{key}.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            picks = np.array(saved["indices"], dtype=np.int64)
-            cached.append(float(saved["seconds"]))
-        else:
-            t0 = time.perf_counter()
-            result = select(
-                x,
-                args.budget,
-                k=args.k,
-                quality=scores[pool_name, arm.quality] if arm.quality else None,
-                exclude=held,
-                seed=seed,
-                **settings,
-            )
-            picks = np.asarray(result.indices, dtype=np.int64)
-            write_json(path, {"indices": picks.tolist(), "seconds": time.perf_counter() - t0})
+        picks, seconds = pick(bench, pool_name, arm, seed)
+        if seconds is not None:
+            cached.append(seconds)
         rows.append(
             {
                 "pool": pool_name,
@@ -304,15 +349,16 @@ def main() -> None:
                 "seed": seed,
                 **measure(
                     picks,
-                    x,
-                    pool_rows,
-                    held,
-                    sources,
-                    masks[pool_name],
-                    noise_kinds if pool_name == "noisy" else None,
+                    bench.x,
+                    bench.pool_rows,
+                    bench.held,
+                    bench.sources,
+                    bench.is_noisy if pool_name == "noisy" else None,
+                    bench.noise_kinds if pool_name == "noisy" else None,
                 ),
             }
         )
+    noise_summary = bench.noise_summary
     if args.nll_table is not None:
         described = (
             f"{' and '.join(f'`{q}`' for q in qualities)} from the NLL table "

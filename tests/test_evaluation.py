@@ -84,6 +84,15 @@ def data_dir(tmp_path: Path) -> Path:
         'Adversarial,Misc,"What happens if you eat seeds?","Nothing, they pass\nthrough",x\n'
         "Adversarial,Misc,Is the sky blue?,Yes,y\n"
     )
+    (tmp_path / "alpaca_eval_805.json").write_text(
+        json.dumps(
+            [
+                {"instruction": "Name a colour.", "output": "Blue.", "dataset": "koala"},
+                {"instruction": "Say hi.", "output": "Hi!", "dataset": "vicuna"},
+            ]
+        ),
+        encoding="utf-8",
+    )
     arc = [
         {
             "id": "Q1",
@@ -137,6 +146,25 @@ def test_nll_suites_map_their_fields(data_dir: Path) -> None:
     assert first.prompt == (Message("user", "What happens if you eat seeds?"),)
     assert first.reference == "Nothing, they pass\nthrough"
     assert second == NLLItem("truthfulqa/1", (Message("user", "Is the sky blue?"),), "Yes")
+    assert load_suite("alpacaeval", data_dir) == [
+        NLLItem("alpacaeval/0", (Message("user", "Name a colour."),), "Blue."),
+        NLLItem("alpacaeval/1", (Message("user", "Say hi."),), "Hi!"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[{"instruction": "Q", "output": "A"}, {"instruction": "Q"}]', "record 1, field 'output'"),
+        ('[{"instruction": "Q", "output": "A"}, 3]', "record 1: expected a JSON object"),
+        ('{"instruction": "Q"}', "line 1: expected a JSON array"),
+        ('[{"instruction": "Q",\n "output": }]', "line 2: not valid JSON"),
+    ],
+)
+def test_malformed_alpacaeval_names_the_record(data_dir: Path, text: str, where: str) -> None:
+    (data_dir / "alpaca_eval_805.json").write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=rf"alpaca_eval_805.json, {where}"):
+        load_suite("alpacaeval", data_dir)
 
 
 def test_mc_suites_map_their_fields(data_dir: Path) -> None:
@@ -287,6 +315,7 @@ def test_every_real_suite_loads(shared_data: Path) -> None:
         "humaneval": 164,
         "mt-bench": 30,
         "truthfulqa": 817,
+        "alpacaeval": 805,
         "arc-easy": 2376,
         "arc-challenge": 1172,
         "mmlu": 14042,

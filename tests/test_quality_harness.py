@@ -276,7 +276,7 @@ def test_report_of_a_partial_grid_names_the_grid_command_and_its_compute(
     assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][
         1:
     ] == ["base", "random", "kmq-balanced"]
-    assert (tmp_path / "results" / "quality.png").exists()
+    assert (tmp_path / "results" / "quality_v1.png").exists()
 
     monkeypatch.setattr(
         sys, "argv", ["run.py", "--report-only", "--seeds", "0,1", "--results", "x", "--k", "4"]

@@ -23,6 +23,7 @@ from kmq.training.generate import (  # noqa: E402
     GenerationConfig,
     chat_turns,
     generate,
+    load_checkpoint,
     tool_role,
 )
 from kmq.training.trl import TRLTrainer, loss_masking  # noqa: E402
@@ -393,3 +394,30 @@ def test_checkpointing_option_follows_the_config_class() -> None:
     assert checkpointing_option(Recent, True) == {"activation_checkpointing": True}
     assert checkpointing_option(Older, False) == {"gradient_checkpointing": False}
     assert Older(**checkpointing_option(Older, True)).gradient_checkpointing is True
+
+
+def test_bfloat16_precision_freezes_the_base_in_bf16_and_trains_a_float32_adapter(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    trainer = tiny_trainer(tiny_model, precision="bfloat16").sft_trainer(
+        EXAMPLES, tmp_path, init=None, seed=0
+    )
+    params = dict(trainer.model.named_parameters())
+    trained = {p.dtype for p in params.values() if p.requires_grad}
+    frozen = {p.dtype for p in params.values() if not p.requires_grad}
+    assert trained == {torch.float32}
+    assert frozen == {torch.bfloat16}
+    full = tiny_trainer(tiny_model, method="full", precision="bfloat16")
+    model, _ = full._start_model(None)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # full: always float32
+    with pytest.raises(KmqError, match="precision must be one of 'float32', 'bfloat16'"):
+        tiny_trainer(tiny_model, precision="float16")
+
+
+def test_load_checkpoint_takes_a_dtype(lora_checkpoint: Path) -> None:
+    model, _ = load_checkpoint(lora_checkpoint, dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    model, _ = load_checkpoint(lora_checkpoint)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    with pytest.raises(KmqError, match="dtype must name a torch dtype"):
+        load_checkpoint(lora_checkpoint, dtype="float33")

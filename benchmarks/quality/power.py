@@ -6,7 +6,7 @@ spread σ of the differences, t follows a non-central t with non-centrality δ�
 two-sided test at level α is the probability that |t| exceeds the critical value. Holm's
 correction over m claims tests the smallest p-value at α / m, so the family needs that level to
 be safe. Prints, for each σ (default: the spreads of the published v1 run, read off
-``results/quality.md``), the smallest n that detects δ with the requested power.
+``results/quality_v1.md``), the smallest n that detects δ with the requested power.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``quality.md`` and ``quality.png`` from the finished jobs of a grid."""
+"""``quality_v1.md`` and ``quality_v1.png`` from the finished jobs of a grid."""
 
 from __future__ import annotations
 
@@ -168,13 +168,13 @@ def plot(table: dict[str, dict[str, list[float]]], out: Path) -> Path | None:
         ax.invert_yaxis()
     fig.suptitle("mean ± std over seeds (grey: base model and random)")
     fig.tight_layout()
-    return save_figure(fig, out, "quality")
+    return save_figure(fig, out, "quality_v1")
 
 
 def write_results(
     grid: Grid, out: Path, *, preset: str, seconds: float, command: str | None = None
 ) -> Path:
-    """``quality.md`` and ``quality.png`` in ``out`` from every finished job of ``grid``.
+    """``quality_v1.md`` and ``quality_v1.png`` in ``out`` from every finished job of ``grid``.
 
     ``command`` is the one that computes the grid (default: this process's command line).
     """
@@ -235,7 +235,9 @@ seed, or differences all equal (zero spread), which are not tested and not count
         "The grid is cached per (method, seed): this run computed only what was missing and read "
         "the rest from disk, so see the per-job wall times above for the cost of the grid."
     )
-    return write_report(out, "quality", title, body, seconds, command=command, run_time_note=note)
+    return write_report(
+        out, "quality_v1", title, body, seconds, command=command, run_time_note=note
+    )
 
 
 def _public(settings: dict[str, Any]) -> dict[str, Any]:

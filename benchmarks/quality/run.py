@@ -1,5 +1,7 @@
 """Does the paper's ordering hold here? Select with every method, LoRA-train SmolLM2-135M on
-each selection, and evaluate on external suites and a held-out slice of the pool.
+each selection, and evaluate on external suites and a held-out slice of the pool (the v1 grid,
+``results/quality_v1.md``: every method selecting through ``kmq select`` with a kmq scorer; the
+powered clean-vs-noisy comparison is ``downstream.py``, ``results/quality.md``).
 
     python benchmarks/quality/run.py                   # the published grid (hours; resumable)
     python benchmarks/quality/run.py --preset smoke    # every method once, small (minutes)
@@ -84,7 +86,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
     parser.add_argument("--out", type=Path, default=None, help="cache of every job")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--results", type=Path, default=None, help="where quality.md/png go")
+    parser.add_argument("--results", type=Path, default=None, help="where quality_v1.md/png go")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     setup_logging()

@@ -20,6 +20,8 @@ Suites (files relative to the data folder):
   answer's first turn.
 - ``truthfulqa`` (``truthfulqa_817.csv``): ``Question`` as the user turn, ``Best Answer`` as
   the reference.
+- ``alpacaeval`` (``alpaca_eval_805.json``, one JSON array): ``instruction`` as the user turn,
+  the stored reference ``output`` as the reference (AlpacaEval's baseline answers).
 - ``arc-easy``, ``arc-challenge`` (``arc_easy_test.jsonl``, ``arc_challenge_test.jsonl``): the
   context is the ``query`` as stored (``"Question: ...\\nAnswer:"``, lm-eval-harness's ARC
   prompt), each choice is ``" " + choice text``.
@@ -94,11 +96,11 @@ class _Row:
     """One record of a file, with where it came from for error messages."""
 
     path: Path
-    line: int
+    where: str  # "line N", or "record N" (0-based) of a JSON array
     record: Mapping[str, Any]
 
     def error(self, field: str | None, reason: str) -> InputError:
-        return InputError(Reject(str(self.path), f"line {self.line}", field, reason))
+        return InputError(Reject(str(self.path), self.where, field, reason))
 
     def value(self, field: str) -> Any:
         """The field's value, whatever its type."""
@@ -164,7 +166,24 @@ def _jsonl_rows(path: Path) -> Iterator[_Row]:
             if not isinstance(record, dict):
                 reason = f"expected a JSON object, got {type(record).__name__}"
                 raise InputError(Reject(str(path), where, None, reason))
-            yield _Row(path, line_no, record)
+            yield _Row(path, where, record)
+
+
+def _json_array_rows(path: Path) -> Iterator[_Row]:
+    """Each record of a file holding one JSON array of objects."""
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON: {exc.msg}"
+        raise InputError(Reject(str(path), f"line {exc.lineno}", None, reason)) from exc
+    if not isinstance(records, list):
+        reason = f"expected a JSON array of objects, got {type(records).__name__}"
+        raise InputError(Reject(str(path), "line 1", None, reason))
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            reason = f"expected a JSON object, got {type(record).__name__}"
+            raise InputError(Reject(str(path), f"record {i}", None, reason))
+        yield _Row(path, f"record {i}", record)
 
 
 def _csv_rows(path: Path) -> Iterator[_Row]:
@@ -183,7 +202,7 @@ def _csv_rows(path: Path) -> Iterator[_Row]:
                     if len(values) != len(header):
                         reason = f"{len(values)} values, but the header has {len(header)} columns"
                         raise InputError(Reject(str(path), f"line {start}", None, reason))
-                    yield _Row(path, start, dict(zip(header, values, strict=True)))
+                    yield _Row(path, f"line {start}", dict(zip(header, values, strict=True)))
                 start = reader.line_num + 1
         except csv.Error as exc:
             raise InputError(
@@ -279,6 +298,16 @@ def load_truthfulqa(data_dir: str | Path, *, n: int | None = None, seed: int = 0
     return _sample(items, n, seed, path)
 
 
+def load_alpacaeval(data_dir: str | Path, *, n: int | None = None, seed: int = 0) -> list[NLLItem]:
+    """AlpacaEval instructions and the reference ``output`` stored with each."""
+    path = _existing(data_dir, "alpaca_eval_805.json", "alpacaeval")
+    items = [
+        NLLItem(f"alpacaeval/{i}", _user(row.text("instruction")), row.text("output"))
+        for i, row in enumerate(_json_array_rows(path))
+    ]
+    return _sample(items, n, seed, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Multiple-choice suites
 
@@ -340,6 +369,7 @@ NLL_SUITES: dict[str, Callable[..., list[NLLItem]]] = {
     "humaneval": load_humaneval,
     "mt-bench": load_mt_bench,
     "truthfulqa": load_truthfulqa,
+    "alpacaeval": load_alpacaeval,
 }
 MC_SUITES: dict[str, Callable[..., list[MCItem]]] = {
     "arc-easy": load_arc_easy,

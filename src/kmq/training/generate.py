@@ -177,23 +177,34 @@ def adapter_base(path: Path, base_model: str | None = None) -> Path:
 
 
 def load_checkpoint(
-    path: Path, *, base_model: str | None = None, device: str = "cpu", merge: bool = True
+    path: Path,
+    *,
+    base_model: str | None = None,
+    device: str = "cpu",
+    merge: bool = True,
+    dtype: str | None = None,
 ) -> tuple[Any, Any]:
     """The model (eval mode, on ``device``) and tokenizer of a checkpoint folder.
 
     An adapter is loaded on its base model and, with ``merge``, merged into it. The tokenizer
     comes from the checkpoint when it holds one, else from the base; it always has a pad token
-    and a chat template.
+    and a chat template. ``dtype`` (a torch dtype's name) defaults to float32 on CPU and bf16
+    (fp16 where bf16 is unsupported) on CUDA.
     """
     transformers = require("transformers")
     torch = require("torch")
     if not path.is_dir():
         raise KmqError(f"checkpoint {path} is not a folder")
-    dtype = torch.float32
-    if device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype is not None:
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise KmqError(f"dtype must name a torch dtype (e.g. 'bfloat16'); got {dtype!r}")
+    elif device.startswith("cuda"):
+        torch_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        torch_dtype = torch.float32
     source = adapter_base(path, base_model) if is_adapter(path) else path
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     if is_adapter(path):
         peft = require("peft")
         model = peft.PeftModel.from_pretrained(model, path)

@@ -1,0 +1,517 @@
+"""Does a better selection train a better model? LoRA-train SmolLM2-135M on each arm's picks
+from the clean and the noisy pool of ``benchmarks/selection.py`` and measure NLL on external
+suites and on held-out pool rows.
+
+    python benchmarks/quality/downstream.py --embeddings POOL-MINILM.npy --nll-table NLL.npz
+    nohup python benchmarks/quality/downstream.py ... > benchmarks/out/downstream.log 2>&1 &
+    python benchmarks/quality/downstream.py ... --report-only
+
+The selections are exactly ``selection.py``'s (same pools, planted noise, held-out rows, k,
+budget, quality and cache folder), so the selection-level table and this one describe the same
+picks. Every arm's picks are trained the same way (same trainer, hyper-parameters and seed) from
+the base model, then scored on:
+
+- external NLL suites (``--suites``, ``--eval-items`` each, fixed items): mean reference NLL per
+  token; ``external NLL`` is their unweighted mean;
+- the held-out rows (``--holdout`` per source, removed from both pools before selection; their
+  clean answers, whichever pool was trained on): NLL per source, ``held-out NLL`` is the macro
+  mean over sources.
+
+Each (pool, arm, seed) is compared with random under the same seed (paired: the seed fixes the
+k-means, the draw and the training order) with ``quality/stats.py``: mean difference, exact-t
+95 % interval, d_z, and a two-sided paired t-test Holm-corrected over every comparison of the run.
+
+Stages are cached under ``--out`` by a hash of everything that made them (the checkpoint by the
+picks and the training settings, the scores by the checkpoint and the evaluation settings) and
+written atomically, so an interrupted run resumes where it stopped and a wider one (more seeds,
+arms or pools) computes only what is missing. Jobs run seed by seed, every pool and arm of a seed
+before the next seed, so a partial run is balanced. Progress goes to ``<out>/progress.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _common import (  # noqa: E402
+    DEFAULT_CACHE,
+    DEFAULT_RESULTS,
+    POOLS,
+    REPO,
+    command_line,
+    markdown_table,
+    save_figure,
+    setup_logging,
+    write_report,
+)
+from selection import METHODS, Arm, Bench, make_arms, pick, prepare  # noqa: E402
+from stats import PairedTest, holm, paired_test  # noqa: E402
+
+from kmq.atomic import write_json  # noqa: E402
+from kmq.examples import Example  # noqa: E402
+
+log = logging.getLogger("kmq.benchmarks")
+
+EVAL_DIR = REPO.parent / "shared" / "data" / "eval"
+SUITES = ("gsm8k", "humaneval", "mt-bench", "truthfulqa", "alpacaeval")
+METRICS = ("held-out NLL", "external NLL")
+"""The two claims per (pool, arm): macro held-out NLL and mean external NLL (lower = better)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Training and evaluation settings: every value that changes a number, hashed into the
+    cache keys and printed with the results."""
+
+    model: str
+    epochs: float
+    learning_rate: float
+    lora_r: int
+    batch_size: int
+    train_max_length: int
+    precision: str
+    suites: tuple[str, ...]
+    eval_items: int
+    eval_max_length: int
+    eval_dtype: str
+
+    def train(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in (
+                "model",
+                "epochs",
+                "learning_rate",
+                "lora_r",
+                "batch_size",
+                "train_max_length",
+                "precision",
+            )
+        }
+
+    def evaluation(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k) for k in ("suites", "eval_items", "eval_max_length", "eval_dtype")
+        }
+
+
+def digest(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Job:
+    """One (pool, arm, seed) cell, or the base model (``pool`` and ``arm`` None)."""
+
+    pool: str | None
+    arm: Arm | None
+    seed: int | None
+    folder: Path
+    picks: np.ndarray | None = None
+    train_key: str = ""
+    eval_key: str = ""
+
+    @property
+    def name(self) -> str:
+        if self.arm is None:
+            return "base model"
+        return f"{self.pool} / {self.arm.label} / seed {self.seed}"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / f"model-{self.train_key}" / "checkpoint"
+
+    @property
+    def eval_path(self) -> Path:
+        return self.folder / f"eval-{self.eval_key}.json"
+
+
+class Downstream:
+    """The grid: its jobs, their stages, and the log."""
+
+    def __init__(self, args: argparse.Namespace, bench: Bench, arms: Sequence[Arm]) -> None:
+        self.args = args
+        self.bench = bench
+        self.arms = list(arms)
+        self.settings = Settings(
+            model=args.model,
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            lora_r=args.lora_r,
+            batch_size=args.batch_size,
+            train_max_length=args.train_max_length,
+            precision=args.precision,
+            suites=tuple(args.suites.split(",")),
+            eval_items=args.eval_items,
+            eval_max_length=args.eval_max_length,
+            eval_dtype=args.eval_dtype,
+        )
+        held = bench.held.tolist()
+        self.holdout_key = digest(held, [bench.examples["clean"][i].id for i in held])
+
+    def jobs(self) -> list[Job]:
+        evaluation = self.settings.evaluation() | {"holdout": self.holdout_key}
+        base = Job(None, None, None, self.args.out / "base")
+        base.eval_key = digest("base", self.settings.model, evaluation)
+        jobs = [base]
+        for seed in range(self.args.seeds):
+            for pool in self.args.pools.split(","):
+                for arm in self.arms:
+                    picks, _ = pick(self.bench, pool, arm, seed)
+                    job = Job(pool, arm, seed, self.args.out / pool / arm.label / f"s{seed}")
+                    job.picks = picks
+                    job.train_key = digest(
+                        pool, sorted(picks.tolist()), self.settings.train(), seed
+                    )
+                    job.eval_key = digest(job.train_key, evaluation)
+                    jobs.append(job)
+        return jobs
+
+    def say(self, message: str) -> None:
+        log.info(message)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with (self.args.out / "progress.log").open("a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {message}\n")
+
+    def run(self) -> None:
+        jobs = self.jobs()
+        todo = [job for job in jobs if not job.eval_path.exists()]
+        self.say(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run")
+        for number, job in enumerate(todo, 1):
+            started = time.perf_counter()
+            self.say(f"[{number}/{len(todo)}] {job.name}")
+            self.run_job(job)
+            seconds = time.perf_counter() - started
+            self.say(f"[{number}/{len(todo)}] {job.name} done in {seconds:.0f} s")
+
+    def run_job(self, job: Job) -> None:
+        seconds: dict[str, float] = {}
+        if job.arm is not None:
+            done = job.checkpoint / "DONE"
+            if not done.exists():
+                started = time.perf_counter()
+                shutil.rmtree(job.checkpoint.parent, ignore_errors=True)
+                assert job.picks is not None and job.pool is not None
+                rows = [self.bench.examples[job.pool][i] for i in job.picks]
+                self.train(rows, job.checkpoint.parent, int(job.seed or 0))
+                write_json(done, {"seconds": time.perf_counter() - started, "rows": len(rows)})
+            seconds["train"] = json.loads(done.read_text())["seconds"]
+        started = time.perf_counter()
+        scores = self.evaluate(job.checkpoint if job.arm is not None else None)
+        seconds["evaluate"] = time.perf_counter() - started
+        noisy = (
+            float(self.bench.is_noisy[job.picks].mean())
+            if job.picks is not None and job.pool == "noisy"
+            else None
+        )
+        write_json(
+            job.eval_path,
+            {
+                "pool": job.pool,
+                "arm": job.arm.label if job.arm else "base",
+                "seed": job.seed,
+                "noisy share": noisy,
+                "seconds": seconds,
+            }
+            | scores,
+        )
+
+    def train(self, rows: list[Example], folder: Path, seed: int) -> Path:
+        from kmq.training.trl import TRLTrainer
+
+        s = self.settings
+        trainer = TRLTrainer(
+            s.model,
+            epochs=s.epochs,
+            learning_rate=s.learning_rate,
+            lora_r=s.lora_r,
+            batch_size=s.batch_size,
+            max_length=s.train_max_length,
+            precision=s.precision,  # type: ignore[arg-type]
+            gradient_checkpointing=False,
+            cache_dir=self.args.cache_dir,
+            device="cpu",
+            show_progress=False,
+        )
+        return Path(trainer.train(rows, folder, init=None, seed=seed))
+
+    def evaluate(self, checkpoint: Path | None) -> dict[str, Any]:
+        """``{"suites": {name: NLL}, "holdout": {source: NLL}, "items": {...}}``."""
+        from kmq.evaluation.scoring import nll
+        from kmq.evaluation.suites import NLLItem, load_suite
+        from kmq.models import load_causal_lm
+        from kmq.training.generate import load_checkpoint
+
+        s = self.settings
+        if checkpoint is None:
+            model, tokenizer = load_causal_lm(
+                s.model, dtype=s.eval_dtype, device="cpu", cache_dir=self.args.cache_dir
+            )
+        else:
+            model, tokenizer = load_checkpoint(checkpoint, device="cpu", dtype=s.eval_dtype)
+        settings = {"max_length": s.eval_max_length, "batch_size": 8, "show_progress": False}
+        suites: dict[str, float] = {}
+        items: dict[str, dict[str, Any]] = {}
+        for name in s.suites:
+            suite = load_suite(name, self.args.eval_dir, n=s.eval_items, seed=0)
+            result = nll(model, tokenizer, suite, desc=name, **settings)  # type: ignore[arg-type]
+            suites[name] = result.mean_nll
+            items[name] = {"n": len(suite), "tokens": int(result.tokens.sum())}
+        clean = self.bench.examples["clean"]
+        by_source: dict[str, list[NLLItem]] = {}
+        for i in self.bench.held:
+            ex = clean[i]
+            by_source.setdefault(ex.source or "?", []).append(
+                NLLItem(ex.id, ex.prompt, ex.response)
+            )
+        holdout = {
+            source: nll(model, tokenizer, rows, desc=source, **settings).mean_nll
+            for source, rows in sorted(by_source.items())
+        }
+        log.info(
+            "  external %s; held-out %s",
+            ", ".join(f"{k} {v:.3f}" for k, v in suites.items()),
+            ", ".join(f"{k} {v:.3f}" for k, v in holdout.items()),
+        )
+        return {"suites": suites, "holdout": holdout, "items": items}
+
+    def results(self) -> list[dict[str, Any]]:
+        return [json.loads(j.eval_path.read_text()) for j in self.jobs() if j.eval_path.exists()]
+
+
+def metrics(row: dict[str, Any]) -> dict[str, float]:
+    """One evaluation as ``{metric: value}``: every suite and source, and the two claims."""
+    out = {f"{k}": float(v) for k, v in row["suites"].items()}
+    out |= {f"held-out {k}": float(v) for k, v in row["holdout"].items()}
+    out["external NLL"] = float(np.mean(list(row["suites"].values())))
+    out["held-out NLL"] = float(np.mean(list(row["holdout"].values())))
+    return out
+
+
+def paired(
+    results: Sequence[dict[str, Any]], pool: str, arm: str, base: str, metric: str
+) -> np.ndarray:
+    """``arm − base`` on ``metric`` per seed, over the seeds both have finished."""
+    got: dict[str, dict[int, float]] = {arm: {}, base: {}}
+    for row in results:
+        if row["pool"] == pool and row["arm"] in got:
+            got[row["arm"]][row["seed"]] = metrics(row)[metric]
+    seeds = sorted(set(got[arm]) & set(got[base]))
+    return np.array([got[arm][s] - got[base][s] for s in seeds])
+
+
+def report(ds: Downstream, seconds: float) -> None:
+    results = [r for r in ds.results() if r["arm"] != "base"]
+    base = next((r for r in ds.results() if r["arm"] == "base"), None)
+    pools = [p for p in ds.args.pools.split(",") if any(r["pool"] == p for r in results)]
+    labels = [a.label for a in ds.arms]
+    comparisons: list[tuple[str, str, str, PairedTest]] = []
+    sections = []
+    for pool in pools:
+        rows = [r for r in results if r["pool"] == pool]
+        names = list(metrics(rows[0])) if rows else []
+        ordered = [*METRICS, *(m for m in names if m not in METRICS)]
+        table = []
+        for label in labels:
+            mine = [r for r in rows if r["arm"] == label]
+            if not mine:
+                continue
+            cells: list[object] = [label, len(mine)]
+            shares = [r["noisy share"] for r in mine if r["noisy share"] is not None]
+            cells.append(f"{np.mean(shares):.3f}" if shares else "")
+            for metric in ordered:
+                v = np.array([metrics(r)[metric] for r in mine])
+                sd = f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else ""
+                cells.append(f"{v.mean():.4f}{sd}")
+            table.append(cells)
+            if label != "random":
+                for metric in METRICS:
+                    d = paired(results, pool, label, "random", metric)
+                    if len(d):
+                        comparisons.append((pool, label, metric, paired_test(d)))
+        if base is not None:
+            b = metrics(base)
+            table.append(["base (no fine-tuning)", 1, "", *(f"{b[m]:.4f}" for m in ordered)])
+        sections.append(
+            f"### {pool} pool (mean ± seed std)\n\n"
+            + markdown_table(["arm", "seeds", "noisy share", *ordered], table)
+        )
+    tested = [i for i, c in enumerate(comparisons) if c[3].undefined is None]
+    adjusted = dict(zip(tested, holm([comparisons[i][3].p for i in tested]), strict=True))
+    diff_rows = []
+    for i, (pool, label, metric, t) in enumerate(comparisons):
+        p_holm = adjusted.get(i, math.nan)
+        diff_rows.append(
+            [
+                pool,
+                f"{label} − random",
+                metric,
+                t.n,
+                f"{t.mean:+.4f}",
+                "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
+                "n/a" if t.undefined else f"{t.d_z:+.2f} [{t.d_z_ci[0]:+.2f}, {t.d_z_ci[1]:+.2f}]",
+                f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
+                "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}",
+                "yes" if p_holm <= 0.05 else "no",
+            ]
+        )
+    s = ds.settings
+    train_s = [r["seconds"]["train"] for r in results]
+    eval_s = [r["seconds"]["evaluate"] for r in results]
+    body = (
+        f"Pools: `{ds.args.pool.name}` and its planted-noise twin "
+        f"({ds.bench.noise_summary['noisy']} of {ds.bench.noise_summary['rows']} rows noisy), "
+        f"exactly as in `selection.py`; budget {ds.args.budget} rows, k = {ds.args.k}, quality "
+        f"`{ds.args.quality}`"
+        + (f" from `{ds.args.nll_table.name}`" if ds.args.nll_table else "")
+        + f"; {ds.args.holdout} held-out rows per source. Training: LoRA r = {s.lora_r} on "
+        f"`{s.model}`, {s.epochs:g} epoch, lr {s.learning_rate:g}, batch {s.batch_size}, "
+        f"max length {s.train_max_length} tokens, frozen base weights in {s.precision} (adapter "
+        f"float32), the run's seed. Evaluation in {s.eval_dtype}, max length "
+        f"{s.eval_max_length}: {', '.join(s.suites)} ({s.eval_items} items each, fewer where "
+        "the suite has fewer: mt-bench has 30 with a reference) and the held-out rows' clean "
+        "answers. Lower NLL is better; `noisy share` is the share of the picks whose answer was "
+        "corrupted.\n\n"
+        f"Mean seconds per job: training {np.mean(train_s):.0f}, evaluation {np.mean(eval_s):.0f}"
+        f" ({len(results)} jobs finished).\n\n"
+        "### Paired differences from random (same seed)\n\n"
+        "Negative = lower NLL than random (better). 95 % exact-t interval of the mean difference, "
+        f"Cohen's d_z with its 95 % interval, two-sided paired t-test; Holm over the {len(tested)} "
+        "comparisons with a test; significant = Holm-adjusted p ≤ 0.05.\n\n"
+        + markdown_table(
+            [
+                "pool",
+                "comparison",
+                "metric",
+                "seeds",
+                "mean diff",
+                "95 % CI",
+                "d_z [95 % CI]",
+                "p",
+                "p (Holm)",
+                "significant",
+            ],
+            diff_rows,
+        )
+        + "\n\n"
+        + "\n\n".join(sections)
+    )
+    plot(ds, results, pools, labels)
+    command = command_line([a for a in sys.argv[1:] if a != "--report-only"])
+    write_report(
+        ds.args.results,
+        ds.args.name,
+        "Downstream: does the selection train a better model?",
+        body,
+        seconds,
+        command=command,
+    )
+
+
+def plot(
+    ds: Downstream, results: list[dict[str, Any]], pools: list[str], labels: list[str]
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [label for label in labels if label != "random"]
+    fig, axes = plt.subplots(
+        1,
+        len(METRICS),
+        figsize=(6 * len(METRICS), 0.6 + 0.5 * len(pools) * max(len(others), 1)),
+        squeeze=False,
+    )
+    for ax, metric in zip(axes[0], METRICS, strict=True):
+        ticks = []
+        for pool in pools:
+            for label in others:
+                d = paired(results, pool, label, "random", metric)
+                y = len(ticks)
+                ticks.append(f"{pool}: {label}")
+                ax.scatter(d, np.full(len(d), y), s=14, alpha=0.7)
+                if len(d):
+                    ax.plot([d.mean()], [y], "k|", markersize=16)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(ticks)), ticks)
+        ax.set_title(f"{metric}: arm − random per seed (nats)")
+    fig.tight_layout()
+    save_figure(fig, ds.args.results, ds.args.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pool", type=Path, default=POOLS / "mix-small.jsonl.gz")
+    parser.add_argument("--embeddings", type=Path, help=".npy of the pool's user-view rows")
+    parser.add_argument("--nll-table", type=Path, help="pool_nll.py score's .npz (quality)")
+    parser.add_argument("--quality", default="pmi-total")
+    parser.add_argument("--budget", type=int, default=512)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--holdout", type=int, default=50, help="held-out rows per source")
+    parser.add_argument("--noise-seed", type=int, default=0)
+    parser.add_argument("--pools", default="noisy,clean")
+    parser.add_argument("--arms", default="random,kmq-balanced,km-random-balanced")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 … N−1")
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--train-max-length", type=int, default=192)
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--suites", default=",".join(SUITES))
+    parser.add_argument("--eval-items", type=int, default=100)
+    parser.add_argument("--eval-max-length", type=int, default=256)
+    parser.add_argument("--eval-dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--eval-dir", type=Path, default=EVAL_DIR)
+    parser.add_argument("--selections", type=Path, default=Path("benchmarks/out/selection"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/downstream"))
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--name", default="quality", help="results file stem")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    setup_logging()
+    started = time.perf_counter()
+    arms_wanted = args.arms.split(",")
+    unknown = sorted(set(arms_wanted) - set(METHODS))
+    if unknown:
+        sys.exit(f"error: unknown --arms {unknown}; known: {', '.join(METHODS)}")
+    bad = sorted(set(args.pools.split(",")) - {"clean", "noisy"})
+    if bad:
+        sys.exit(f"error: unknown --pools {bad}; known: clean, noisy")
+    # selection.py's own argument names, so prepare() and pick() find its cache
+    sel = argparse.Namespace(
+        **vars(args), run=args.selections, quality_scores=None, noisy_quality_scores=None
+    )
+    sel.run.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    bench = prepare(sel, [args.quality])
+    ds = Downstream(args, bench, make_arms(arms_wanted, [args.quality]))
+    if not args.report_only:
+        ds.run()
+    report(ds, time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
