@@ -1,0 +1,182 @@
+"""benchmarks/quality/downstream.py: every stage is cached and resumed, a wider run computes only
+what is missing, and the report pairs each arm with random seed by seed.
+
+Training and evaluation are replaced by counting fakes; selection is the real (fast) one on a
+small synthetic pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path[:0] = [str(BENCH / "quality"), str(BENCH)]
+
+import downstream  # noqa: E402
+import selection  # noqa: E402
+
+from kmq.examples import Example, Message  # noqa: E402
+
+N = 120
+
+
+def example(i: int, noisy: bool = False) -> Example:
+    answer = f"answer {i}" if not noisy else f"{i} answer"
+    return Example(
+        id=f"r{i}",
+        messages=(Message("user", f"question {i}"), Message("assistant", answer)),
+        row=i,
+        source=("a", "b", "c")[i % 3],
+    )
+
+
+def make_bench(tmp_path: Path) -> selection.Bench:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    is_noisy = np.arange(N) % 4 == 0
+    sources = [("a", "b", "c")[i % 3] for i in range(N)]
+    held = selection.holdout_rows(sources, 2, seed=0)
+    args = argparse.Namespace(run=tmp_path / "selections", budget=12, k=3, holdout=2)
+    quality = np.where(is_noisy, 0.1, 1.0)
+    return selection.Bench(
+        args=args,
+        x=x,
+        sources=sources,
+        examples={
+            "clean": [example(i) for i in range(N)],
+            "noisy": [example(i, bool(is_noisy[i])) for i in range(N)],
+        },
+        noisy_path=tmp_path / "noisy.jsonl",
+        is_noisy=is_noisy,
+        noise_kinds=np.where(is_noisy, "shuffle", "").astype(object),
+        noise_summary={"noisy": int(is_noisy.sum()), "rows": N, "specs": []},
+        held=held,
+        pool_rows=np.setdiff1d(np.arange(N), held),
+        scores={("clean", "q"): np.ones(N), ("noisy", "q"): quality},
+        quality_ids={"q": "q"},
+    )
+
+
+class Fake(downstream.Downstream):
+    """Training writes an empty checkpoint; evaluation returns a made-up NLL that is lower the
+    fewer noisy rows were trained on (so the report has something to find)."""
+
+    calls: Counter[str]
+
+    def train(self, rows: list[Example], folder: Path, seed: int) -> Path:
+        self.calls["train"] += 1
+        (folder / "checkpoint").mkdir(parents=True)
+        noisy = sum(ex.messages[-1].content[0].isdigit() for ex in rows) / len(rows)
+        (folder / "checkpoint" / "noisy.json").write_text(json.dumps(noisy + 0.001 * seed))
+        return folder / "checkpoint"
+
+    def evaluate(self, checkpoint: Path | None) -> dict[str, Any]:
+        self.calls["evaluate"] += 1
+        noisy = 0.0 if checkpoint is None else json.loads((checkpoint / "noisy.json").read_text())
+        return {
+            "suites": {"gsm8k": 1.0 + noisy, "alpacaeval": 2.0 + noisy},
+            "holdout": {"a": 1.5 + noisy, "b": 1.0 + 2 * noisy},
+            "items": {},
+        }
+
+
+def make_args(tmp_path: Path, **changes: Any) -> argparse.Namespace:
+    parser_defaults = {
+        "out": tmp_path / "out",
+        "results": tmp_path / "results",
+        "name": "quality",
+        "pool": Path("pool.jsonl"),
+        "nll_table": None,
+        "quality": "q",
+        "budget": 12,
+        "k": 3,
+        "holdout": 2,
+        "pools": "noisy",
+        "arms": "random,kmq-balanced",
+        "seeds": 3,
+        "model": "tiny",
+        "epochs": 1.0,
+        "learning_rate": 2e-4,
+        "lora_r": 4,
+        "batch_size": 2,
+        "train_max_length": 64,
+        "precision": "float32",
+        "suites": "gsm8k,alpacaeval",
+        "eval_items": 5,
+        "eval_max_length": 64,
+        "eval_dtype": "float32",
+        "eval_dir": tmp_path,
+        "cache_dir": tmp_path / "cache",
+    }
+    args = argparse.Namespace(**(parser_defaults | changes))
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def run(tmp_path: Path, bench: selection.Bench, **changes: Any) -> Fake:
+    args = make_args(tmp_path, **changes)
+    ds = Fake(args, bench, selection.make_arms(args.arms.split(","), ["q"]))
+    ds.calls = Counter()
+    ds.run()
+    return ds
+
+
+def test_a_rerun_computes_nothing_and_a_wider_run_only_what_is_new(tmp_path: Path) -> None:
+    bench = make_bench(tmp_path)
+    first = run(tmp_path, bench)
+    assert first.calls == Counter({"train": 6, "evaluate": 7})  # 3 seeds × 2 arms + the base
+    assert run(tmp_path, bench).calls == Counter()
+    wider = run(tmp_path, bench, seeds=4, pools="noisy,clean")
+    assert wider.calls == Counter({"train": 10, "evaluate": 10})  # 16 cells, 6 done
+    reevaluated = run(tmp_path, bench, seeds=4, pools="noisy,clean", eval_items=6)
+    assert reevaluated.calls == Counter({"evaluate": 17})  # evaluation settings: no retraining
+    retrained = run(tmp_path, bench, seeds=1, lora_r=8)
+    assert retrained.calls == Counter({"train": 2, "evaluate": 2})
+
+
+def test_an_interrupted_training_is_redone(tmp_path: Path) -> None:
+    bench = make_bench(tmp_path)
+    ds = run(tmp_path, bench, seeds=1)
+    job = ds.jobs()[1]
+    (job.checkpoint / "DONE").unlink()
+    job.eval_path.unlink()
+    assert run(tmp_path, bench, seeds=1).calls == Counter({"train": 1, "evaluate": 1})
+
+
+def test_jobs_go_seed_by_seed_and_reuse_selection_picks(tmp_path: Path) -> None:
+    bench = make_bench(tmp_path)
+    ds = run(tmp_path, bench, seeds=2, pools="noisy,clean")
+    names = [(j.seed, j.pool, j.arm.label if j.arm else None) for j in ds.jobs()]
+    assert names[0] == (None, None, None)
+    assert [n[0] for n in names[1:]] == [0, 0, 0, 0, 1, 1, 1, 1]
+    arm = selection.make_arms(["kmq-balanced"], ["q"])[0]
+    job = next(j for j in ds.jobs() if j.arm == arm and j.pool == "noisy" and j.seed == 1)
+    picks, _ = selection.pick(bench, "noisy", arm, 1)
+    assert job.picks is not None and np.array_equal(job.picks, picks)
+    assert not set(job.picks.tolist()) & set(bench.held.tolist())
+
+
+def test_report_pairs_every_arm_with_random(tmp_path: Path) -> None:
+    bench = make_bench(tmp_path)
+    ds = run(tmp_path, bench, seeds=3)
+    rows = ds.results()
+    assert {r["arm"] for r in rows} == {"base", "random", "kmq-balanced"}
+    d = downstream.paired(rows, "noisy", "kmq-balanced", "random", "held-out NLL")
+    assert len(d) == 3
+    by = {(r["arm"], r["seed"]): downstream.metrics(r)["held-out NLL"] for r in rows}
+    assert d[1] == pytest.approx(by["kmq-balanced", 1] - by["random", 1])
+    assert (d < 0).all()  # the fake quality avoids the noisy rows, so lower NLL
+    downstream.report(ds, 1.0)
+    text = (tmp_path / "results" / "quality.md").read_text(encoding="utf-8")
+    assert "| noisy | kmq-balanced − random | held-out NLL | 3 |" in text
+    assert "base (no fine-tuning)" in text
+    assert (tmp_path / "results" / "quality.png").is_file()
