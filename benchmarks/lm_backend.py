@@ -257,6 +257,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated candidate names (default: all)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--name", default="lm_backend", help="results file stem")
     args = parser.parse_args()
     setup_logging()
     started = time.perf_counter()
@@ -278,7 +279,7 @@ def main() -> None:
                 kmq_backend("ctranslate2", b, cache, compute_type=ct),
                 "" if have["ctranslate2"] else "pip install ctranslate2",
             )
-            for ct in ("int8", "int8_float32", "float32")
+            for ct in ("int8", "int8_float32", "int8_bfloat16", "bfloat16", "float32")
         ),
         Candidate(
             "onnxruntime fp32",
@@ -426,7 +427,7 @@ def report(
         "load s",
         "note",
     ]
-    plot(table, args.out)
+    plot(table, args.out, args.name)
     done = [r for r in table if isinstance(r[3], float) and r[4] >= 0.99]
     best = max(done, key=lambda r: r[1])
     projected = 8 * 512 / best[1]
@@ -463,7 +464,7 @@ def report(
         "(see the load average below): absolute rates are indicative, the ratios are side by "
         "side in one run."
     )
-    write_report(args.out, "lm_backend", "LM inference backends (CPU)", body, seconds)
+    write_report(args.out, args.name, "LM inference backends (CPU)", body, seconds)
 
 
 def ifd_of(nll_blocks: list[np.ndarray]) -> np.ndarray:
@@ -475,7 +476,7 @@ def ifd_of(nll_blocks: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(out)
 
 
-def plot(table: list[list[Any]], out: Path) -> None:
+def plot(table: list[list[Any]], out: Path, name: str = "lm_backend") -> None:
     import matplotlib.pyplot as plt
 
     done = [r for r in table if isinstance(r[3], float)]
@@ -488,7 +489,7 @@ def plot(table: list[list[Any]], out: Path) -> None:
     ax.set_xlabel("IFD throughput, × torch fp32 (same rows, one run)")
     ax.set_ylabel("per-row NLL Spearman vs torch fp32")
     ax.set_title("LM backends on CPU: speed vs fidelity (target: right of 3×, above 0.99)")
-    save_figure(fig, out, "lm_backend")
+    save_figure(fig, out, name)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,15 @@ from kmq.quality.lm import Window, check_settings, length_batches
 log = logging.getLogger("kmq")
 
 INSTALL = "pip install ctranslate2"
-COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float32", "float16")
+COMPUTE_TYPES = (
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "float32",
+    "float16",
+    "bfloat16",
+)
 """CTranslate2 compute types: the int8 ones store int8 weights, the others float weights."""
 
 
