@@ -3,7 +3,9 @@ before any embedding with errors that name the Python parameter, unknown options
 
 from __future__ import annotations
 
+import ast
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,17 @@ class CountingEncoder(FakeEncoder):
         ),
         ({"quality_candidates": -1}, r"^quality_candidates must be a positive integer M"),
         ({"view": "all"}, r"^view must be one of user, full"),
+        (
+            {"quality": "length", "quality_field": "quality"},
+            r"^give either quality 'length' \(a scorer\) or quality_field 'quality' \(a column\)",
+        ),
+        ({"output_format": "csv"}, r"^output_format must be one of native, "),
+        ({"mix": {"a": 1.0}, "streaming": True}, r"^mix applies to in-memory runs, not streaming"),
+        ({"kmeans_sample": 10}, r"^kmeans_sample applies to streaming runs only"),
+        ({"budget": 5000}, r"^budget 5000 exceeds the 60 rows left to select of 60"),
+        ({"k": 500}, r"^k 500 exceeds the 60 valid rows"),
+        ({"exclude": "missing.txt"}, r"^exclude file not found: missing.txt"),
+        ({"engine": "spark"}, r"^engine must be one of local, ray"),
     ],
 )
 def test_a_bad_setting_fails_before_any_embedding(
@@ -134,6 +147,20 @@ def test_a_bad_setting_fails_before_any_embedding(
             ["--quality", "length", "--quality-model", "m"],
             "error: quality scorer 'length' takes no option --quality-model",
         ),
+        (
+            ["--quality", "length", "--quality-field", "quality"],
+            "error: give either --quality 'length' (a scorer) or --quality-field 'quality'",
+        ),
+        (
+            ["--mix", "a=1", "--streaming"],
+            "error: --mix applies to in-memory runs, not --streaming",
+        ),
+        (
+            ["--kmeans-sample", "10", "--output-shard-rows", "5"],
+            "error: --kmeans-sample, --output-shard-rows apply to --streaming runs only",
+        ),
+        (["--budget", "5000"], "error: --budget 5000 exceeds the 60 rows left to select of 60"),
+        (["--exclude", "missing.txt"], "error: --exclude file not found: missing.txt"),
     ],
 )
 def test_the_cli_names_the_flag(
@@ -143,6 +170,29 @@ def test_the_cli_names_the_flag(
     write_pool(pool)
     assert main(["select", str(pool), "--out", str(tmp_path / "out"), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def flags_in_raises(root: Path) -> list[str]:
+    """``file:line: text`` of every string in a ``raise`` under ``root`` that spells a flag
+    (``--name``), commands in backticks and ``pip install`` lines aside."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                text = ast.unparse(node.exc)
+                if re.search(r"--[a-z]", re.sub(r"`[^`]*`|pip install [^'\"]*", "", text)):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {text}")
+    return found
+
+
+def test_library_errors_name_parameters_not_flags(tmp_path: Path) -> None:
+    library = Path(kmq.__file__).parent
+    offenders = [f for f in flags_in_raises(library) if not f.startswith("cli/")]
+    assert not offenders, "\n".join(offenders)
+    planted = tmp_path / "planted.py"
+    planted.write_text('raise ValueError(f"--budget {n} is too big")\n', encoding="utf-8")
+    assert flags_in_raises(tmp_path) == ["planted.py:1: ValueError(f'--budget {n} is too big')"]
 
 
 def test_select_config_defaults_are_the_flags_defaults() -> None:

@@ -77,7 +77,7 @@ def test_eval_files_in_any_layout(tmp_path: Path) -> None:
     # under 8 words: "#### 18", the CSV question (6 words) and "x"
     assert (grams.texts, grams.too_short) == (5, 3)
     assert grams.origin[" ".join(words(SHORT))] == (str(array), "row 0")
-    with pytest.raises(KmqError, match="--ngram must be a positive integer, got 0"):
+    with pytest.raises(KmqError, match=r"^n must be a positive integer, got 0"):
         read_eval([jsonl], n=0)
 
 
@@ -112,7 +112,9 @@ def test_select_drops_and_records_contaminated_rows(tmp_path: Path) -> None:
 def test_streaming_and_bad_ngram_are_refused(tmp_path: Path) -> None:
     pool = tmp_path / "pool.jsonl"
     write_chat_pool(pool)
-    with pytest.raises(KmqError, match="--decontaminate runs on pools read in memory"):
+    with pytest.raises(
+        KmqError, match=r"^decontaminate runs on pools read in memory, not streaming"
+    ):
         select_file(config(tmp_path, pool, streaming=True, decontaminate=["e.jsonl"]))
     with pytest.raises(KmqError, match=r"^ngram must be a positive integer, got -1"):
         select_file(config(tmp_path, pool, ngram=-1))

@@ -9,7 +9,7 @@ import pytest
 
 from kmq.config import SelectConfig
 from kmq.engines import get_engine
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from tests.test_pipeline import write_pool
 
 
@@ -21,12 +21,15 @@ def pool(tmp_path: Path) -> Path:
 
 
 def test_bad_engine_options_are_named() -> None:
-    with pytest.raises(KmqError, match=r"--ray-address needs --engine ray; got --engine local"):
+    address = r"^engine_options\['address'\] is an option of the ray engine; got engine 'local'"
+    with pytest.raises(ParameterError, match=address):
         get_engine("local", address="auto")
-    with pytest.raises(KmqError, match="--engine must be one of local, ray; got 'spark'"):
+    with pytest.raises(ParameterError, match=r"^engine must be one of local, ray; got 'spark'"):
         get_engine("spark")
-    with pytest.raises(KmqError, match="--ray-workers needs --engine ray"):
+    with pytest.raises(ParameterError, match=r"^engine_options\['workers'\] is an option of"):
         SelectConfig(input="x", out="y", engine_options={"workers": 2}).validate()
+    with pytest.raises(ParameterError, match=r"^engine_options\['port'\] is not an option"):
+        get_engine("local", port=1)
 
 
 def test_cli_refuses_ray_flags_without_the_ray_engine(
@@ -36,7 +39,8 @@ def test_cli_refuses_ray_flags_without_the_ray_engine(
 
     argv = ["select", str(pool), "--out", str(tmp_path / "out"), "--ray-address", "auto"]
     assert main(argv) == 2
-    assert "--ray-address needs --engine ray" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == "error: --ray-address is an option of the ray engine; got --engine 'local'\n"
     assert not (tmp_path / "out").exists()
 
 

@@ -230,12 +230,16 @@ def test_an_unreachable_cluster_is_named_before_ray_is_used(
         "kmeans": lambda: engine.kmeans(x, 3),
         "select": lambda: engine.select(get_selector("kmq"), x, 10, labels=np.arange(200) % 3),
     }
-    with pytest.raises(KmqError, match="could not connect to the Ray cluster at --ray-address"):
+    with pytest.raises(
+        KmqError, match=r"could not connect to the Ray cluster at engine_options\['address'\]"
+    ):
         steps[step]()
 
 
 def test_bad_ray_workers_are_named() -> None:
-    with pytest.raises(KmqError, match="--ray-workers must be a positive integer, got 0"):
+    with pytest.raises(
+        KmqError, match=r"^engine_options\['workers'\] must be a positive integer, got 0"
+    ):
         get_engine("ray", workers=0)
 
 

@@ -1,4 +1,5 @@
-"""Evaluation suites (loaders on hand-written files) and scoring (tiny random Llama, offline).
+"""Evaluation suites (loaders on hand-written files) and scoring (tiny random Llama, offline) of
+the quality benchmark's ``benchmarks/quality/evaluation`` package.
 
 The ``slow`` test loads every real suite from the shared ``eval/`` folder.
 """
@@ -7,14 +8,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from kmq.errors import InputError, KmqError
-from kmq.evaluation import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality"))
+
+from evaluation import (
     MC_SUITES,
     NLL_SUITES,
     MCItem,
@@ -29,7 +32,9 @@ from kmq.evaluation import (
     mc,
     nll,
 )
-from kmq.evaluation.suites import HUMANEVAL_INSTRUCTION
+from evaluation.suites import HUMANEVAL_INSTRUCTION
+
+from kmq.errors import InputError, KmqError
 from kmq.examples import Message
 
 # ---------------------------------------------------------------------------------------------

@@ -71,7 +71,9 @@ def test_alpaca_record_keeps_history_and_system() -> None:
 )
 def test_alpaca_refuses_what_it_cannot_hold(roles: tuple[str, ...]) -> None:
     example = Example("x", tuple(Message(r, "t") for r in roles), 7)  # type: ignore[arg-type]
-    with pytest.raises(KmqError, match=r"row 7 \(id 'x'\) has no Alpaca form.*--output-format"):
+    with pytest.raises(
+        KmqError, match=r"row 7 \(id 'x'\) has no Alpaca form.*with output_format messages"
+    ):
         to_record(example, "alpaca")
 
 
@@ -171,7 +173,7 @@ def test_hf_input_gives_a_save_to_disk_folder(tmp_path: Path) -> None:
 def test_streaming_writes_native_only(tmp_path: Path) -> None:
     pool = tmp_path / "pool.jsonl"
     write_pool(pool)
-    with pytest.raises(KmqError, match="--output-format messages: streaming runs write"):
+    with pytest.raises(KmqError, match=r"^output_format 'messages': streaming runs write"):
         select_file(config(tmp_path, pool, streaming=True, output_format="messages"))
 
 

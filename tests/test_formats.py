@@ -831,13 +831,16 @@ def test_unrecognised_format_suggests_mapping_flags(tmp_path: Path) -> None:
     [
         ({"format": "chatml"}, "unknown format 'chatml'; choose one of: messages, sharegpt"),
         ({"on_invalid": "ignore"}, "on_invalid must be 'error' or 'skip'"),
-        ({"fields": FieldMap(prompt_field="q")}, "must be given together"),
+        ({"fields": FieldMap(prompt_field="q")}, "^prompt_field and response_field must be given"),
         (
             {"fields": FieldMap(messages_field="m", prompt_field="q", response_field="a")},
-            "cannot be combined",
+            "^messages_field cannot be combined with prompt_field/response_field",
         ),
-        ({"format": "mapped"}, "--format mapped needs"),
-        ({"format": "alpaca", "fields": FieldMap(messages_field="m")}, "not 'alpaca'"),
+        ({"format": "mapped"}, "^format 'mapped' needs prompt_field and response_field"),
+        (
+            {"format": "alpaca", "fields": FieldMap(messages_field="m")},
+            "reads records as format 'mapped', not 'alpaca'; drop format or the mapping",
+        ),
     ],
 )
 def test_bad_options(kwargs: dict[str, Any], message: str) -> None:

@@ -113,5 +113,5 @@ def test_same_records_same_selection_whatever_the_container(tmp_path: Path) -> N
 
 
 def test_streaming_needs_a_file(tmp_path: Path) -> None:
-    with pytest.raises(KmqError, match="--streaming reads files"):
+    with pytest.raises(KmqError, match=r"^streaming reads files"):
         select_file(memory_config(tmp_path, pool_records(tmp_path), streaming=True))

@@ -163,7 +163,9 @@ def test_next_draws_the_round_a_stopped_next_left_undrawn(
     with stop_at(monkeypatch, run, "round-01/DONE.reweight", "after"), pytest.raises(Killed):
         advance()
     assert not (run / "round-02" / "picked.json").exists()
-    with pytest.raises(KmqError, match=r"round 2 of \S+ has not been drawn yet: run `kmq"):
+    with pytest.raises(
+        KmqError, match=r"round 2 of \S+ has not been drawn yet: draw it with advance\(\)"
+    ):
         IterativeSelection(run, config).take_scores(2, {})
     rows = IterativeSelection(run, config).advance()
     assert rows == run / "round-02" / "selected.jsonl" and rows.exists()

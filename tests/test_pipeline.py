@@ -256,7 +256,7 @@ def test_sample_selects_from_a_seeded_subset_and_writes_the_input_rows(tmp_path:
     ("kw", "message"),
     [
         ({"sample": 0}, "^sample must be a positive integer"),
-        ({"sample": 5, "streaming": True}, "--sample applies to in-memory runs only"),
+        ({"sample": 5, "streaming": True}, "^sample applies to in-memory runs only"),
     ],
 )
 def test_bad_sample_settings_are_rejected(

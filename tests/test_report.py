@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -390,7 +391,41 @@ def test_distinctive_terms() -> None:
     assert set(terms[0][:2]) == {"flour", "recipe"}
     assert set(terms[1][:2]) == {"loop", "python"}
     assert terms[2] == []
-    assert distinctive_terms(["reverse reversed reverses"], np.array([0]), 1) == [["reverse"]]
+
+
+def test_distinctive_terms_leave_out_stop_words_and_unclustered_rows() -> None:
+    stop_words = pytest.importorskip("sklearn.feature_extraction.text").ENGLISH_STOP_WORDS
+    texts = [
+        "My cat and her cats sleep on the sofa; the cat is always there when we are",
+        "Why does a cat purr? Cats purr when they are content, or so they say (2024 x_y ab)",
+        "How do I train my dog to sit? The dog should sit before every walk",
+        "Dogs need a walk: take the dog out twice a day, whatever the weather",
+        "cat cat cat dog dog dog",
+    ]
+    terms = distinctive_terms(texts, np.array([0, 0, 1, 1, -1]), 2)
+    assert {"cat", "cats"} & set(terms[0][:2]) and "dog" in terms[1][:2]
+    assert not set(terms[0] + terms[1]) & stop_words
+    assert all(len(t) >= 3 and t.isalpha() for t in terms[0] + terms[1])
+    assert "dog" not in terms[0] and "cat" not in terms[1]  # the unclustered row counts nowhere
+
+
+def test_distinctive_terms_rank_by_c_tf_idf() -> None:
+    # cluster 1: banana and cherry are equally frequent in it; cherry is rarer over all
+    # clusters (idf log(1 + 2.5 / 1) against log(1 + 2.5 / 2)), so it comes first
+    terms = distinctive_terms(["apple apple banana", "banana cherry"], np.array([0, 1]), 2)
+    assert terms == [["apple", "banana"], ["cherry", "banana"]]
+    assert distinctive_terms(["the and", "of"], np.array([0, 1]), 2) == [[], []]
+
+
+def test_report_without_scikit_learn_says_so(
+    selected: SelectRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.feature_extraction.text", None)
+    text, page = read_page(write_report(selected.out))
+    assert "no distinctive terms or labels" in text
+    assert "pip install &#x27;kmq[report]&#x27;" in text
+    header = page.table("clusters", "cluster")[0]
+    assert "distinctive terms" not in header
 
 
 # -- a real browser -----------------------------------------------------------------------------

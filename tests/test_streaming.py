@@ -287,14 +287,20 @@ def test_what_streaming_refuses_it_refuses_up_front(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = write_jsonl(tmp_path / "pool.jsonl", lines_of(records(40)))
-    with pytest.raises(KmqError, match="--quality length scores rows held in memory"):
+    with pytest.raises(
+        KmqError, match=r"^quality 'length' scores rows held in memory, which streaming"
+    ):
         select_file(config(tmp_path, pool, streaming=True, quality="length", quality_field=None))
-    with pytest.raises(KmqError, match="--dedup"):
+    with pytest.raises(
+        KmqError, match=r"^dedup compares vectors held in memory and does not run with streaming"
+    ):
         select_file(config(tmp_path, pool, streaming=True, dedup=0.05))
     monkeypatch.setattr(streaming, "IN_MEMORY_LIMIT", 30)
     with pytest.raises(KmqError, match="up to 30 rows, and this one has 40"):
         select_file(config(tmp_path, pool, streaming=True, method="qdit"))
-    with pytest.raises(KmqError, match="--kmeans-sample, --output-shard-rows apply to --streaming"):
+    with pytest.raises(
+        KmqError, match=r"^kmeans_sample, output_shard_rows apply to streaming runs only"
+    ):
         select_file(config(tmp_path, pool, kmeans_sample=10, output_shard_rows=5))
     with pytest.raises(KmqError, match="k=6 needs at least that many rows"):
         select_file(config(tmp_path, pool, streaming=True, kmeans_sample=5))

@@ -254,8 +254,9 @@ class Downstream:
 
     def evaluate(self, checkpoint: Path | None) -> dict[str, Any]:
         """``{"suites": {name: NLL}, "holdout": {source: NLL}, "items": {...}}``."""
-        from kmq.evaluation.scoring import nll
-        from kmq.evaluation.suites import NLLItem, load_suite
+        from evaluation.scoring import nll
+        from evaluation.suites import NLLItem, load_suite
+
         from kmq.models import load_causal_lm
         from kmq.training.generate import load_checkpoint
 

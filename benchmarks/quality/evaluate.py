@@ -9,9 +9,10 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kmq.evaluation import MC_SUITES
-from kmq.evaluation.scoring import mc, nll
-from kmq.evaluation.suites import MCItem, NLLItem, load_suite
+from evaluation import MC_SUITES
+from evaluation.scoring import mc, nll
+from evaluation.suites import MCItem, NLLItem, load_suite
+
 from kmq.models import load_causal_lm
 from kmq.training.generate import load_checkpoint
 

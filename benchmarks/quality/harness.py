@@ -383,7 +383,7 @@ def holdout_ids(examples: Sequence[Example], per_source: int, seed: int) -> list
 
 def real_stages() -> Stages:
     """Selection with kmq, LoRA training with :class:`~kmq.training.trl.TRLTrainer`, and the
-    evaluation suites of :mod:`kmq.evaluation`."""
+    evaluation suites of :mod:`evaluation` (``benchmarks/quality/evaluation``)."""
     return Stages(select=_select, train=_train, evaluate=_evaluate)
 
 

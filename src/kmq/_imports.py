@@ -20,6 +20,8 @@ EXTRAS = {
     "trl": "train",
     "peft": "train",
     "matplotlib": "report",
+    "sklearn": "report",
+    "scipy": "report",
     "model2vec": "static",
     "skeletoken": "static",
     "ray": "ray",

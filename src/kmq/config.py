@@ -121,9 +121,11 @@ class SelectConfig:
                 "k", f"{{param}} must be a positive integer or 'auto', got {self.k!r}"
             )
         if self.quality and self.quality_field:
-            raise KmqError(
-                f"give either --quality {self.quality} (a scorer) or --quality-field "
-                f"{self.quality_field} (a column), not both"
+            raise ParameterError(
+                "quality",
+                f"give either {{param}} {self.quality!r} (a scorer) or {{quality_field}} "
+                f"{self.quality_field!r} (a column), not both",
+                "quality_field",
             )
         candidate_multiple(self.quality_candidates)
         if self.quality is not None:
@@ -157,28 +159,51 @@ class SelectConfig:
             )
         make_engine(self)
         if self.engine != "local" and self.is_streaming():
-            raise KmqError(f"--engine {self.engine} does not run --streaming selections")
+            raise ParameterError(
+                "engine",
+                f"{{param}} {self.engine!r} does not run {{streaming}} selections",
+                "streaming",
+            )
         check_output_format(self.output_format)
         if self.decontaminate and self.is_streaming():
-            raise KmqError("--decontaminate runs on pools read in memory, not --streaming")
+            raise ParameterError(
+                "decontaminate",
+                "{param} runs on pools read in memory, not {streaming}",
+                "streaming",
+            )
         if self.streaming and input_files(self.input) is not None:
-            raise KmqError("--streaming reads one file or a folder of shards, not several inputs")
+            raise ParameterError(
+                "streaming", "{param} reads one file or a folder of shards, not several inputs"
+            )
         if self.streaming and not is_path(self.input):
-            raise KmqError("--streaming reads files; records in memory are selected in memory")
+            raise ParameterError(
+                "streaming", "{param} reads files; records in memory are selected in memory"
+            )
         if self.output_format != "native" and self.is_streaming():
-            raise KmqError(
-                f"--output-format {self.output_format}: streaming runs write the rows as read "
-                "(native) only"
+            raise ParameterError(
+                "output_format",
+                f"{{param}} {self.output_format!r}: {{streaming}} runs write the rows as read "
+                "(native) only",
+                "streaming",
             )
         if self.sample is not None and self.is_streaming():
-            raise KmqError("--sample applies to in-memory runs only, not to --streaming ones")
+            raise ParameterError(
+                "sample",
+                "{param} applies to in-memory runs only, not to {streaming} ones",
+                "streaming",
+            )
         if self.mix is not None:
             check_shares(self.mix)
             if self.is_streaming():
-                raise KmqError("--mix applies to in-memory runs, not --streaming")
+                raise ParameterError(
+                    "mix", "{param} applies to in-memory runs, not {streaming}", "streaming"
+                )
         if (self.budget_tokens is not None or self.tokenizer is not None) and self.is_streaming():
-            raise KmqError(
-                "--budget-tokens and --tokenizer apply to in-memory runs, not --streaming"
+            raise ParameterError(
+                "budget_tokens",
+                "{param} and {tokenizer} apply to in-memory runs, not {streaming}",
+                "tokenizer",
+                "streaming",
             )
 
     def needs_clusters(self) -> bool:
@@ -232,7 +257,7 @@ def make_selector(config: SelectConfig, **options: Any) -> Selector:
         field_of = {option: name for name, option in SELECTOR_SETTINGS.items()}
         if exc.parameter not in field_of:
             raise
-        raise ParameterError(field_of[exc.parameter], exc.template) from None
+        raise exc.renamed(field_of[exc.parameter]) from None
 
 
 def check_quality(name: str, options: dict[str, Any]) -> None:
@@ -242,7 +267,7 @@ def check_quality(name: str, options: dict[str, Any]) -> None:
     try:
         check_quality_options(name, options)
     except ParameterError as exc:
-        raise ParameterError(f"quality_options[{exc.parameter!r}]", exc.template) from None
+        raise exc.renamed(f"quality_options[{exc.parameter!r}]") from None
 
 
 def quality_multiple(config: SelectConfig) -> int | None:

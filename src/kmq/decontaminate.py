@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from kmq.atomic import atomic_path
-from kmq.errors import KmqError
+from kmq.errors import ParameterError
 from kmq.examples import Example
 from kmq.formats import read_raw
 
@@ -75,7 +75,7 @@ class EvalNgrams:
 def read_eval(paths: Sequence[str | Path], n: int = NGRAM) -> EvalNgrams:
     """The n-grams of every evaluation text in ``paths``."""
     if n < 1:
-        raise KmqError(f"--ngram must be a positive integer, got {n}")
+        raise ParameterError("n", f"{{param}} must be a positive integer, got {n}")
     grams = EvalNgrams(n)
     for path in paths:
         for location, record in read_raw(path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -43,17 +44,28 @@ class FormatError(KmqError):
 
 
 class ParameterError(KmqError):
-    """A bad value of one parameter, named as the Python API spells it (``quality_weighting``);
+    """A bad value of a parameter, named as the Python API spells it (``quality_weighting``);
     the command line names its flag instead (``--quality-weighting``) through :meth:`naming`.
 
-    ``template`` holds ``{param}`` where the name goes.
+    ``template`` holds ``{param}`` where the name goes, and ``{other}`` for each of the
+    ``others``, further parameters the message names (``"{param} does not run with
+    {streaming}"``).
     """
 
-    def __init__(self, parameter: str, template: str) -> None:
+    def __init__(self, parameter: str, template: str, *others: str) -> None:
         self.parameter = parameter
         self.template = template
-        super().__init__(self.naming(parameter))
+        self.others = others
+        super().__init__(self.naming({}))
 
-    def naming(self, name: str) -> str:
-        """The message with ``name`` (e.g. a flag) in place of the parameter."""
-        return self.template.replace("{param}", name)
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The message with each parameter replaced by its entry in ``names`` (e.g. its flag),
+        or by itself where ``names`` has none."""
+        text = self.template.replace("{param}", names.get(self.parameter, self.parameter))
+        for other in self.others:
+            text = text.replace(f"{{{other}}}", names.get(other, other))
+        return text
+
+    def renamed(self, parameter: str) -> ParameterError:
+        """The same error, its parameter named ``parameter`` (as a caller spells it)."""
+        return ParameterError(parameter, self.template, *self.others)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from kmq._imports import require
 from kmq.atomic import atomic_path
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.examples import Example, Message
 from kmq.formats import LoadedPool, save_dataset, write_selected
 
@@ -45,8 +45,9 @@ SHAREGPT_ROLES = {"system": "system", "user": "human", "assistant": "gpt", "tool
 
 def check_output_format(output_format: str) -> None:
     if output_format not in OUTPUT_FORMATS:
-        raise KmqError(
-            f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}; got {output_format!r}"
+        raise ParameterError(
+            "output_format",
+            f"{{param}} must be one of {', '.join(OUTPUT_FORMATS)}; got {output_format!r}",
         )
 
 
@@ -95,10 +96,11 @@ def _alpaca(example: Example) -> dict[str, Any]:
     system = turns.pop(0).content if turns and turns[0].role == "system" else ""
     roles = [m.role for m in turns]
     if len(turns) % 2 or roles != ["user", "assistant"] * (len(turns) // 2):
-        raise KmqError(
+        raise ParameterError(
+            "output_format",
             f"row {example.row} (id {example.id!r}) has no Alpaca form: its turns are "
             f"{', '.join(m.role for m in example.messages)}, not an optional system turn and "
-            "then user/assistant pairs; write it with --output-format messages or sharegpt"
+            "then user/assistant pairs; write it with {param} messages or sharegpt",
         )
     pairs = [[turns[i].content, turns[i + 1].content] for i in range(0, len(turns), 2)]
     instruction, output = pairs.pop()

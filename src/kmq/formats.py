@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from kmq._imports import require
 from kmq.atomic import atomic_path
-from kmq.errors import FormatError, InputError, KmqError, Reject
+from kmq.errors import FormatError, InputError, KmqError, ParameterError, Reject
 from kmq.examples import Example, Message, Role
 from kmq.inputs import input_files, load_several
 from kmq.validate import Repair, describe_drop, invalid_rows_error, leading_replies
@@ -406,10 +406,11 @@ def _stream_files(path: Path) -> tuple[Path, str, list[tuple[Path, bool]]]:
     """(path, kind, [(file, gzipped), ...]) of a JSONL/Parquet file or a folder of shards."""
     if path.is_dir():
         if any((path / marker).is_file() for marker in _HF_MARKERS):
-            raise KmqError(
+            raise ParameterError(
+                "streaming",
                 f"{path}: a Hugging Face save_to_disk folder; streaming reads JSONL or Parquet "
                 "files (one, or a folder of shards): export it with dataset.to_json(...) or "
-                "dataset.to_parquet(...), or drop --streaming"
+                "dataset.to_parquet(...), or drop {param}",
             )
         files = sorted(
             p
@@ -429,9 +430,10 @@ def _stream_files(path: Path) -> tuple[Path, str, list[tuple[Path, bool]]]:
             return path, kinds.pop(), [(p, _is_gzip(p)) for p in files]
     source, kind, compressed = _resolve(path)
     if kind not in _SHARD_KINDS.values():
-        raise KmqError(
+        raise ParameterError(
+            "streaming",
             f"{source}: streaming reads JSONL or Parquet files (one, or a folder of shards), "
-            f"not {kind}; convert it, or drop --streaming"
+            f"not {kind}; convert it, or drop {{param}}",
         )
     return source, kind, [(source, compressed)]
 
@@ -462,17 +464,32 @@ def _check_options(fields: FieldMap, fmt: str | None, on_invalid: str) -> None:
     if fmt is not None and fmt not in FORMATS:
         raise FormatError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if fields.messages_field and (fields.prompt_field or fields.response_field):
-        raise KmqError("--messages-field cannot be combined with --prompt-field/--response-field")
+        raise ParameterError(
+            "messages_field",
+            "{param} cannot be combined with {prompt_field}/{response_field}",
+            "prompt_field",
+            "response_field",
+        )
     if bool(fields.prompt_field) != bool(fields.response_field):
-        raise KmqError("--prompt-field and --response-field must be given together")
+        raise ParameterError(
+            "prompt_field", "{param} and {response_field} must be given together", "response_field"
+        )
     if fmt == "mapped" and not fields.is_mapped():
-        raise KmqError(
-            "--format mapped needs --prompt-field and --response-field, or --messages-field"
+        raise ParameterError(
+            "format",
+            "{param} 'mapped' needs {prompt_field} and {response_field}, or {messages_field}",
+            "prompt_field",
+            "response_field",
+            "messages_field",
         )
     if fields.is_mapped() and fmt not in (None, "mapped"):
-        raise KmqError(
-            f"field mapping flags read records as format 'mapped', not {fmt!r}; "
-            "drop --format or the mapping flags"
+        raise ParameterError(
+            "format",
+            f"a field mapping ({{messages_field}}, {{prompt_field}}, {{response_field}}) reads "
+            f"records as format 'mapped', not {fmt!r}; drop {{param}} or the mapping",
+            "messages_field",
+            "prompt_field",
+            "response_field",
         )
 
 
@@ -819,7 +836,7 @@ class _Builder:
         self.numeric_strings = kind == "csv"
         self.on_invalid = on_invalid
         self.hint = f"records are read as format '{fmt}'" + (
-            " (detected from the first records; set --format to override)" if detected else ""
+            " (detected from the first records; give the format to override)" if detected else ""
         )
         self.examples: list[Example] = []
         self.rejects: list[Reject] = []

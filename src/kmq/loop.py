@@ -88,7 +88,7 @@ class IterateConfig:
         except ParameterError as exc:
             if exc.parameter == "feedback":
                 raise
-            raise ParameterError(f"feedback_options[{exc.parameter!r}]", exc.template) from None
+            raise exc.renamed(f"feedback_options[{exc.parameter!r}]") from None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -148,10 +148,11 @@ class IterativeSelection:
             saved = self.dir.read("config.json")
             differences = config_differences(saved, wanted)
             if differences:
-                raise KmqError(
+                raise ParameterError(
+                    "run",
                     f"{self.dir.path} holds a run with another configuration: "
                     + "; ".join(differences)
-                    + " (start a new --run, or give the run's settings)"
+                    + " (start a new {param}, or give the run's settings)",
                 )
         else:
             self.dir.path.mkdir(parents=True, exist_ok=True)
@@ -253,8 +254,8 @@ class IterativeSelection:
             raise KmqError(f"round must be in 1..{self.config.rounds}, got {r}")
         if not self.dir.done("select", r):
             raise KmqError(
-                f"round {r} of {self.dir.path} has not been drawn yet: run "
-                f"`kmq iterate next --run {self.dir.path}` to draw it"
+                f"round {r} of {self.dir.path} has not been drawn yet: draw it with advance() "
+                f"(`kmq iterate next --run {self.dir.path}`)"
             )
 
     def picked_before(self, r: int) -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 
 from kmq.allocation import weighted_quotas
 from kmq.engines import Engine
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.random import SeedLike, seed_sequence
 from kmq.selectors.base import SelectionResult, Selector, available_mask
 from kmq.shares import TOLERANCE, check_shares
@@ -52,9 +52,10 @@ def source_budgets(
     for source, share in mix.items():
         want = share * budget
         if want > capacity[source] + TOLERANCE:
-            raise KmqError(
-                f"--mix {source}={share:g} asks for {want:,.0f} of the {budget:,} {unit}, but "
-                f"source {source!r} has {capacity[source]:,} {unit} left to select"
+            raise ParameterError(
+                "mix",
+                f"{{param}} {source}={share:g} asks for {want:,.0f} of the {budget:,} {unit}, but "
+                f"source {source!r} has {capacity[source]:,} {unit} left to select",
             )
     names = list(mix)
     quotas = weighted_quotas(
@@ -96,9 +97,10 @@ def select_mixed(
     unknown = [s for s in mix if s not in present]
     if unknown:
         have = ", ".join(sorted(present)) or "none (no row has a source)"
-        raise KmqError(
-            f"--mix names {', '.join(map(repr, unknown))}, not a source of the pool; its "
-            f"sources: {have}"
+        raise ParameterError(
+            "mix",
+            f"{{param}} names {', '.join(map(repr, unknown))}, not a source of the pool; its "
+            f"sources: {have}",
         )
     free = available_mask(n, exclude)
     by_tokens = budget_tokens is not None and tokens is not None
@@ -126,7 +128,7 @@ def select_mixed(
     result = combine(parts, labels, budget if not by_tokens else None)
     left_out = sorted(set(present) - set(mix))
     if left_out:
-        result.notes.append(f"--mix names no share for {', '.join(left_out)}: none of their rows")
+        result.notes.append(f"the mix gives no share to {', '.join(left_out)}: none of their rows")
     unit = "tokens" if by_tokens else "rows"
     entry: dict[str, object] = {
         "shares": dict(mix),

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kmq.atomic import fsync_dir, umask
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 
 OUTPUT_NAMES = frozenset(
     {
@@ -54,22 +54,29 @@ def check_out(out: str | Path) -> None:
     written, or holds files that kmq did not write (they would be lost in the swap)."""
     path = Path(out)
     if path.exists() and not path.is_dir():
-        raise KmqError(f"--out {out} is a file; give a folder (new, empty or a kmq select output)")
+        raise ParameterError(
+            "out", f"{{param}} {out} is a file; give a folder (new, empty or a kmq select output)"
+        )
     parent = Path(os.path.abspath(path)).parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise KmqError(f"--out {out} lies under {parent}, which is a file, not a folder")
+        raise ParameterError(
+            "out", f"{{param}} {out} lies under {parent}, which is a file, not a folder"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise KmqError(f"--out {out}: cannot write in {parent} (permission denied)")
+        raise ParameterError(
+            "out", f"{{param}} {out}: cannot write in {parent} (permission denied)"
+        )
     if path.is_dir():
         foreign = sorted(p.name for p in path.iterdir() if not is_output_name(p.name))
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-            raise KmqError(
-                f"--out {out} holds {len(foreign)} files that kmq select did not write "
+            raise ParameterError(
+                "out",
+                f"{{param}} {out} holds {len(foreign)} files that kmq select did not write "
                 f"({shown}); the whole folder is replaced by the new selection, so give a new "
-                "or empty folder, or a kmq select output"
+                "or empty folder, or a kmq select output",
             )
 
 

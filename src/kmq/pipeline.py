@@ -191,7 +191,7 @@ def make_method(method: str | Selector, options: dict[str, Any], **shared: Any) 
     except ParameterError as exc:
         if exc.parameter not in SELECT_PARAMETERS:
             raise
-        raise ParameterError(SELECT_PARAMETERS[exc.parameter], exc.template) from None
+        raise exc.renamed(SELECT_PARAMETERS[exc.parameter]) from None
 
 
 def scores_at(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
@@ -229,14 +229,14 @@ def select_file(config: SelectConfig) -> SelectRun:
     check_out(config.out)
     if config.is_streaming():
         return select_streaming(config)
-    streaming_only = {
-        "--kmeans-sample": config.kmeans_sample,
-        "--embedding-dtype": config.embedding_dtype,
-        "--output-shard-rows": config.output_shard_rows,
-    }
-    given = [flag for flag, value in streaming_only.items() if value is not None]
+    streaming_only = ("kmeans_sample", "embedding_dtype", "output_shard_rows")
+    given = [name for name in streaming_only if getattr(config, name) is not None]
     if given:
-        raise KmqError(f"{', '.join(given)} apply to --streaming runs only")
+        listed = ", ".join(["{param}", *(f"{{{name}}}" for name in given[1:])])
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ParameterError(
+            given[0], f"{listed} {verb} to {{streaming}} runs only", *given[1:], "streaming"
+        )
     timer = Timer()
     out = Path(config.out)
     with timer.stage("load"):

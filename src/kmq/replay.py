@@ -13,7 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from kmq.config import SelectConfig
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.formats import FieldMap
 from kmq.outputs import Manifest
 
@@ -25,7 +25,7 @@ def read_manifest(path: str | Path) -> Manifest:
     try:
         return Manifest.read(path)
     except KmqError as exc:
-        raise KmqError(f"--config {exc}") from None
+        raise ParameterError("config", f"{{param}} {exc}") from None
 
 
 def config_from_manifest(

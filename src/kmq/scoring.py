@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kmq.atomic import atomic_path
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.examples import Example
 from kmq.formats import FieldMap, load_pool
 from kmq.quality import QualityScorer, get_quality_scorer
@@ -108,9 +108,10 @@ def compute_quality(
     if missing and missing == len(wanted):
         failures = getattr(scorer, "failure_summary", None)
         detail = f": {failures()}" if failures is not None else ""
-        raise KmqError(
-            f"--quality {name}: none of the {len(wanted)} rows could be scored{detail}. "
-            "Nothing was cached; fix the scorer (or its endpoint) and rerun"
+        raise ParameterError(
+            "quality",
+            f"{{param}} {name!r}: none of the {len(wanted)} rows could be scored{detail}. "
+            "Nothing was cached; fix the scorer (or its endpoint) and rerun",
         )
     if missing:
         log.warning(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from kmq.errors import KmqError, ParameterError
+from kmq.errors import ParameterError
 
 TOLERANCE = 1e-6  # how far from 1 the shares may sum
 
@@ -18,7 +18,9 @@ def parse_share(text: str) -> tuple[str, float]:
     except ValueError:
         value = math.nan
     if not sep or not source or math.isnan(value):
-        raise KmqError(f"--mix takes SOURCE=SHARE items (e.g. alpaca=0.4), got {text!r}")
+        raise ParameterError(
+            "mix", f"{{param}} takes SOURCE=SHARE items (e.g. alpaca=0.4), got {text!r}"
+        )
     return source, value
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kmq.config import SelectConfig, input_label, resolve_budget
-from kmq.errors import KmqError, Reject
+from kmq.errors import KmqError, ParameterError, Reject
 from kmq.exact import ExactDuplicates
 from kmq.formats import write_rejects
 from kmq.outdir import staged
@@ -34,35 +34,41 @@ def read_exclude(path: Path) -> list[str]:
     objects with an ``id``, or plain text with one id per line. A JSON object is refused (it
     holds no list of ids kmq could read without guessing)."""
     if not path.exists():
-        raise KmqError(f"--exclude file not found: {path}")
+        raise ParameterError("exclude", f"{{param}} file not found: {path}")
     if not path.is_file():
-        raise KmqError(f"--exclude {path} is a folder; give a file of ids")
+        raise ParameterError("exclude", f"{{param}} {path} is a folder; give a file of ids")
     if path.suffix == ".parquet":
         try:
             names = pq.read_schema(path).names
         except (pa.ArrowInvalid, OSError) as exc:
-            raise KmqError(f"--exclude {path}: not a readable Parquet file ({exc})") from None
+            raise ParameterError(
+                "exclude", f"{{param}} {path}: not a readable Parquet file ({exc})"
+            ) from None
         if "id" not in names:
-            raise KmqError(
-                f"--exclude {path}: no 'id' column (it has {', '.join(names) or 'none'})"
+            raise ParameterError(
+                "exclude", f"{{param}} {path}: no 'id' column (it has {', '.join(names) or 'none'})"
             )
         return [str(v) for v in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise KmqError(f"--exclude {path}: not UTF-8 text (byte {exc.start})") from None
+        raise ParameterError(
+            "exclude", f"{{param}} {path}: not UTF-8 text (byte {exc.start})"
+        ) from None
     if path.suffix == ".json":
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise KmqError(
-                f"--exclude {path}, line {exc.lineno} column {exc.colno}: not valid JSON "
-                f"({exc.msg})"
+            raise ParameterError(
+                "exclude",
+                f"{{param}} {path}, line {exc.lineno} column {exc.colno}: not valid JSON "
+                f"({exc.msg})",
             ) from None
         if not isinstance(items, list):
-            raise KmqError(
-                f"--exclude {path}: a JSON {json_kind(items)}, expected an array of ids "
-                '(["a", "b"]) or of objects with an "id"'
+            raise ParameterError(
+                "exclude",
+                f"{{param}} {path}: a JSON {json_kind(items)}, expected an array of ids "
+                '(["a", "b"]) or of objects with an "id"',
             )
         return exclude_ids(path, "item", list(enumerate(items, start=1)))
     if path.suffix == ".jsonl":
@@ -73,8 +79,8 @@ def read_exclude(path: Path) -> list[str]:
             try:
                 lines.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise KmqError(
-                    f"--exclude {path}, line {number}: not valid JSON ({exc.msg})"
+                raise ParameterError(
+                    "exclude", f"{{param}} {path}, line {number}: not valid JSON ({exc.msg})"
                 ) from None
         return exclude_ids(path, "line", lines)
     return [line.strip() for line in text.splitlines() if line.strip()]
@@ -92,9 +98,10 @@ def exclude_ids(path: Path, unit: str, items: list[tuple[int, Any]]) -> list[str
     for number, item in items:
         value = item.get("id") if isinstance(item, dict) else item
         if isinstance(value, bool) or not isinstance(value, str | int):
-            raise KmqError(
-                f"--exclude {path}, {unit} {number}: expected an id (a string, or an object "
-                f"with 'id'), got {json.dumps(item)[:80]}"
+            raise ParameterError(
+                "exclude",
+                f"{{param}} {path}, {unit} {number}: expected an id (a string, or an object "
+                f"with 'id'), got {json.dumps(item)[:80]}",
             )
         ids.append(str(value))
     return ids
@@ -117,19 +124,28 @@ def check_feasible(config: SelectConfig, n: int, budget: int, excluded: int) -> 
     """Before any embedding: the budget fits the rows left, and k (or the k grid) the pool."""
     left = n - excluded
     if left == 0:
-        raise KmqError(
-            f"--exclude {config.exclude} names every one of the {n} valid rows: "
-            "nothing is left to select"
+        raise ParameterError(
+            "exclude",
+            f"{{param}} {config.exclude} names every one of the {n} valid rows: "
+            "nothing is left to select",
         )
     if budget > left:
-        named = f" ({excluded} excluded by --exclude {config.exclude})" if excluded else ""
-        raise KmqError(f"--budget {budget} exceeds the {left} rows left to select of {n}{named}")
+        named = f" ({excluded} excluded by {{exclude}} {config.exclude})" if excluded else ""
+        raise ParameterError(
+            "budget",
+            f"{{param}} {budget} exceeds the {left} rows left to select of {n}{named}",
+            "exclude",
+        )
     if not config.needs_clusters():
         return
     if config.k != "auto" and config.k > n:
-        raise KmqError(f"--k {config.k} exceeds the {n} valid rows (k-means needs k <= rows)")
+        raise ParameterError(
+            "k", f"{{param}} {config.k} exceeds the {n} valid rows (k-means needs k <= rows)"
+        )
     if config.k == "auto" and config.k_grid and max(config.k_grid) > n:
-        raise KmqError(f"--k-grid {config.k_grid} has a k above the {n} valid rows")
+        raise ParameterError(
+            "k_grid", f"{{param}} {config.k_grid} has a k above the {n} valid rows"
+        )
 
 
 def exact_mask(duplicates: ExactDuplicates | None, n: int) -> np.ndarray:
@@ -169,16 +185,20 @@ def check_vectors(vectors: np.ndarray, encoder: str, cache_dir: str | None) -> N
     that answers zeros); a few all-zero rows only warn (e.g. a static model that knows none of
     a text's tokens)."""
     n = len(vectors)
-    where = f"--cache-dir {cache_dir}" if cache_dir else "the kmq cache ($KMQ_CACHE_DIR)"
-    fix = f"; they may be cached in {where}: remove that entry or give another --cache-dir"
+    where = f"{{param}} {cache_dir}" if cache_dir else "the kmq cache ($KMQ_CACHE_DIR)"
+    fix = f"; they may be cached in {where}: remove that entry or give another {{param}}"
     broken = n - int(np.isfinite(vectors).all(axis=1).sum())
     if broken:
-        raise KmqError(f"the encoder {encoder} returned {broken} of {n} vectors with NaN/inf{fix}")
+        raise ParameterError(
+            "cache_dir",
+            f"the encoder {encoder} returned {broken} of {n} vectors with NaN/inf{fix}",
+        )
     zero = int((~np.any(vectors != 0, axis=1)).sum())
     if zero == n:
-        raise KmqError(
+        raise ParameterError(
+            "cache_dir",
             f"the encoder {encoder} returned an all-zero vector for every one of the {n} rows: "
-            f"nothing to cluster{fix}"
+            f"nothing to cluster{fix}",
         )
     if zero:
         log.warning("the encoder %s returned %d all-zero vectors of %d", encoder, zero, n)

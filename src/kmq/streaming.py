@@ -46,7 +46,7 @@ from kmq.cache import ContentHash, embed_rows, encode_shards
 from kmq.chunks import CHUNK_ROWS, take_rows
 from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids, resolve_k
 from kmq.config import SelectConfig, make_encoder, make_selector
-from kmq.errors import KmqError, Reject
+from kmq.errors import KmqError, ParameterError, Reject
 from kmq.exact import DUPLICATES, KEY_DTYPE, find_duplicates, text_key, write_duplicates
 from kmq.examples import Example
 from kmq.formats import ExampleStream, write_rejects, write_selected_shards
@@ -253,13 +253,20 @@ def centroid_cosine(distances: np.ndarray, labels: np.ndarray, centroids: np.nda
 def check_supported(config: SelectConfig) -> None:
     """Refuse what the streaming path cannot do, before any work."""
     if config.quality:
-        raise KmqError(
-            f"--quality {config.quality} scores rows held in memory, which --streaming does not "
-            "do; score the pool first (kmq score), add the score to each record and pass "
-            "--quality-field"
+        raise ParameterError(
+            "quality",
+            f"{{param}} {config.quality!r} scores rows held in memory, which {{streaming}} does "
+            "not do; score the pool first (kmq score), add the score to each record and pass "
+            "{quality_field}",
+            "streaming",
+            "quality_field",
         )
     if config.dedup is not None:
-        raise KmqError("--dedup compares vectors held in memory and does not run with --streaming")
+        raise ParameterError(
+            "dedup",
+            "{param} compares vectors held in memory and does not run with {streaming}",
+            "streaming",
+        )
 
 
 @dataclass
@@ -281,8 +288,9 @@ def cluster_stream(
     grid = [int(config.k)] if config.k != "auto" else config.k_grid or default_k_grid(n, budget)
     size = sample_size(n, max(grid), config.kmeans_sample)
     if max(grid) > size:
-        raise KmqError(
-            f"k={max(grid)} needs at least that many rows to fit on; --kmeans-sample is {size}"
+        raise ParameterError(
+            "kmeans_sample",
+            f"k={max(grid)} needs at least that many rows to fit on; {{param}} is {size}",
         )
     with timer.stage("sample"):
         sample = kmeans_sample(embeddings, size, seed=config.seed, show_progress=config.progress)
@@ -410,10 +418,12 @@ def select_streaming(config: SelectConfig) -> SelectRun:
         len(pool.rejects),
     )
     if config.method in IN_MEMORY_METHODS and n > IN_MEMORY_LIMIT:
-        raise KmqError(
-            f"--method {config.method} needs every vector in memory and O(n · budget) time; "
-            f"with --streaming it runs on pools of up to {IN_MEMORY_LIMIT:,} rows, and this one "
-            f"has {n:,}. Use kmq, km-random, km-closest or random"
+        raise ParameterError(
+            "method",
+            f"{{param}} {config.method!r} needs every vector in memory and O(n · budget) time; "
+            f"with {{streaming}} it runs on pools of up to {IN_MEMORY_LIMIT:,} rows, and this "
+            f"one has {n:,}. Use kmq, km-random, km-closest or random",
+            "streaming",
         )
     left_out = exclusions(config, pool.ids, lambda: find_duplicates(pool.dedup_keys))
     budget, exclude_mask, duplicates = left_out.budget, left_out.mask, left_out.duplicates

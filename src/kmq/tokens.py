@@ -27,7 +27,7 @@ import numpy as np
 from kmq._imports import require
 from kmq.atomic import atomic_path, build_folder
 from kmq.cachedir import cache_root
-from kmq.errors import KmqError
+from kmq.errors import ParameterError
 from kmq.examples import Example
 
 log = logging.getLogger("kmq")
@@ -102,9 +102,10 @@ def load_token_counter(
     else:
         folder = Path(spec)
         if not folder.is_dir():
-            raise KmqError(
-                f"--tokenizer {spec!r} is neither 'smollm2' nor a local tokenizer folder "
-                "(kmq reads tokenizers offline only)"
+            raise ParameterError(
+                "tokenizer",
+                f"{{param}} {spec!r} is neither 'smollm2' nor a local tokenizer folder "
+                "(kmq reads tokenizers offline only)",
             )
         name = str(folder.resolve())
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

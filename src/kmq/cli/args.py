@@ -196,6 +196,10 @@ FEEDBACK_OPTIONS = {
 }
 
 
+# The engines' options and the flags' dests that set them
+ENGINE_FLAGS = {"address": "ray_address", "workers": "ray_workers"}
+
+
 def scorer_options(args: argparse.Namespace) -> dict[str, Any]:
     """Scorer settings by the names the scorers take (unset ones stay at their defaults)."""
     return {option: getattr(args, dest) for option, dest in SCORER_OPTIONS.items()}
@@ -305,7 +309,7 @@ def select_config(args: argparse.Namespace, *, out: str, method: str) -> SelectC
     (the flags a subcommand lacks keep the field's default), and the fields flags make up."""
     given = vars(args)
     settings = {name: given[name] for name in CONFIG if name in given}
-    engine_options = {"address": args.ray_address, "workers": args.ray_workers}
+    engine_options = {option: getattr(args, dest) for option, dest in ENGINE_FLAGS.items()}
     return SelectConfig(
         **settings
         | {
@@ -329,7 +333,8 @@ def one_or_many(inputs: str | list[str] | None) -> str | list[str] | None:
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     """The flag of every parameter a library error may name: each option's dest (the
-    :class:`SelectConfig` field it sets) and each scorer option (``quality_options['model']``)."""
+    :class:`SelectConfig` field it sets) and each scorer and engine option
+    (``quality_options['model']``, ``engine_options['workers']``)."""
     flags: dict[str, str] = {}
     parsers = [parser]
     while parsers:
@@ -339,10 +344,13 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
                 parsers.extend(action.choices.values())
             elif action.option_strings:
                 flags.setdefault(action.dest, max(action.option_strings, key=len))
-    for option, dest in SCORER_OPTIONS.items():
-        if dest in flags:
-            flags[f"quality_options[{option!r}]"] = flags[dest]
-    for option, dest in FEEDBACK_OPTIONS.items():
-        if dest in flags:
-            flags[f"feedback_options[{option!r}]"] = flags[dest]
+    tables = {
+        "quality_options": SCORER_OPTIONS,
+        "feedback_options": FEEDBACK_OPTIONS,
+        "engine_options": ENGINE_FLAGS,
+    }
+    for field, table in tables.items():
+        for option, dest in table.items():
+            if dest in flags:
+                flags[f"{field}[{option!r}]"] = flags[dest]
     return flags

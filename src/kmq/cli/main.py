@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         with quiet_libraries() if quiet else contextlib.nullcontext():
             return int(args.handler(args))
     except ParameterError as exc:
-        flag = flag_names(parser).get(exc.parameter, exc.parameter)
-        sys.stderr.write(f"error: {exc.naming(flag)}\n")
+        sys.stderr.write(f"error: {exc.naming(flag_names(parser))}\n")
         return 2
     except KmqError as exc:
         sys.stderr.write(f"error: {exc}\n")

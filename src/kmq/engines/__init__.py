@@ -19,8 +19,9 @@ from kmq.cache import CacheArgs
 from kmq.clustering import DEFAULT_NITER, Clustering
 from kmq.encoders import Encoder
 from kmq.engines.local import LocalEngine
-from kmq.errors import KmqError
+from kmq.errors import ParameterError
 from kmq.random import SeedLike
+from kmq.registry import choose
 from kmq.selectors import SelectionResult, Selector
 from kmq.selectors.base import SelectArgs
 
@@ -58,18 +59,14 @@ def _ray_engine(**options: Any) -> Engine:
 
 
 ENGINES: dict[str, Callable[..., Engine]] = {"local": LocalEngine, "ray": _ray_engine}
-# Options each engine takes, with the command-line flag that sets each.
-ENGINE_OPTIONS: dict[str, dict[str, str]] = {
-    "local": {},
-    "ray": {"address": "--ray-address", "workers": "--ray-workers"},
-}
+ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {"local": (), "ray": ("address", "workers")}
 
 
 def get_engine(name: str = "local", **options: Any) -> Engine:
     """The engine called ``name`` with its ``options`` (``ray``: ``address``, ``workers``; see
-    :class:`kmq.engines.ray.RayEngine`). Nothing is started until the engine is used."""
-    if name not in ENGINES:
-        raise KmqError(f"--engine must be one of {', '.join(ENGINES)}; got {name!r}")
+    :class:`kmq.engines.ray.RayEngine`). Nothing is started until the engine is used. Errors
+    name ``engine`` and ``engine_options['KEY']``, as :class:`~kmq.config.SelectConfig` does."""
+    choose("engine", name, ENGINES)
     given = {key: value for key, value in options.items() if value is not None}
     allowed = ENGINE_OPTIONS[name]
     for key in given:
@@ -77,13 +74,22 @@ def get_engine(name: str = "local", **options: Any) -> Engine:
             continue
         owner = next((engine for engine, opts in ENGINE_OPTIONS.items() if key in opts), None)
         if owner is not None:
-            flag = ENGINE_OPTIONS[owner][key]
-            raise KmqError(f"{flag} needs --engine {owner}; got --engine {name}")
-        raise KmqError(
-            f"engine option {key!r} is not one of the {name} engine's options: "
-            f"{', '.join(allowed) or 'none'}"
+            raise ParameterError(
+                f"engine_options[{key!r}]",
+                f"{{param}} is an option of the {owner} engine; got {{engine}} {name!r}",
+                "engine",
+            )
+        raise ParameterError(
+            f"engine_options[{key!r}]",
+            f"{{param}} is not an option of the {name} engine (its options: "
+            f"{', '.join(allowed) or 'none'})",
         )
-    return ENGINES[name](**given)
+    try:
+        return ENGINES[name](**given)
+    except ParameterError as exc:
+        if exc.parameter not in given:
+            raise
+        raise exc.renamed(f"engine_options[{exc.parameter!r}]") from None
 
 
 __all__ = ["ENGINES", "Engine", "LocalEngine", "get_engine"]

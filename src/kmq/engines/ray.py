@@ -35,7 +35,7 @@ from kmq.cache import CacheArgs, content_hash, embed_rows
 from kmq.chunks import read_rows, spans
 from kmq.clustering import DEFAULT_NITER, Clustering, assign, fit_centroids
 from kmq.encoders import Encoder
-from kmq.errors import KmqError
+from kmq.errors import ParameterError
 from kmq.random import SeedLike
 from kmq.rowcache import row_keys
 from kmq.selectors import ClusterSelector, SelectionResult, Selector
@@ -66,7 +66,9 @@ class RayEngine:
         if workers is not None and (
             isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
         ):
-            raise KmqError(f"--ray-workers must be a positive integer, got {workers!r}")
+            raise ParameterError(
+                "workers", f"{{param}} must be a positive integer, got {workers!r}"
+            )
         self.address = address
         self.workers = workers
 
@@ -77,9 +79,9 @@ class RayEngine:
                 try:
                     ray.init(address=self.address)
                 except ConnectionError as exc:
-                    raise KmqError(
-                        f"could not connect to the Ray cluster at --ray-address "
-                        f"{self.address}: {exc}"
+                    raise ParameterError(
+                        "engine_options['address']",
+                        f"could not connect to the Ray cluster at {{param}} {self.address}: {exc}",
                     ) from exc
             else:
                 ray.init(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.examples import Example
 
 
@@ -39,7 +39,9 @@ class ColumnScorer:
 
     def __init__(self, *, field: str) -> None:
         if not field:
-            raise KmqError("the column scorer needs the field to read (--quality-field NAME)")
+            raise ParameterError(
+                "quality_field", "the column scorer needs the field to read ({param})"
+            )
         self.field = field
         self.direction = f"the input's '{field}' field as given; higher = better"
 

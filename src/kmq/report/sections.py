@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from kmq.errors import KmqError
 from kmq.outputs import CLUSTERS, entropy
 from kmq.report.html import (
     Cell,
@@ -48,6 +49,7 @@ class ClusterFacts:
     quality: np.ndarray
     terms: list[list[str]] | None
     examples: list[list[str]]
+    no_terms: str = "the input texts are not available"  # why ``terms`` is None
 
     def label(self, j: int) -> str:
         return " · ".join(self.terms[j][:LABEL_TERMS]) if self.terms else ""
@@ -63,13 +65,17 @@ def cluster_facts(data: Selection, k: int) -> ClusterFacts:
     if data.pool is None:
         return ClusterFacts(picked, quality, None, [[] for _ in range(k)])
     texts = [ex.text("user") for ex in data.pool.examples]
-    if data.labels is not None:
-        terms = distinctive_terms(texts, data.labels, k)
-    elif picks.positions is not None:
-        terms = distinctive_terms([texts[i] for i in picks.positions], picks.clusters, k)
-    else:
-        terms = None
-    return ClusterFacts(picked, quality, terms, example_prompts(texts, picks, data.labels, k))
+    examples = example_prompts(texts, picks, data.labels, k)
+    try:
+        if data.labels is not None:
+            terms = distinctive_terms(texts, data.labels, k)
+        elif picks.positions is not None:
+            terms = distinctive_terms([texts[i] for i in picks.positions], picks.clusters, k)
+        else:
+            return ClusterFacts(picked, quality, None, examples)
+    except KmqError as exc:  # scikit-learn is not installed
+        return ClusterFacts(picked, quality, None, examples, str(exc))
+    return ClusterFacts(picked, quality, terms, examples)
 
 
 def example_prompts(
@@ -269,7 +275,7 @@ def clusters_section(data: Selection, facts: ClusterFacts | None, max_clusters: 
             note(f"the {max_clusters:,} largest of {len(data.sizes):,} clusters are listed")
         )
     if facts.terms is None:
-        body.append(note("no distinctive terms or labels: the input texts are not available"))
+        body.append(note(f"no distinctive terms or labels: {facts.no_terms}"))
     columns = cluster_columns(data, facts)
     shown = np.argsort(-data.sizes, kind="stable")[:max_clusters]
     rows = ([cell(int(j)) for _, cell in columns] for j in shown)

@@ -1,70 +1,52 @@
-"""Distinctive terms per cluster (c-TF-IDF over word tokens, stop words left out)."""
+"""Distinctive terms per cluster: c-TF-IDF (as BERTopic defines it) on scikit-learn's word
+counts, English stop words left out."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
+from kmq._imports import require
+
 TERMS = 8  # distinctive terms per cluster
 LABEL_TERMS = 3  # terms in the automatic label
 TERM_TEXT_CHARS = 2000  # characters of each text that count for the terms
-TOKEN = re.compile(r"[^\W\d_]{3,}")
-_STOPWORDS = """
-    about above after again against all also among and another any are around because been
-    before being below between both but can cannot could did does doing done down during each
-    either else even ever every few for from further get gets given had has have having her here
-    hers herself him himself his how however into its itself just least less let like made make
-    many may might more most much must myself neither nor not now off once one only onto other
-    others our ours ourselves out over own per same shall she should since some such than that
-    the their theirs them themselves then there these they this those though through thus too
-    under until upon use used using very was way well were what when where whether which while
-    who whom whose why will with within without would yet you your yours yourself yourselves
-"""
-
-
-STOPWORDS = frozenset(_STOPWORDS.split())
+WORD = r"(?u)\b[^\W\d_]{3,}\b"  # a word: three or more letters (no digits, no underscore)
 
 
 def distinctive_terms(texts: Sequence[str], labels: np.ndarray, k: int) -> list[list[str]]:
-    """The ``TERMS`` words most particular to each cluster by class-based TF-IDF (c-TF-IDF):
-    tf of the word in the cluster × log(1 + average words per cluster / the word's count in
-    all texts). Stop words and words under 3 letters do not count."""
-    vocab: dict[str, int] = {}
-    ids, owners = [], []
-    for text, label in zip(texts, labels, strict=True):
-        words = [w for w in TOKEN.findall(text[:TERM_TEXT_CHARS].lower()) if w not in STOPWORDS]
-        if label >= 0 and words:
-            ids.append(np.array([vocab.setdefault(w, len(vocab)) for w in words], dtype=np.int64))
-            owners.append(np.full(len(words), label, dtype=np.int64))
-    if not ids:
-        return [[] for _ in range(k)]
-    n_terms = len(vocab)
-    pairs, counts = np.unique(
-        np.concatenate(owners) * n_terms + np.concatenate(ids), return_counts=True
-    )
-    cluster, term = np.divmod(pairs, n_terms)
-    words_in = np.bincount(cluster, weights=counts, minlength=k)
-    frequency = np.bincount(term, weights=counts, minlength=n_terms)
-    average = counts.sum() / np.count_nonzero(words_in)
-    score = counts / words_in[cluster] * np.log1p(average / frequency[term])
-    order = np.lexsort((-score, cluster))
-    starts = np.searchsorted(cluster[order], np.arange(k))
-    rank = np.arange(len(order)) - starts[cluster[order]]
-    names = list(vocab)
+    """The ``TERMS`` words most particular to each of the ``k`` clusters, best first.
+
+    A word's score in cluster ``j`` is c-TF-IDF: its share of the words of ``j`` × log(1 +
+    average words per cluster / its count in all clusters). Words are counted by
+    scikit-learn's ``CountVectorizer`` (lower-cased, :data:`WORD`, its English stop words left
+    out) over the first ``TERM_TEXT_CHARS`` characters of each text; rows labelled -1 do not
+    count. Ties go alphabetically.
+    """
+    text = require("sklearn.feature_extraction.text")
+    sparse = require("scipy.sparse")
+    inside = np.flatnonzero(np.asarray(labels) >= 0)
     out: list[list[str]] = [[] for _ in range(k)]
-    for i in order[rank < 2 * TERMS]:
-        words = out[cluster[i]]
-        word = names[term[i]]
-        if len(words) < TERMS and not any(same_stem(word, w) for w in words):
-            words.append(word)
-    return out
-
-
-def same_stem(a: str, b: str) -> bool:
-    """A crude stemmer: ``reverse``/``reversed``, ``candy``/``candies`` count as one word."""
-    common = next(
-        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    vectorizer = text.CountVectorizer(stop_words="english", token_pattern=WORD)
+    try:
+        counts = vectorizer.fit_transform([texts[int(i)][:TERM_TEXT_CHARS] for i in inside])
+    except ValueError:  # no row, or no word left in any row: an empty vocabulary
+        return out
+    members = sparse.csr_matrix(
+        (np.ones(len(inside)), (labels[inside], np.arange(len(inside)))), shape=(k, len(inside))
     )
-    return common >= 4 and common >= min(len(a), len(b)) - 2
+    per_cluster = sparse.csr_matrix(members @ counts)
+    per_cluster.sort_indices()
+    words_in = np.asarray(per_cluster.sum(axis=1)).ravel()
+    frequency = np.asarray(per_cluster.sum(axis=0)).ravel()
+    average = words_in.sum() / np.count_nonzero(words_in)
+    cluster = np.repeat(np.arange(k), np.diff(per_cluster.indptr))
+    term = per_cluster.indices
+    scores = per_cluster.data / words_in[cluster] * np.log1p(average / frequency[term])
+    names = vectorizer.get_feature_names_out()
+    for j in range(k):
+        row = slice(per_cluster.indptr[j], per_cluster.indptr[j + 1])
+        best = np.argsort(-scores[row], kind="stable")[:TERMS]
+        out[j] = [str(word) for word in names[term[row][best]]]
+    return out

@@ -46,7 +46,11 @@ class DeitaSelector(PoolSelector):
 
     def checked_quality(self, quality: np.ndarray | None, n: int) -> np.ndarray:
         if quality is None:
-            raise KmqError("deita ranks rows by quality: pass --quality or --quality-field")
+            raise ParameterError(
+                "quality",
+                "deita ranks rows by quality: give {param} or {quality_field}",
+                "quality_field",
+            )
         q = np.asarray(quality, dtype=np.float64)
         if q.shape != (n,):
             raise KmqError(f"quality must have one entry per row ({n}), got shape {q.shape}")

@@ -137,9 +137,10 @@ class KMQSelector(ClusterSelector):
         if self.weighting == "auto":
             return "linear" if q.min() >= 0 else "softmax"
         if self.weighting == "linear" and q.min() < 0:
-            raise KmqError(
+            raise ParameterError(
+                "quality_weighting",
                 f"linear quality weighting needs scores >= 0 (min is {q.min():.4g}); "
-                "use --quality-weighting softmax (or auto) for signed scores"
+                "use {param} softmax (or auto) for signed scores",
             )
         return self.weighting
 

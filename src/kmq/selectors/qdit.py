@@ -98,9 +98,11 @@ class QDITSelector(PoolSelector):
 
     def checked_quality(self, quality: np.ndarray | None, n: int) -> np.ndarray | None:
         if quality is None and self.alpha > 0:
-            raise KmqError(
-                f"{self.name} with alpha={self.alpha} weighs quality: pass --quality or "
-                "--quality-field (or use alpha=0 for pure facility location)"
+            raise ParameterError(
+                "quality",
+                f"{self.name} with alpha={self.alpha} weighs quality: give {{param}} or "
+                "{quality_field} (or use alpha=0 for pure facility location)",
+                "quality_field",
             )
         return None if quality is None else checked_quality(quality, n)
 

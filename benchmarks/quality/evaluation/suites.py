@@ -2,9 +2,9 @@
 
 Two kinds of item:
 
-- :class:`NLLItem` (prompt turns, reference answer), scored by :func:`kmq.evaluation.nll`;
+- :class:`NLLItem` (prompt turns, reference answer), scored by :func:`evaluation.nll`;
 - :class:`MCItem` (context, choice continuations, gold index), scored by
-  :func:`kmq.evaluation.mc`.
+  :func:`evaluation.mc`.
 
 Suites (files relative to the data folder):
 

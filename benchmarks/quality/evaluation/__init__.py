@@ -1,11 +1,13 @@
 """Evaluation primitives for comparing fine-tuned models: suites of items, and their scores.
 
-:mod:`kmq.evaluation.suites` loads fixed, seeded subsets of the shared evaluation sets;
-:mod:`kmq.evaluation.scoring` scores a causal LM on them (reference NLL, multiple choice).
+:mod:`evaluation.suites` loads fixed, seeded subsets of the shared evaluation sets;
+:mod:`evaluation.scoring` scores a causal LM on them (reference NLL, multiple choice).
+Used by the quality benchmarks only: import it with ``benchmarks/quality`` on ``sys.path``, as
+the benchmark scripts and their tests do.
 """
 
-from kmq.evaluation.scoring import MCScores, NLLScores, mc, nll
-from kmq.evaluation.suites import (
+from .scoring import MCScores, NLLScores, mc, nll
+from .suites import (
     MC_SUITES,
     NLL_SUITES,
     MCItem,

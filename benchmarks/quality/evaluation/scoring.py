@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from kmq.errors import KmqError
-from kmq.evaluation.suites import MCItem, NLLItem
 from kmq.quality.lm import check_settings, fit_window, score_responses, token_ids, windows_nll
+
+from .suites import MCItem, NLLItem
 
 
 @dataclass(frozen=True, slots=True)
