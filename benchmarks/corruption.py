@@ -131,7 +131,7 @@ def embeddings(pool: Any, args: argparse.Namespace) -> np.ndarray:
         rows = [where[ex.id] for ex in pool.examples]
         return np.ascontiguousarray(np.load(args.embeddings, mmap_mode="r")[rows], np.float32)
     from kmq.config import SelectConfig
-    from kmq.pipeline import embed_pool
+    from kmq.pools import embed_pool
 
     config = SelectConfig(input="", out="", cache_dir=str(args.cache_dir), progress=False)
     vectors, _ = embed_pool(pool, config)

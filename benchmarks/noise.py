@@ -284,7 +284,7 @@ def pool_labels(pool: Path, k: int, seed: int, embeddings: Path | None, n: int) 
     else:
         from kmq.config import SelectConfig
         from kmq.formats import load_pool
-        from kmq.pipeline import embed_pool
+        from kmq.pools import embed_pool
 
         loaded = load_pool(pool)
         if len(loaded.examples) != n:

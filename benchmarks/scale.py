@@ -165,10 +165,10 @@ def real_vectors(pool: Path) -> Path | None:
 
 def worker(args: argparse.Namespace) -> None:
     """Run one streaming selection and print what it measured as one JSON line."""
+    from kmq.clustering import centroid_cosine
     from kmq.config import SelectConfig
     from kmq.pipeline import select_file
     from kmq.selectors import get_selector
-    from kmq.streaming import centroid_cosine
 
     encoder: Any = ReplayEncoder(args.replay) if args.replay else SyntheticEncoder()
     config = SelectConfig(

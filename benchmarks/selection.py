@@ -386,7 +386,7 @@ def embeddings(args: argparse.Namespace, pool: Any) -> np.ndarray:
             sys.exit(f"error: {args.embeddings}: {len(x)} rows, the pool has {len(pool.examples)}")
         return np.ascontiguousarray(x, dtype=np.float32)
     from kmq.config import SelectConfig
-    from kmq.pipeline import embed_pool
+    from kmq.pools import embed_pool
 
     config = SelectConfig(input=str(args.pool), out="", cache_dir=str(args.cache_dir))
     return embed_pool(pool, config)[0]

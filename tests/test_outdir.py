@@ -62,8 +62,8 @@ def test_a_rerun_leaves_no_file_of_the_earlier_run(
 
 
 WRITERS = [
-    "pipeline.write_output",
-    "pipeline.write_table",
+    "pools.write_output",
+    "pipeline.write_selection_table",
     "pipeline.write_clusters",
     "outputs.write_json",  # the manifest, written last
 ]
@@ -95,13 +95,13 @@ def test_a_full_disk_is_one_error_line_and_the_earlier_run_stays(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     pool, out, before = earlier
-    real = pipeline.write_table
+    real = pipeline.write_selection_table
 
     def full(path: Path, *args: object, **kwargs: object) -> None:
         real(path, *args, **kwargs)  # type: ignore[arg-type]
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(pipeline, "write_table", full)
+    monkeypatch.setattr(pipeline, "write_selection_table", full)
     args = ["select", str(pool), "--out", str(out), "--method", "random", "--budget", "5"]
     assert main([*args, "--on-invalid", "skip", "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -117,13 +117,13 @@ import os, signal, sys
 from kmq import pipeline
 from kmq.cli import main
 
-real = pipeline.write_table
+real = pipeline.write_selection_table
 
 def killed(*args, **kwargs):
     real(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
 
-pipeline.write_table = killed
+pipeline.write_selection_table = killed
 main(sys.argv[1:])
 """
 

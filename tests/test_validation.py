@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kmq import loop as loop_module
-from kmq import outdir, pipeline
+from kmq import outdir, pools
 from kmq.cli import main
 from kmq.errors import KmqError
 from kmq.examples import Message
@@ -41,7 +41,7 @@ def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
     def embed(*args: object, **kwargs: object) -> None:
         raise AssertionError("embedded before the input was checked")
 
-    monkeypatch.setattr(pipeline, "embed_pool", embed)
+    monkeypatch.setattr(pools, "embed_pool", embed)
     monkeypatch.setattr(loop_module, "embed_pool", embed)
 
 

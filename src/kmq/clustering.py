@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from kmq.chunks import CHUNK_ROWS, iter_rows
+from kmq.chunks import CHUNK_ROWS, iter_rows, take_rows
 from kmq.errors import KmqError
 from kmq.random import SeedLike, as_int_seed, make_rng
 
@@ -30,6 +30,8 @@ SMALL_K = 256
 MIN_CHAIN = 10
 LARGE_K_EARLY_STOP = 0.005
 SILHOUETTE_SAMPLE = 5000
+SAMPLE_PER_CENTROID = 256  # faiss' max_points_per_centroid: rows it fits each centre on
+SAMPLE_FLOOR = 100_000
 
 
 @dataclass
@@ -125,6 +127,31 @@ def assign(
         labels[start : start + len(chunk)] = i[:, 0]
         distances[start : start + len(chunk)] = d[:, 0]
     return labels, distances
+
+
+def sample_size(n: int, k_max: int, requested: int | None = None) -> int:
+    """Rows k-means is fitted on when it fits on a sample: ``requested``, else
+    ``max(256·k_max, 100,000)``; at most ``n``."""
+    wanted = requested if requested is not None else max(SAMPLE_PER_CENTROID * k_max, SAMPLE_FLOOR)
+    return min(n, wanted)
+
+
+def kmeans_sample(
+    embeddings: np.ndarray, size: int, *, seed: int, show_progress: bool = False
+) -> np.ndarray:
+    """``size`` rows drawn without replacement with ``seed`` (every row, in order, when ``size``
+    covers the pool), as float32 in input order, read chunk by chunk."""
+    n = len(embeddings)
+    rows = np.arange(n) if size >= n else np.sort(make_rng(seed).choice(n, size, replace=False))
+    return take_rows(embeddings, rows, show_progress=show_progress, desc="k-means sample")
+
+
+def centroid_cosine(distances: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Cosine of each unit row to its centre, from the squared L2 distance ``d²`` to it:
+    ``(1 + |c|² - d²) / (2|c|)``."""
+    norm2 = (centroids.astype(np.float64) ** 2).sum(1)[labels]
+    cosine = (1.0 + norm2 - distances) / (2.0 * np.sqrt(np.maximum(norm2, 1e-24)))
+    return np.clip(cosine, -1.0, 1.0).astype(np.float32)
 
 
 def seeding_settings(k: int) -> tuple[int, float]:

@@ -158,52 +158,86 @@ class SelectConfig:
                 "k_grid", f"{{param}} must list integers >= 2, got {self.k_grid!r}"
             )
         make_engine(self)
-        if self.engine != "local" and self.is_streaming():
+        check_output_format(self.output_format)
+        if self.mix is not None:
+            check_shares(self.mix)
+        if self.is_streaming():
+            self.check_streamed()
+        else:
+            self.check_in_memory()
+
+    def check_streamed(self) -> None:
+        """Refuse, for a streamed pool, the settings that need every record or vector in
+        memory, or another engine (see :mod:`kmq.streaming`)."""
+        if self.engine != "local":
             raise ParameterError(
                 "engine",
                 f"{{param}} {self.engine!r} does not run {{streaming}} selections",
                 "streaming",
             )
-        check_output_format(self.output_format)
-        if self.decontaminate and self.is_streaming():
+        if self.decontaminate:
             raise ParameterError(
                 "decontaminate",
                 "{param} runs on pools read in memory, not {streaming}",
                 "streaming",
             )
-        if self.streaming and input_files(self.input) is not None:
+        if input_files(self.input) is not None:
             raise ParameterError(
                 "streaming", "{param} reads one file or a folder of shards, not several inputs"
             )
-        if self.streaming and not is_path(self.input):
+        if not is_path(self.input):
             raise ParameterError(
                 "streaming", "{param} reads files; records in memory are selected in memory"
             )
-        if self.output_format != "native" and self.is_streaming():
+        if self.output_format != "native":
             raise ParameterError(
                 "output_format",
                 f"{{param}} {self.output_format!r}: {{streaming}} runs write the rows as read "
                 "(native) only",
                 "streaming",
             )
-        if self.sample is not None and self.is_streaming():
+        if self.sample is not None:
             raise ParameterError(
                 "sample",
                 "{param} applies to in-memory runs only, not to {streaming} ones",
                 "streaming",
             )
         if self.mix is not None:
-            check_shares(self.mix)
-            if self.is_streaming():
-                raise ParameterError(
-                    "mix", "{param} applies to in-memory runs, not {streaming}", "streaming"
-                )
-        if (self.budget_tokens is not None or self.tokenizer is not None) and self.is_streaming():
+            raise ParameterError(
+                "mix", "{param} applies to in-memory runs, not {streaming}", "streaming"
+            )
+        if self.budget_tokens is not None or self.tokenizer is not None:
             raise ParameterError(
                 "budget_tokens",
                 "{param} and {tokenizer} apply to in-memory runs, not {streaming}",
                 "tokenizer",
                 "streaming",
+            )
+        if self.quality:
+            raise ParameterError(
+                "quality",
+                f"{{param}} {self.quality!r} scores rows held in memory, which {{streaming}} does "
+                "not do; score the pool first (kmq score), add the score to each record and pass "
+                "{quality_field}",
+                "streaming",
+                "quality_field",
+            )
+        if self.dedup is not None:
+            raise ParameterError(
+                "dedup",
+                "{param} compares vectors held in memory and does not run with {streaming}",
+                "streaming",
+            )
+
+    def check_in_memory(self) -> None:
+        """Refuse, for a pool held in memory, the settings of streamed pools only."""
+        streaming_only = ("kmeans_sample", "embedding_dtype", "output_shard_rows")
+        given = [name for name in streaming_only if getattr(self, name) is not None]
+        if given:
+            listed = ", ".join(["{param}", *(f"{{{name}}}" for name in given[1:])])
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ParameterError(
+                given[0], f"{listed} {verb} to {{streaming}} runs only", *given[1:], "streaming"
             )
 
     def needs_clusters(self) -> bool:

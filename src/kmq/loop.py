@@ -38,7 +38,8 @@ from kmq.feedback import (
 )
 from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
 from kmq.outputs import CLUSTERS, write_clusters, write_table
-from kmq.pipeline import cluster, embed_pool, pool_quality
+from kmq.pipeline import cluster
+from kmq.pools import embed_pool, pool_quality
 from kmq.registry import choose
 from kmq.reweight import POSITIVE_MAPS, RULES, cluster_means, uniform, update
 from kmq.rundir import RunDir

@@ -256,16 +256,16 @@ def write_selection_table(
         pq.write_table(table, tmp)
 
 
-def write_dedup(path: Path, pool: LoadedPool, dedup: DedupResult) -> None:
-    """One line per near-duplicate removed: its input row and id, its kept twin's, the cosine."""
+def write_dedup(path: Path, dedup: DedupResult, rows: np.ndarray, ids: list[str]) -> None:
+    """One line per near-duplicate removed: its input row and id, its kept twin's, the cosine
+    (``rows`` and ``ids``: the input row and id of every pool row)."""
     lines = []
     for row, twin, sim in zip(dedup.removed, dedup.twin, dedup.similarity, strict=True):
-        ex, kept = pool.examples[row], pool.examples[twin]
         record = {
-            "index": ex.row,
-            "id": ex.id,
-            "twin_index": kept.row,
-            "twin_id": kept.id,
+            "index": int(rows[row]),
+            "id": ids[row],
+            "twin_index": int(rows[twin]),
+            "twin_id": ids[twin],
             "similarity": round(float(sim), 6),
         }
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")

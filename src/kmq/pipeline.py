@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,8 +12,18 @@ import numpy as np
 import pyarrow as pa
 
 from kmq.cachedir import default_cache_dir
-from kmq.clustering import DEFAULT_NITER, Clustering, resolve_k
-from kmq.config import SelectConfig, make_encoder, make_engine, make_selector, quality_multiple
+from kmq.clustering import (
+    DEFAULT_NITER,
+    Clustering,
+    assign,
+    centroid_cosine,
+    default_k_grid,
+    fit_centroids,
+    kmeans_sample,
+    resolve_k,
+    sample_size,
+)
+from kmq.config import SelectConfig, make_engine, make_selector, quality_multiple
 from kmq.decontaminate import (
     CONTAMINATION,
     Contamination,
@@ -21,12 +31,12 @@ from kmq.decontaminate import (
     read_eval,
     write_contamination,
 )
-from kmq.dedup import semdedup
+from kmq.dedup import DedupResult, semdedup
 from kmq.engines import Engine, get_engine
 from kmq.errors import KmqError, ParameterError
-from kmq.exact import DUPLICATES, exact_duplicates, write_duplicates
-from kmq.export import write_output
-from kmq.formats import LoadedPool, load_pool, write_rejects
+from kmq.exact import DUPLICATES, ExactDuplicates, write_duplicates
+from kmq.examples import Example
+from kmq.formats import write_rejects
 from kmq.mixing import select_budgeted
 from kmq.outdir import check_out, staged
 from kmq.outputs import (
@@ -34,30 +44,24 @@ from kmq.outputs import (
     DEDUP,
     REJECTS,
     TABLE,
-    PoolSummary,
     SelectRun,
     Timer,
     build_manifest,
-    source_counts,
     write_clusters,
     write_dedup,
-    write_table,
+    write_selection_table,
 )
-from kmq.random import SeedLike, seed_sequence, stream
-from kmq.scoring import compute_quality, fill_missing
+from kmq.pools import Pool, open_pool
+from kmq.random import SeedLike, seed_sequence
 from kmq.selectors import ClusterSelector, KMQSelector, SelectionResult, Selector, get_selector
 from kmq.selectors.kmq import candidate_multiple
-from kmq.stages import cap_texts, check_vectors, column_quality_info, exclusions, nothing_valid
+from kmq.stages import check_vectors, exclusions
 from kmq.statistics import statistics
-from kmq.streaming import select_streaming
 from kmq.token_budget import row_budget, rows_for_tokens
 from kmq.tokens import DEFAULT_TOKENIZER, load_token_counter
 from kmq.validate import REPAIRS, checks_summary, write_repairs
 
 log = logging.getLogger("kmq")
-
-# The random stream (under --seed) that --sample draws from, apart from the selection's own.
-SAMPLE_STREAM = 0x53414D50
 
 
 def cluster(
@@ -219,63 +223,90 @@ def check_embeddings(embeddings: Any) -> None:
         )
 
 
+@dataclass
+class Clusters:
+    """A run's clustering and the silhouette per k tried; when k-means was fitted on a sample
+    (:func:`sample_then_assign`), the sample's size and each row's squared L2 ``distances`` to
+    its centre."""
+
+    fitted: Clustering
+    silhouette: dict[int, float] | None
+    distances: np.ndarray | None = None
+    sample_size: int | None = None
+
+
+def cluster_pool(
+    embeddings: np.ndarray,
+    budget: int,
+    config: SelectConfig,
+    timer: Timer,
+    *,
+    on_sample: bool = False,
+) -> Clusters | None:
+    """The run's clusters (None when :meth:`SelectConfig.needs_clusters` says it runs none):
+    k-means on every row by the config's engine, or (``on_sample``) sample-then-assign."""
+    if not config.needs_clusters():
+        return None
+    if on_sample:
+        return sample_then_assign(embeddings, budget, config, timer)
+    with timer.stage("cluster"):
+        fitted, silhouette = cluster(
+            embeddings, config.k, engine=make_engine(config), **config.k_search(budget)
+        )
+    return Clusters(fitted, silhouette)
+
+
+def sample_then_assign(
+    embeddings: np.ndarray, budget: int, config: SelectConfig, timer: Timer
+) -> Clusters:
+    """k (given, or by silhouette) and centres fitted on ``--kmeans-sample`` rows drawn with the
+    run seed (see :func:`~kmq.clustering.sample_size`), then every row assigned, the vectors
+    read in chunks: the vectors need not fit in memory. With float32 vectors and a sample of
+    every row, the clustering is :func:`cluster`'s."""
+    n = len(embeddings)
+    grid = [int(config.k)] if config.k != "auto" else config.k_grid or default_k_grid(n, budget)
+    size = sample_size(n, max(grid), config.kmeans_sample)
+    if max(grid) > size:
+        raise ParameterError(
+            "kmeans_sample",
+            f"k={max(grid)} needs at least that many rows to fit on; {{param}} is {size}",
+        )
+    with timer.stage("sample"):
+        sample = kmeans_sample(embeddings, size, seed=config.seed, show_progress=config.progress)
+    encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
+    check_vectors(sample, f"{encoder} (in the k-means sample)", config.cache_dir)
+    with timer.stage("fit"):
+        k, silhouette = resolve_k(sample, config.k, n_pool=n, **config.k_search(budget))
+        centroids = fit_centroids(sample, k, seed=config.seed, niter=config.niter)
+        del sample
+    with timer.stage("assign"):
+        labels, distances = assign(embeddings, centroids, show_progress=config.progress)
+    log.info("k-means (k=%d) fitted on %d of %d rows", k, size, n)
+    inertia = float(distances.astype(np.float64).sum())
+    fitted = Clustering(labels_=labels, centroids_=centroids, inertia_=inertia)
+    return Clusters(fitted, silhouette, distances, size)
+
+
 def select_file(config: SelectConfig) -> SelectRun:
     """Load → embed (cached) → cluster → select → write, as ``kmq select`` does.
 
-    Streaming runs (``config.streaming``, or a folder of shards as input) go to
-    :func:`kmq.streaming.select_streaming`.
+    The pool is held in memory, or read in a stream (``config.streaming``, or a folder of
+    shards as input: see :mod:`kmq.streaming`); the steps are the same for both
+    (:class:`~kmq.pools.Pool`), and a streamed pool's k-means is fitted on a sample.
     """
     config.validate()
     check_out(config.out)
-    if config.is_streaming():
-        return select_streaming(config)
-    streaming_only = ("kmeans_sample", "embedding_dtype", "output_shard_rows")
-    given = [name for name in streaming_only if getattr(config, name) is not None]
-    if given:
-        listed = ", ".join(["{param}", *(f"{{{name}}}" for name in given[1:])])
-        verb = "applies" if len(given) == 1 else "apply"
-        raise ParameterError(
-            given[0], f"{listed} {verb} to {{streaming}} runs only", *given[1:], "streaming"
-        )
     timer = Timer()
     out = Path(config.out)
-    with timer.stage("load"):
-        pool = load_pool(
-            config.input,
-            fields=config.fields,
-            format=config.format,
-            on_invalid=config.on_invalid,
-            quality_field=config.quality_field,
-        )
-    n = len(pool.examples)
-    if n == 0:
-        nothing_valid(config, pool.rejects)
-    log.info(
-        "loaded %d rows of %s (%s, %s), %d rejected",
-        n,
-        pool.path,
-        pool.format,
-        pool.file_kind,
-        len(pool.rejects),
-    )
-    not_sampled = {}
-    if config.sample is not None and config.sample < n:
-        pool = sample_pool(pool, config.sample, config.seed)
-        not_sampled["not_sampled"] = n - config.sample
-        log.info(
-            "kept a sample of %d of the %d valid rows (--sample, seed %d)",
-            config.sample,
-            n,
-            config.seed,
-        )
-        n = config.sample
-    ids = [ex.id for ex in pool.examples]
-    left_out = exclusions(config, ids, lambda: exact_duplicates(pool.examples))
+    pool = open_pool(config, timer)
+    n = len(pool)
+    examples = pool.examples  # None when streamed: validate() refused the stages that read them
+    left_out = exclusions(config, pool.ids, pool.exact_duplicates)
     budget, exclude_mask, duplicates = left_out.budget, left_out.mask, left_out.duplicates
-    tokens, tokenizer = count_tokens(pool, config, timer)
+    tokens, tokenizer = (None, None) if examples is None else count_tokens(examples, config, timer)
     if config.budget_tokens is not None:
         budget = rows_for_tokens(config.budget_tokens, tokens, exclude_mask)
-    contamination = decontamination(pool, config)
+    contamination = None if examples is None else decontamination(examples, config)
     if contamination is not None:
         exclude_mask |= contamination.mask(n)
     multiple = quality_multiple(config)
@@ -283,19 +314,14 @@ def select_file(config: SelectConfig) -> SelectRun:
     quality_info: dict[str, Any] | None = None
     if multiple is None:
         with timer.stage("quality"):
-            quality, quality_info = pool_quality(pool, config)
+            quality, quality_info = pool.score_quality(config)
     with timer.stage("embed"):
-        embeddings, embedding = embed_pool(pool, config)
-    fitted: Clustering | None = None
-    silhouette = None
-    with timer.stage("cluster"):
-        if config.needs_clusters():
-            fitted, silhouette = cluster(
-                embeddings, config.k, engine=make_engine(config), **config.k_search(budget)
-            )
+        embeddings, embedding = pool.embed(config)
+    clusters = cluster_pool(embeddings, budget, config, timer, on_sample=pool.fit_on_sample)
+    fitted = None if clusters is None else clusters.fitted
     excluded = left_out.counts(
         decontaminated=None if contamination is None else len(contamination.removed),
-        **not_sampled,
+        **pool.left_out(),
     )
     dedup = None
     if config.dedup is not None and fitted is not None:
@@ -304,22 +330,22 @@ def select_file(config: SelectConfig) -> SelectRun:
             exclude_mask = exclude_mask | ~dedup.keep
             excluded["deduplicated"] = len(dedup.removed)
         log.info("SemDeDup (eps=%g) removed %d near-duplicates", config.dedup, len(dedup.removed))
-    selector = make_selector(config)
+    selector = make_selector(config, **selector_options(config, clusters))
     labels = None if fitted is None else fitted.labels_
     if isinstance(selector, KMQSelector) and multiple is not None:
         with timer.stage("quality"):
             rows = selector.candidate_rows(
                 n, budget, labels=labels, exclude=exclude_mask, seed=config.seed
             )
-            quality, quality_info = pool_quality(pool, config, rows=rows)
+            quality, quality_info = pool.score_quality(config, rows=rows)
     with timer.stage("select"):
         result, mix, token_selection = select_budgeted(
             selector,
-            embeddings,
+            pool.selection_vectors(embeddings, config),
             budget,
             engine=make_engine(config),
             mix=config.mix,
-            sources=[ex.source for ex in pool.examples],
+            sources=pool.sources_of() if config.mix else None,
             budget_tokens=config.budget_tokens,
             tokens=tokens,
             labels=labels,
@@ -327,72 +353,93 @@ def select_file(config: SelectConfig) -> SelectRun:
             exclude=exclude_mask,
             seed=config.seed,
         )
-        result.silhouette = silhouette
+        result.silhouette = None if clusters is None else clusters.silhouette
     if quality_info is not None and hasattr(selector, "rule_"):
         quality_info["weighting"] = f"{selector.rule_} (temperature {config.temperature})"
     for note in result.notes:
         log.warning(note)
     with staged(out) as folder:
         with timer.stage("write"):
-            picked_rows = [pool.examples[i].row for i in result.indices]
-            data_path = write_output(pool, picked_rows, folder, config.output_format)
-            write_table(folder / TABLE, pool, result, quality)
-            if fitted is not None:
-                write_clusters(folder / CLUSTERS, fitted)
-            if pool.rejects:
-                write_rejects(pool.rejects, folder / REJECTS)
-            if pool.repairs:
-                write_repairs(pool.repairs, folder / REPAIRS)
-            pool_rows = np.array([ex.row for ex in pool.examples], dtype=np.int64)
-            if duplicates is not None:
-                write_duplicates(folder / DUPLICATES, duplicates, pool_rows, ids)
-            if contamination is not None:
-                write_contamination(folder / CONTAMINATION, contamination, pool_rows, ids)
-            if dedup is not None:
-                write_dedup(folder / DEDUP, pool, dedup)
-        summary = PoolSummary(
-            input={
-                "path": str(pool.path.resolve() if pool.path.exists() else pool.path),
-                "sha256": pool.sha256,
-                "kind": pool.file_kind,
-                "compressed": pool.compressed,
-                "format": pool.format,
-            },
-            records=pool.n_records,
-            valid=len(pool.examples),
-            rejected=len(pool.rejects),
-            sources=source_counts(pool),
-            selected_sources=source_counts(pool, result.indices),
-        )
-        if pool.parts:  # several inputs: each file, and the list of them as the path
-            summary.input |= {"path": [part["path"] for part in pool.parts], "files": pool.parts}
+            rows_written = write_files(
+                folder,
+                pool,
+                config,
+                result,
+                quality=quality,
+                clusters=clusters,
+                duplicates=duplicates,
+                contamination=contamination,
+                dedup=dedup,
+            )
         manifest = build_manifest(
             config,
-            summary,
+            pool.summary(result),
             result,
             fitted,
             embedding,
             quality_info,
             excluded,
             timer,
-            data_path.name,
+            rows_written,
+            pool.streaming_section(
+                None if clusters is None else clusters.sample_size, embedding, config
+            ),
             checks=checks_summary(pool.rejects, pool.repairs),
         )
         manifest.outputs["contamination"] = CONTAMINATION if contamination is not None else None
-        manifest.statistics = statistics(
-            pool.examples, result.indices, tokens=tokens, tokenizer=tokenizer, labels=labels
-        )
         if mix is not None and manifest.sources is not None:
             manifest.sources["mix"] = mix
-        manifest.statistics["token_budget"] = (
-            None if token_selection is None else token_selection.summary()
-        )
+        if examples is not None:
+            manifest.statistics = statistics(
+                examples, result.indices, tokens=tokens, tokenizer=tokenizer, labels=labels
+            )
+            manifest.statistics["token_budget"] = (
+                None if token_selection is None else token_selection.summary()
+            )
         manifest.write(folder)  # last: the folder is complete
     return SelectRun(result=result, pool=pool, manifest=manifest, out=out)
 
 
+def write_files(
+    folder: Path,
+    pool: Pool,
+    config: SelectConfig,
+    result: SelectionResult,
+    *,
+    quality: np.ndarray | None,
+    clusters: Clusters | None,
+    duplicates: ExactDuplicates | None,
+    contamination: Contamination | None,
+    dedup: DedupResult | None,
+) -> str | list[str]:
+    """Every output file but the manifest; returns the name(s) of the picked rows' file(s)."""
+    rows_written = pool.write_rows(folder, result, config)
+    picks = result.indices
+    write_selection_table(
+        folder / TABLE,
+        result,
+        quality,
+        rows=pool.input_rows(picks),
+        ids=[pool.ids[i] for i in picks],
+        sources=pool.sources_of(picks),
+    )
+    if clusters is not None:
+        write_clusters(folder / CLUSTERS, clusters.fitted, distances=clusters.distances)
+    if pool.rejects:
+        write_rejects(pool.rejects, folder / REJECTS)
+    if pool.repairs:
+        write_repairs(pool.repairs, folder / REPAIRS)
+    if duplicates is not None:
+        write_duplicates(folder / DUPLICATES, duplicates, pool.input_rows(), pool.ids)
+    if contamination is not None:
+        write_contamination(folder / CONTAMINATION, contamination, pool.input_rows(), pool.ids)
+    if dedup is not None:
+        write_dedup(folder / DEDUP, dedup, pool.input_rows(), pool.ids)
+    return rows_written
+
+
 def count_tokens(
-    pool: LoadedPool, config: SelectConfig, timer: Timer
+    examples: list[Example], config: SelectConfig, timer: Timer
 ) -> tuple[np.ndarray | None, str | None]:
     """Tokens of every row (see :mod:`kmq.tokens`) and the tokenizer's name, when the run has
     a token budget or names a tokenizer; ``(None, None)`` otherwise."""
@@ -400,16 +447,16 @@ def count_tokens(
         return None, None
     with timer.stage("tokens"):
         counter = load_token_counter(config.tokenizer or DEFAULT_TOKENIZER, config.cache_dir)
-        tokens = counter.count(pool.examples, cache_dir=config.cache_dir or default_cache_dir())
+        tokens = counter.count(examples, cache_dir=config.cache_dir or default_cache_dir())
     log.info("%s tokens in %d rows (%s)", f"{int(tokens.sum()):,}", len(tokens), counter.name)
     return tokens, counter.name
 
 
-def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | None:
+def decontamination(examples: list[Example], config: SelectConfig) -> Contamination | None:
     """The rows ``--decontaminate`` drops (``None`` without evaluation files), logged."""
     if not config.decontaminate:
         return None
-    found = find_contamination(pool.examples, read_eval(config.decontaminate, config.ngram))
+    found = find_contamination(examples, read_eval(config.decontaminate, config.ngram))
     log.info(
         "decontamination (%d-grams of %d evaluation texts; %d under 8 words left out) "
         "dropped %d rows",
@@ -421,55 +468,13 @@ def decontamination(pool: LoadedPool, config: SelectConfig) -> Contamination | N
     return found
 
 
-def sample_pool(pool: LoadedPool, size: int, seed: int) -> LoadedPool:
-    """``pool`` with ``size`` of its valid rows, drawn uniformly without replacement from the
-    seed's own stream (:data:`SAMPLE_STREAM`) and kept in input order."""
-    keep = np.sort(stream(seed, SAMPLE_STREAM).choice(len(pool.examples), size, replace=False))
-    quality = None if pool.quality is None else pool.quality[keep]
-    return replace(pool, examples=[pool.examples[i] for i in keep], quality=quality)
-
-
-def pool_quality(
-    pool: LoadedPool, config: SelectConfig, rows: np.ndarray | None = None
-) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-    """Quality per row from ``--quality-field`` or a ``--quality`` scorer (NaN → lowest score),
-    the scorer run on ``rows`` only when given (the other rows stay NaN)."""
-    if config.quality_field:
-        return pool.quality, column_quality_info(config.quality_field)
-    if not config.quality:
-        return None, None
-    scores = compute_quality(
-        pool.examples,
-        config.quality,
-        rows=rows,
-        options=config.quality_options,
-        cache_dir=Path(config.cache_dir) if config.cache_dir else None,
-        show_progress=config.progress,
-    )
-    info = scores.summary() | {"candidates": None if rows is None else quality_multiple(config)}
-    return fill_missing(scores.values, rows), info
-
-
-def embed_pool(pool: LoadedPool, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """The pool's embeddings (cached) and what made them; none for plain random selection."""
-    if not config.needs_embeddings():
-        return np.empty((len(pool.examples), 0), dtype=np.float32), None
-    encoder = make_encoder(config)
-    texts = [ex.text(config.view) for ex in pool.examples]  # type: ignore[arg-type]
-    texts = cap_texts(texts, [ex.id for ex in pool.examples])
-    embeddings, cache_hit = make_engine(config).embed(
-        texts,
-        encoder,
-        view=config.view,
-        cache_dir=Path(config.cache_dir) if config.cache_dir else None,
-        show_progress=config.progress,
-    )
-    check_vectors(embeddings, encoder.name, config.cache_dir)
-    log.info("embeddings %s from %s", embeddings.shape, "cache" if cache_hit else encoder.name)
-    info = {
-        "encoder": encoder.name,
-        "view": config.view,
-        "dim": int(embeddings.shape[1]),
-        "cache_hit": cache_hit,
+def selector_options(config: SelectConfig, clusters: Clusters | None) -> dict[str, Any]:
+    """Options of the selector that come from the clustering: km-closest reads each row's cosine
+    to its centre from the distances of a sample-then-assign clustering (the vectors of such a
+    pool stay on disk)."""
+    if config.method != "km-closest" or clusters is None or clusters.distances is None:
+        return {}
+    fitted = clusters.fitted
+    return {
+        "centroid_cosine": centroid_cosine(clusters.distances, fitted.labels_, fitted.centroids_)
     }
-    return embeddings, info

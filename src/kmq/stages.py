@@ -1,6 +1,6 @@
-"""Steps that the in-memory (:mod:`kmq.pipeline`) and the streamed (:mod:`kmq.streaming`)
-selections share: the ``--exclude`` list, the feasibility checks before any embedding, the
-text cap and the checks of the vectors."""
+"""Steps of :func:`kmq.pipeline.select_file` that both kinds of pool (:mod:`kmq.pools`) run
+the same way: the ``--exclude`` list, the feasibility checks before any embedding, the text
+cap and the checks of the vectors."""
 
 from __future__ import annotations
 

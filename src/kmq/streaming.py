@@ -1,8 +1,10 @@
 """``kmq select --streaming``: pools larger than memory, on one machine.
 
-The in-memory path (:func:`kmq.pipeline.select_file`) holds every row as an :class:`Example`
-and every embedding as float32. The streaming path keeps per row only what selection needs
-(input row index, id, source code, quality) and otherwise reads the input a record at a time:
+A pool held in memory (:class:`kmq.pools.MemoryPool`) keeps every row as an :class:`Example`
+and every embedding as float32. A :class:`StreamedPool` keeps per row only what selection
+needs (input row index, id, source code, quality) and otherwise reads the input a record at a
+time. :func:`kmq.pipeline.select_file` runs the same steps on both; for a streamed pool they
+are:
 
 1. **read**: one pass over the input (a JSONL/Parquet file, or a folder of shards in name
    order), parsed and checked exactly as :func:`kmq.formats.load_pool` does, hashing the
@@ -13,7 +15,8 @@ and every embedding as float32. The streaming path keeps per row only what selec
    finished shard.
 3. **sample** + **fit**: k-means (and ``--k auto``) is fitted on ``--kmeans-sample`` rows drawn
    with the run seed (default ``max(256·k, 100,000)``, all rows for smaller pools; faiss fits
-   on at most 256 rows per centre anyway, so a larger sample only costs memory).
+   on at most 256 rows per centre anyway, so a larger sample only costs memory): the
+   sample-then-assign clustering, :func:`kmq.pipeline.sample_then_assign`.
 4. **assign**: every row goes to its nearest centre, reading the memory map in chunks; labels
    are int32, squared distances to the centre float32.
 5. **select**: the selectors run on those per-row arrays; kmq, km-random, km-closest and random
@@ -44,34 +47,19 @@ from tqdm.auto import tqdm
 
 from kmq.cache import ContentHash, embed_rows, encode_shards
 from kmq.chunks import CHUNK_ROWS, take_rows
-from kmq.clustering import Clustering, assign, default_k_grid, fit_centroids, resolve_k
-from kmq.config import SelectConfig, make_encoder, make_selector
+from kmq.config import SelectConfig, make_encoder
 from kmq.errors import KmqError, ParameterError, Reject
-from kmq.exact import DUPLICATES, KEY_DTYPE, find_duplicates, text_key, write_duplicates
+from kmq.exact import KEY_DTYPE, ExactDuplicates, find_duplicates, text_key
 from kmq.examples import Example
-from kmq.formats import ExampleStream, write_rejects, write_selected_shards
-from kmq.outdir import check_out, staged
-from kmq.outputs import (
-    CLUSTERS,
-    REJECTS,
-    TABLE,
-    PoolSummary,
-    SelectRun,
-    Timer,
-    build_manifest,
-    write_clusters,
-    write_selection_table,
-)
-from kmq.random import make_rng
+from kmq.formats import ExampleStream, write_selected_shards
+from kmq.outputs import PoolSummary
 from kmq.rowcache import keys_array, row_key
-from kmq.selectors import SelectionResult, Selector
-from kmq.stages import cap_texts, check_vectors, column_quality_info, exclusions, nothing_valid
-from kmq.validate import REPAIRS, checks_summary, write_repairs
+from kmq.selectors import SelectionResult
+from kmq.stages import cap_texts, column_quality_info
+from kmq.validate import Repair
 
 log = logging.getLogger("kmq")
 
-SAMPLE_PER_CENTROID = 256  # faiss' max_points_per_centroid: rows it fits each centre on
-SAMPLE_FLOOR = 100_000
 OUTPUT_SHARD_ROWS = 100_000
 DEFAULT_DTYPE = "float16"
 IN_MEMORY_METHODS = ("k-center", "deita", "qdit", "facility-location")
@@ -100,6 +88,8 @@ class StreamedPool:
     text_hash: str
     dedup_keys: np.ndarray
 
+    fit_on_sample = True  # its vectors are a memory map: k-means fits on a sample of them
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -111,9 +101,112 @@ class StreamedPool:
     def rejects(self) -> list[Reject]:
         return self.stream.rejects
 
+    @property
+    def repairs(self) -> list[Repair]:
+        return self.stream.repairs
+
+    @property
+    def examples(self) -> None:
+        """None: a streamed pool keeps no record in memory."""
+        return None
+
+    def opened(self, config: SelectConfig) -> StreamedPool:
+        """The pool logged; a method that needs every vector in memory is refused above
+        :data:`IN_MEMORY_LIMIT` rows."""
+        n = len(self)
+        log.info(
+            "read %d rows of %s (%s, %d file(s), streaming), %d rejected",
+            n,
+            config.input,
+            self.stream.format,
+            len(self.stream.files),
+            len(self.rejects),
+        )
+        if config.method in IN_MEMORY_METHODS and n > IN_MEMORY_LIMIT:
+            raise ParameterError(
+                "method",
+                f"{{param}} {config.method!r} needs every vector in memory and O(n · budget) "
+                f"time; with {{streaming}} it runs on pools of up to {IN_MEMORY_LIMIT:,} rows, and "
+                f"this one has {n:,}. Use kmq, km-random, km-closest or random",
+                "streaming",
+            )
+        return self
+
+    def left_out(self) -> dict[str, int]:
+        return {}
+
+    def exact_duplicates(self) -> ExactDuplicates:
+        return find_duplicates(self.dedup_keys)
+
+    def score_quality(
+        self, config: SelectConfig, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+        """The ``--quality-field`` column (a scorer reads records in memory: refused)."""
+        if not config.quality_field:
+            return None, None
+        return self.quality, column_quality_info(config.quality_field)
+
+    def embed(self, config: SelectConfig) -> tuple[np.ndarray, dict[str, Any] | None]:
+        if not config.needs_embeddings():
+            return np.empty((len(self), 0), dtype=np.float32), None
+        return embed_stream(self, config)
+
+    def selection_vectors(self, embeddings: np.ndarray, config: SelectConfig) -> np.ndarray:
+        """Every vector as float32 for the methods that read them (:data:`IN_MEMORY_METHODS`);
+        for the others, which read only the per-row arrays, an empty ``(n, 0)`` array."""
+        if config.method in IN_MEMORY_METHODS:
+            return take_rows(embeddings, np.arange(len(self)), show_progress=config.progress)
+        return np.empty((len(self), 0), dtype=np.float32)
+
+    def input_rows(self, rows: np.ndarray | None = None) -> np.ndarray:
+        return self.rows if rows is None else self.rows[rows]
+
     def source_of(self, row: int) -> str | None:
         code = int(self.sources[row])
         return None if code < 0 else self.source_names[code]
+
+    def sources_of(self, rows: np.ndarray | None = None) -> list[str | None]:
+        return [self.source_of(i) for i in (range(len(self)) if rows is None else rows)]
+
+    def write_rows(self, folder: Path, result: SelectionResult, config: SelectConfig) -> list[str]:
+        """The picked records, unchanged and in input order, in ``selected-00000…`` shards."""
+        files = write_selected_shards(
+            self.stream,
+            np.sort(self.rows[result.indices]),
+            folder,
+            sha256=self.sha256,
+            shard_rows=config.output_shard_rows or OUTPUT_SHARD_ROWS,
+            show_progress=config.progress,
+        )
+        return [path.name for path in files]
+
+    def summary(self, result: SelectionResult) -> PoolSummary:
+        return PoolSummary(
+            input={
+                "path": str(self.path.resolve()),
+                "sha256": self.sha256,
+                "kind": self.stream.file_kind,
+                "compressed": self.stream.compressed,
+                "format": self.stream.format,
+            },
+            records=self.stream.n_records,
+            valid=len(self),
+            rejected=len(self.rejects),
+            sources=self.source_counts(),
+            selected_sources=self.source_counts(result.indices),
+        )
+
+    def streaming_section(
+        self, sample_size: int | None, embedding: dict[str, Any] | None, config: SelectConfig
+    ) -> dict[str, Any]:
+        """The manifest's ``streaming``: how the pool was read, fitted on and written."""
+        return {
+            "input_files": len(self.stream.files),
+            "kmeans_sample": sample_size,
+            "embedding_dtype": None if embedding is None else embedding["dtype"],
+            "chunk_rows": CHUNK_ROWS,
+            "output_shard_rows": config.output_shard_rows or OUTPUT_SHARD_ROWS,
+        }
 
     def source_counts(self, rows: np.ndarray | None = None) -> dict[str, int] | None:
         """Rows per source (``(none)`` for rows without one), or None when no row has one."""
@@ -224,250 +317,3 @@ class _Texts:
 
 def _text(example: Example, view: str) -> str:
     return example.text(view)  # type: ignore[arg-type]
-
-
-def sample_size(n: int, k_max: int, requested: int | None = None) -> int:
-    """Rows k-means is fitted on: ``requested``, else ``max(256·k_max, 100,000)``; at most ``n``."""
-    wanted = requested if requested is not None else max(SAMPLE_PER_CENTROID * k_max, SAMPLE_FLOOR)
-    return min(n, wanted)
-
-
-def kmeans_sample(
-    embeddings: np.ndarray, size: int, *, seed: int, show_progress: bool = False
-) -> np.ndarray:
-    """``size`` rows drawn without replacement with ``seed`` (every row, in order, when ``size``
-    covers the pool), as float32 in input order, read chunk by chunk."""
-    n = len(embeddings)
-    rows = np.arange(n) if size >= n else np.sort(make_rng(seed).choice(n, size, replace=False))
-    return take_rows(embeddings, rows, show_progress=show_progress, desc="k-means sample")
-
-
-def centroid_cosine(distances: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Cosine of each unit row to its centre, from the squared L2 distance ``d²`` to it:
-    ``(1 + |c|² - d²) / (2|c|)``."""
-    norm2 = (centroids.astype(np.float64) ** 2).sum(1)[labels]
-    cosine = (1.0 + norm2 - distances) / (2.0 * np.sqrt(np.maximum(norm2, 1e-24)))
-    return np.clip(cosine, -1.0, 1.0).astype(np.float32)
-
-
-def check_supported(config: SelectConfig) -> None:
-    """Refuse what the streaming path cannot do, before any work."""
-    if config.quality:
-        raise ParameterError(
-            "quality",
-            f"{{param}} {config.quality!r} scores rows held in memory, which {{streaming}} does "
-            "not do; score the pool first (kmq score), add the score to each record and pass "
-            "{quality_field}",
-            "streaming",
-            "quality_field",
-        )
-    if config.dedup is not None:
-        raise ParameterError(
-            "dedup",
-            "{param} compares vectors held in memory and does not run with {streaming}",
-            "streaming",
-        )
-
-
-@dataclass
-class StreamedClusters:
-    """The clustering of a streamed pool: k-means fitted on ``sample_size`` rows, every row
-    assigned (``distances``: squared L2 to its centre), and the silhouette per k tried."""
-
-    fitted: Clustering
-    distances: np.ndarray
-    silhouette: dict[int, float] | None
-    sample_size: int
-
-
-def cluster_stream(
-    embeddings: np.ndarray, budget: int, config: SelectConfig, timer: Timer
-) -> StreamedClusters:
-    """k (given, or by silhouette) and centres from a seeded sample, then every row assigned."""
-    n = len(embeddings)
-    grid = [int(config.k)] if config.k != "auto" else config.k_grid or default_k_grid(n, budget)
-    size = sample_size(n, max(grid), config.kmeans_sample)
-    if max(grid) > size:
-        raise ParameterError(
-            "kmeans_sample",
-            f"k={max(grid)} needs at least that many rows to fit on; {{param}} is {size}",
-        )
-    with timer.stage("sample"):
-        sample = kmeans_sample(embeddings, size, seed=config.seed, show_progress=config.progress)
-    encoder = config.encoder if isinstance(config.encoder, str) else config.encoder.name
-    check_vectors(sample, f"{encoder} (in the k-means sample)", config.cache_dir)
-    with timer.stage("fit"):
-        k, silhouette = resolve_k(sample, config.k, n_pool=n, **config.k_search(budget))
-        centroids = fit_centroids(sample, k, seed=config.seed, niter=config.niter)
-        del sample
-    with timer.stage("assign"):
-        labels, distances = assign(embeddings, centroids, show_progress=config.progress)
-    log.info("k-means (k=%d) fitted on %d of %d rows", k, size, n)
-    inertia = float(distances.astype(np.float64).sum())
-    fitted = Clustering(labels_=labels, centroids_=centroids, inertia_=inertia)
-    return StreamedClusters(fitted, distances, silhouette, size)
-
-
-def select_rows(
-    pool: StreamedPool,
-    embeddings: np.ndarray | None,
-    clusters: StreamedClusters | None,
-    budget: int,
-    exclude: np.ndarray,
-    config: SelectConfig,
-) -> tuple[SelectionResult, Selector]:
-    """The selection and the selector that made it. Only the in-memory methods get vectors;
-    km-closest gets each row's cosine to its centre; the others need only per-row arrays."""
-    n = len(pool)
-    options: dict[str, Any] = {}
-    if config.method == "km-closest" and clusters is not None:
-        fitted = clusters.fitted
-        options["centroid_cosine"] = centroid_cosine(
-            clusters.distances, fitted.labels_, fitted.centroids_
-        )
-    if config.method in IN_MEMORY_METHODS:
-        assert embeddings is not None
-        vectors = take_rows(embeddings, np.arange(n), show_progress=config.progress)
-    else:
-        vectors = np.empty((n, 0), dtype=np.float32)  # the selectors only read its length
-    selector = make_selector(config, **options)
-    result = selector.select(
-        vectors,
-        budget,
-        labels=None if clusters is None else clusters.fitted.labels_,
-        quality=pool.quality,
-        exclude=exclude,
-        seed=config.seed,
-    )
-    result.silhouette = None if clusters is None else clusters.silhouette
-    return result, selector
-
-
-def write_outputs(
-    out: Path,
-    pool: StreamedPool,
-    result: SelectionResult,
-    clusters: StreamedClusters | None,
-    config: SelectConfig,
-) -> list[Path]:
-    """The picked rows in shards, selection.parquet, clusters.npz and rejects.jsonl; returns
-    the shards."""
-    out.mkdir(parents=True, exist_ok=True)
-    files = write_selected_shards(
-        pool.stream,
-        np.sort(pool.rows[result.indices]),
-        out,
-        sha256=pool.sha256,
-        shard_rows=config.output_shard_rows or OUTPUT_SHARD_ROWS,
-        show_progress=config.progress,
-    )
-    idx = result.indices
-    write_selection_table(
-        out / TABLE,
-        result,
-        pool.quality,
-        rows=pool.rows[idx],
-        ids=[pool.ids[i] for i in idx],
-        sources=[pool.source_of(i) for i in idx],
-    )
-    if clusters is not None:
-        write_clusters(out / CLUSTERS, clusters.fitted, distances=clusters.distances)
-    if pool.rejects:
-        write_rejects(pool.rejects, out / REJECTS)
-    if pool.stream.repairs:
-        write_repairs(pool.stream.repairs, out / REPAIRS)
-    return files
-
-
-def summarize(pool: StreamedPool, result: SelectionResult) -> PoolSummary:
-    """What the manifest says of the streamed input."""
-    return PoolSummary(
-        input={
-            "path": str(pool.path.resolve()),
-            "sha256": pool.sha256,
-            "kind": pool.stream.file_kind,
-            "compressed": pool.stream.compressed,
-            "format": pool.stream.format,
-        },
-        records=pool.stream.n_records,
-        valid=len(pool),
-        rejected=len(pool.rejects),
-        sources=pool.source_counts(),
-        selected_sources=pool.source_counts(result.indices),
-    )
-
-
-def select_streaming(config: SelectConfig) -> SelectRun:
-    """Read → embed (cached memory map) → sample + fit → assign → select → write, in a stream."""
-    config.validate()
-    check_out(config.out)
-    check_supported(config)
-    timer = Timer()
-    out = Path(config.out)
-    with timer.stage("read"):
-        pool = read_pool(config)
-    n = len(pool)
-    if n == 0:
-        nothing_valid(config, pool.rejects)
-    log.info(
-        "read %d rows of %s (%s, %d file(s), streaming), %d rejected",
-        n,
-        config.input,
-        pool.stream.format,
-        len(pool.stream.files),
-        len(pool.rejects),
-    )
-    if config.method in IN_MEMORY_METHODS and n > IN_MEMORY_LIMIT:
-        raise ParameterError(
-            "method",
-            f"{{param}} {config.method!r} needs every vector in memory and O(n · budget) time; "
-            f"with {{streaming}} it runs on pools of up to {IN_MEMORY_LIMIT:,} rows, and this "
-            f"one has {n:,}. Use kmq, km-random, km-closest or random",
-            "streaming",
-        )
-    left_out = exclusions(config, pool.ids, lambda: find_duplicates(pool.dedup_keys))
-    budget, exclude_mask, duplicates = left_out.budget, left_out.mask, left_out.duplicates
-    clustered = config.needs_clusters()  # --dedup is refused above: the clusters are k-means'
-    embeddings, embedding = None, None
-    if config.needs_embeddings():
-        with timer.stage("embed"):
-            embeddings, embedding = embed_stream(pool, config)
-    clusters = None
-    if clustered:
-        assert embeddings is not None
-        clusters = cluster_stream(embeddings, budget, config, timer)
-    with timer.stage("select"):
-        result, selector = select_rows(pool, embeddings, clusters, budget, exclude_mask, config)
-    quality_info = column_quality_info(config.quality_field) if config.quality_field else None
-    if quality_info is not None and hasattr(selector, "rule_"):
-        quality_info["weighting"] = f"{selector.rule_} (temperature {config.temperature})"
-    for note in result.notes:
-        log.warning(note)
-    with staged(out) as folder:
-        with timer.stage("write"):
-            files = write_outputs(folder, pool, result, clusters, config)
-        excluded = left_out.counts(decontaminated=None)
-        if duplicates is not None:
-            write_duplicates(folder / DUPLICATES, duplicates, pool.rows, pool.ids)
-        streaming = {
-            "input_files": len(pool.stream.files),
-            "kmeans_sample": None if clusters is None else clusters.sample_size,
-            "embedding_dtype": None if embedding is None else embedding["dtype"],
-            "chunk_rows": CHUNK_ROWS,
-            "output_shard_rows": config.output_shard_rows or OUTPUT_SHARD_ROWS,
-        }
-        manifest = build_manifest(
-            config,
-            summarize(pool, result),
-            result,
-            None if clusters is None else clusters.fitted,
-            embedding,
-            quality_info,
-            excluded,
-            timer,
-            [path.name for path in files],
-            streaming,
-            checks=checks_summary(pool.rejects, pool.stream.repairs),
-        )
-        manifest.write(folder)  # last: the folder is complete
-    return SelectRun(result=result, pool=pool, manifest=manifest, out=out)

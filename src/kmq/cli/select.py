@@ -10,6 +10,7 @@ from rich.console import Console
 from kmq.allocation import ALLOCATIONS
 from kmq.cli.args import CONFIG, add_input_args, add_selection_args, one_or_many, select_config
 from kmq.cli.inspect import print_summary
+from kmq.clustering import SAMPLE_FLOOR, SAMPLE_PER_CENTROID
 from kmq.config import SelectConfig
 from kmq.dryrun import dry_run, dry_run_lines
 from kmq.errors import KmqError
@@ -19,7 +20,7 @@ from kmq.replay import check_same_input, config_from_manifest, read_manifest
 from kmq.report import write_report
 from kmq.selectors import SELECTORS
 from kmq.shares import parse_share
-from kmq.streaming import IN_MEMORY_LIMIT, OUTPUT_SHARD_ROWS, SAMPLE_FLOOR, SAMPLE_PER_CENTROID
+from kmq.streaming import IN_MEMORY_LIMIT, OUTPUT_SHARD_ROWS
 from kmq.tokens import DEFAULT_TOKENIZER
 
 stdout = Console()
