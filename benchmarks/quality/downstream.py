@@ -60,6 +60,7 @@ from _common import (  # noqa: E402
     setup_logging,
     write_report,
 )
+from harness import run_pending, say  # noqa: E402
 from selection import METHODS, Arm, Bench, make_arms, pick, prepare  # noqa: E402
 from stats import PairedTest, holm, paired_test  # noqa: E402
 
@@ -184,22 +185,8 @@ class Downstream:
                     jobs.append(job)
         return jobs
 
-    def say(self, message: str) -> None:
-        log.info(message)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with (self.args.out / "progress.log").open("a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {message}\n")
-
     def run(self) -> None:
-        jobs = self.jobs()
-        todo = [job for job in jobs if not job.eval_path.exists()]
-        self.say(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run")
-        for number, job in enumerate(todo, 1):
-            started = time.perf_counter()
-            self.say(f"[{number}/{len(todo)}] {job.name}")
-            self.run_job(job)
-            seconds = time.perf_counter() - started
-            self.say(f"[{number}/{len(todo)}] {job.name} done in {seconds:.0f} s")
+        run_pending(self.jobs(), self.run_job, lambda m: say(m, self.args.out / "progress.log"))
 
     def run_job(self, job: Job) -> None:
         seconds: dict[str, float] = {}
@@ -294,7 +281,16 @@ class Downstream:
         return {"suites": suites, "holdout": holdout, "items": items}
 
     def results(self) -> list[dict[str, Any]]:
-        return [json.loads(j.eval_path.read_text()) for j in self.jobs() if j.eval_path.exists()]
+        """Every finished job's scores, with its training's steps and final loss (``train``)."""
+        rows = []
+        for job in self.jobs():
+            if job.eval_path.exists():
+                row = json.loads(job.eval_path.read_text())
+                meta = job.checkpoint / "kmq_checkpoint.json"
+                if job.arm is not None and meta.is_file():
+                    row["train"] = json.loads(meta.read_text())
+                rows.append(row)
+        return rows
 
 
 def metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -337,6 +333,9 @@ def report(ds: Downstream, seconds: float) -> None:
             cells: list[object] = [label, len(mine)]
             shares = [r["noisy share"] for r in mine if r["noisy share"] is not None]
             cells.append(f"{np.mean(shares):.3f}" if shares else "")
+            trained = [r["train"] for r in mine if "train" in r]
+            cells.append(f"{np.mean([t['steps'] for t in trained]):.1f}" if trained else "")
+            cells.append(f"{np.mean([t['train_loss'] for t in trained]):.3f}" if trained else "")
             for metric in ordered:
                 v = np.array([metrics(r)[metric] for r in mine])
                 sd = f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else ""
@@ -349,10 +348,14 @@ def report(ds: Downstream, seconds: float) -> None:
                         comparisons.append((pool, label, metric, paired_test(d)))
         if base is not None:
             b = metrics(base)
-            table.append(["base (no fine-tuning)", 1, "", *(f"{b[m]:.4f}" for m in ordered)])
+            table.append(
+                ["base (no fine-tuning)", 1, "", "", "", *(f"{b[m]:.4f}" for m in ordered)]
+            )
         sections.append(
             f"### {pool} pool (mean ± seed std)\n\n"
-            + markdown_table(["arm", "seeds", "noisy share", *ordered], table)
+            + markdown_table(
+                ["arm", "seeds", "noisy share", "steps", "train loss", *ordered], table
+            )
         )
     tested = [i for i, c in enumerate(comparisons) if c[3].undefined is None]
     adjusted = dict(zip(tested, holm([comparisons[i][3].p for i in tested]), strict=True))
@@ -389,7 +392,10 @@ def report(ds: Downstream, seconds: float) -> None:
         f"{s.eval_max_length}: {', '.join(s.suites)} ({s.eval_items} items each, fewer where "
         "the suite has fewer: mt-bench has 30 with a reference) and the held-out rows' clean "
         "answers. Lower NLL is better; `noisy share` is the share of the picks whose answer was "
-        "corrupted.\n\n"
+        "corrupted; `steps` the optimizer steps (batch "
+        f"{s.batch_size}: rows whose prompt fills the {s.train_max_length} tokens have no "
+        "answer token left and are not trained on); `train loss` the mean training loss (on the "
+        "picks' own answers, noisy ones included).\n\n"
         f"Mean seconds per job: training {np.mean(train_s):.0f}, evaluation {np.mean(eval_s):.0f}"
         f" ({len(results)} jobs finished).\n\n"
         "### Paired differences from random (same seed)\n\n"

@@ -303,15 +303,7 @@ class Grid:
             raise ValueError("no stages: pass Stages (see real_stages) to run the grid")
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "protocol.json", self.protocol.to_dict())
-        jobs = self.jobs()
-        todo = [job for job in jobs if not job.eval_path.exists()]
-        self.say(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run")
-        for number, job in enumerate(todo, 1):
-            started = time.perf_counter()
-            self.say(f"[{number}/{len(todo)}] {job.name}")
-            self.run_job(job)
-            seconds = time.perf_counter() - started
-            self.say(f"[{number}/{len(todo)}] {job.name} done in {seconds:.0f} s")
+        run_pending(self.jobs(), self.run_job, self.say)
 
     def run_job(self, job: Job) -> None:
         assert self.stages is not None
@@ -346,17 +338,36 @@ class Grid:
         return [by_id[i] for i in ids]
 
     def say(self, message: str) -> None:
-        log.info(message)
-        if self.log_file is not None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            with self.log_file.open("a", encoding="utf-8") as fh:
-                fh.write(f"{stamp} {message}\n")
+        say(message, self.log_file)
 
     # -- results ---------------------------------------------------------------------------------
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished job's evaluation (in job order)."""
         return [read_json(job.eval_path) for job in self.jobs() if job.eval_path.exists()]
+
+
+def say(message: str, log_file: Path | None) -> None:
+    """Log ``message`` and append it, time-stamped, to ``log_file`` (when there is one)."""
+    log.info(message)
+    if log_file is not None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with log_file.open("a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {message}\n")
+
+
+def run_pending(
+    jobs: Sequence[Any], run_job: Callable[[Any], None], tell: Callable[[str], None]
+) -> None:
+    """Run every job whose ``eval_path`` is missing, in order, telling the progress."""
+    todo = [job for job in jobs if not job.eval_path.exists()]
+    tell(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run")
+    for number, job in enumerate(todo, 1):
+        started = time.perf_counter()
+        tell(f"[{number}/{len(todo)}] {job.name}")
+        run_job(job)
+        seconds = time.perf_counter() - started
+        tell(f"[{number}/{len(todo)}] {job.name} done in {seconds:.0f} s")
 
 
 def holdout_ids(examples: Sequence[Example], per_source: int, seed: int) -> list[str]:
