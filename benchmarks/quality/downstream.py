@@ -5,6 +5,7 @@ suites and on held-out pool rows.
     python benchmarks/quality/downstream.py --embeddings POOL-MINILM.npy --nll-table NLL.npz
     nohup python benchmarks/quality/downstream.py ... > benchmarks/out/downstream.log 2>&1 &
     python benchmarks/quality/downstream.py ... --report-only
+    python benchmarks/quality/downstream.py ... --preset smoke      # every stage, small
 
 The selections are exactly ``selection.py``'s (same pools, planted noise, held-out rows, k,
 budget, quality and cache folder), so the selection-level table and this one describe the same
@@ -38,6 +39,7 @@ import math
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,25 @@ EVAL_DIR = REPO.parent / "shared" / "data" / "eval"
 SUITES = ("gsm8k", "humaneval", "mt-bench", "truthfulqa", "alpacaeval")
 METRICS = ("held-out NLL", "external NLL")
 """The two claims per (pool, arm): macro held-out NLL and mean external NLL (lower = better)."""
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "smoke": {
+        "budget": 16,
+        "holdout": 2,
+        "seeds": 1,
+        "arms": "random,kmq-balanced",
+        "pools": "noisy",
+        "suites": "gsm8k,alpacaeval",
+        "eval_items": 3,
+        "selections": Path("benchmarks/out/downstream-smoke/selections"),
+        "out": Path("benchmarks/out/downstream-smoke"),
+        "results": Path("benchmarks/out/downstream-smoke"),
+    },
+}
+"""``--preset smoke`` runs every stage on 16 rows, one seed, 3 items per suite (about a minute
+with the pool's embeddings and NLL table given); flags given on the command line win."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +335,41 @@ def paired(
     return np.array([got[arm][s] - got[base][s] for s in seeds])
 
 
+def composition(ds: Downstream, pool: str, labels: Sequence[str]) -> str:
+    """What each arm trained on, over the seeds it finished: noisy share, mean words in the
+    picks' answers, and the share of each source."""
+    done = {(j.arm.label, j.seed): j for j in ds.jobs() if j.arm and j.pool == pool}
+    sources = sorted(set(ds.bench.sources))
+    table = []
+    for label in labels:
+        picks = [j.picks for (a, _), j in done.items() if a == label and j.eval_path.exists()]
+        if not picks:
+            continue
+        rows = np.concatenate([p for p in picks if p is not None])
+        words = [len(ds.bench.examples[pool][i].response.split()) for i in rows]
+        mix = Counter(ds.bench.sources[i] for i in rows)
+        table.append(
+            [
+                label,
+                f"{ds.bench.is_noisy[rows].mean():.3f}" if pool == "noisy" else "",
+                f"{np.mean(words):.0f}",
+                *(f"{mix[src] / len(rows):.3f}" for src in sources),
+            ]
+        )
+    pool_rows = ds.bench.pool_rows
+    words = [len(ds.bench.examples[pool][i].response.split()) for i in pool_rows]
+    mix = Counter(ds.bench.sources[i] for i in pool_rows)
+    table.append(
+        [
+            "(the pool)",
+            f"{ds.bench.is_noisy[pool_rows].mean():.3f}" if pool == "noisy" else "",
+            f"{np.mean(words):.0f}",
+            *(f"{mix[src] / len(pool_rows):.3f}" for src in sources),
+        ]
+    )
+    return markdown_table(["arm", "noisy share", "answer words", *sources], table)
+
+
 def report(ds: Downstream, seconds: float) -> None:
     results = [r for r in ds.results() if r["arm"] != "base"]
     base = next((r for r in ds.results() if r["arm"] == "base"), None)
@@ -351,6 +407,10 @@ def report(ds: Downstream, seconds: float) -> None:
             table.append(
                 ["base (no fine-tuning)", 1, "", "", "", *(f"{b[m]:.4f}" for m in ordered)]
             )
+        sections.append(
+            f"### {pool} pool: what each arm trained on (all finished seeds)\n\n"
+            + composition(ds, pool, labels)
+        )
         sections.append(
             f"### {pool} pool (mean ± seed std)\n\n"
             + markdown_table(
@@ -497,6 +557,11 @@ def main() -> None:
     parser.add_argument("--name", default="quality", help="results file stem")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="full", help="smoke: every stage, small"
+    )
+    preset = parser.parse_known_args()[0].preset
+    parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args()
     setup_logging()
     started = time.perf_counter()
