@@ -180,3 +180,17 @@ def test_report_pairs_every_arm_with_random(tmp_path: Path) -> None:
     assert "| noisy | kmq-balanced − random | held-out NLL | 3 |" in text
     assert "base (no fine-tuning)" in text
     assert (tmp_path / "results" / "quality.png").is_file()
+
+
+def test_noise_cost_pairs_random_on_the_two_pools_row_for_row(tmp_path: Path) -> None:
+    bench = make_bench(tmp_path)
+    ds = run(tmp_path, bench, seeds=2, pools="noisy,clean", arms="random")
+    jobs = {(j.pool, j.seed): j for j in ds.jobs() if j.arm is not None}
+    for seed in (0, 1):  # random ignores the answers: the same rows from both pools
+        noisy, clean = jobs["noisy", seed].picks, jobs["clean", seed].picks
+        assert noisy is not None and clean is not None and np.array_equal(noisy, clean)
+    cost = downstream.noise_cost(ds.results(), "external NLL")
+    assert len(cost) == 2 and (cost > 0).all()  # the fake model pays for every noisy row
+    downstream.report(ds, 1.0)
+    text = (tmp_path / "results" / "quality.md").read_text(encoding="utf-8")
+    assert "| both | random: noisy − clean pool | external NLL | 2 |" in text
