@@ -370,6 +370,15 @@ def composition(ds: Downstream, pool: str, labels: Sequence[str]) -> str:
     return markdown_table(["arm", "noisy share", "answer words", *sources], table)
 
 
+def d_z_cell(t: PairedTest) -> str:
+    """Cohen's d_z with its 95 % interval ("n/a" where the interval could not be found)."""
+    if t.undefined:
+        return "n/a"
+    if any(math.isnan(v) for v in t.d_z_ci):
+        return f"{t.d_z:+.2f} [n/a]"
+    return f"{t.d_z:+.2f} [{t.d_z_ci[0]:+.2f}, {t.d_z_ci[1]:+.2f}]"
+
+
 def noise_cost(results: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
     """Random on the noisy pool − random on the clean pool, per seed: the same rows (random
     ignores the answers), trained with and without the planted noise."""
@@ -445,7 +454,7 @@ def report(ds: Downstream, seconds: float) -> None:
                 t.n,
                 f"{t.mean:+.4f}",
                 "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
-                "n/a" if t.undefined else f"{t.d_z:+.2f} [{t.d_z_ci[0]:+.2f}, {t.d_z_ci[1]:+.2f}]",
+                d_z_cell(t),
                 f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
                 "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}",
                 "yes" if p_holm <= 0.05 else "no",
