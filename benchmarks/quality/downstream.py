@@ -32,7 +32,6 @@ before the next seed, so a partial run is balanced. Progress goes to ``<out>/pro
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -62,7 +61,7 @@ from _common import (  # noqa: E402
     setup_logging,
     write_report,
 )
-from harness import run_pending, say  # noqa: E402
+from harness import digest, run_pending, say  # noqa: E402
 from selection import METHODS, Arm, Bench, make_arms, pick, prepare  # noqa: E402
 from stats import PairedTest, holm, paired_test  # noqa: E402
 
@@ -131,11 +130,6 @@ class Settings:
         return {
             k: getattr(self, k) for k in ("suites", "eval_items", "eval_max_length", "eval_dtype")
         }
-
-
-def digest(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -340,33 +334,23 @@ def composition(ds: Downstream, pool: str, labels: Sequence[str]) -> str:
     picks' answers, and the share of each source."""
     done = {(j.arm.label, j.seed): j for j in ds.jobs() if j.arm and j.pool == pool}
     sources = sorted(set(ds.bench.sources))
+
+    def line(label: str, rows: np.ndarray) -> list[object]:
+        words = [len(ds.bench.examples[pool][i].response.split()) for i in rows]
+        mix = Counter(ds.bench.sources[i] for i in rows)
+        return [
+            label,
+            f"{ds.bench.is_noisy[rows].mean():.3f}" if pool == "noisy" else "",
+            f"{np.mean(words):.0f}",
+            *(f"{mix[src] / len(rows):.3f}" for src in sources),
+        ]
+
     table = []
     for label in labels:
         picks = [j.picks for (a, _), j in done.items() if a == label and j.eval_path.exists()]
-        if not picks:
-            continue
-        rows = np.concatenate([p for p in picks if p is not None])
-        words = [len(ds.bench.examples[pool][i].response.split()) for i in rows]
-        mix = Counter(ds.bench.sources[i] for i in rows)
-        table.append(
-            [
-                label,
-                f"{ds.bench.is_noisy[rows].mean():.3f}" if pool == "noisy" else "",
-                f"{np.mean(words):.0f}",
-                *(f"{mix[src] / len(rows):.3f}" for src in sources),
-            ]
-        )
-    pool_rows = ds.bench.pool_rows
-    words = [len(ds.bench.examples[pool][i].response.split()) for i in pool_rows]
-    mix = Counter(ds.bench.sources[i] for i in pool_rows)
-    table.append(
-        [
-            "(the pool)",
-            f"{ds.bench.is_noisy[pool_rows].mean():.3f}" if pool == "noisy" else "",
-            f"{np.mean(words):.0f}",
-            *(f"{mix[src] / len(pool_rows):.3f}" for src in sources),
-        ]
-    )
+        if picks:
+            table.append(line(label, np.concatenate([p for p in picks if p is not None])))
+    table.append(line("(the pool)", ds.bench.pool_rows))
     return markdown_table(["arm", "noisy share", "answer words", *sources], table)
 
 
@@ -391,8 +375,9 @@ def noise_cost(results: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
 
 
 def report(ds: Downstream, seconds: float) -> None:
-    results = [r for r in ds.results() if r["arm"] != "base"]
-    base = next((r for r in ds.results() if r["arm"] == "base"), None)
+    finished = ds.results()
+    results = [r for r in finished if r["arm"] != "base"]
+    base = next((r for r in finished if r["arm"] == "base"), None)
     pools = [p for p in ds.args.pools.split(",") if any(r["pool"] == p for r in results)]
     labels = [a.label for a in ds.arms]
     comparisons: list[tuple[str, str, str, PairedTest]] = []
