@@ -65,11 +65,20 @@ from kmq.formats import load_pool
 from kmq.pipeline import select
 
 METHODS: dict[str, dict[str, Any]] = {
-    name: settings
-    for name, settings in GRID_METHODS.items()
-    if name not in ("km-closest-proportional", "iterative-kmq")
+    **{
+        name: settings
+        for name, settings in GRID_METHODS.items()
+        if name not in ("km-closest-proportional", "iterative-kmq")
+    },
+    "kmq-balanced-std": {
+        "method": "kmq",
+        "allocation": "balanced",
+        "quality_weighting": "standardized",
+    },
 }
-"""The quality grid's one-shot methods (no loop to train), less km-closest-proportional."""
+"""The quality grid's one-shot methods (no loop to train), less km-closest-proportional, and
+kMQ with the scale-free ``standardized`` weighting (a softmax in units of the score's σ: the
+raw softmax of a score spread over tens of nats is an argmax inside each cluster)."""
 WITH_QUALITY = {"kmq", "deita", "qdit"}
 DEFAULT_NOISE = (
     NoiseSpec("swap", 0.10, "clusters"),

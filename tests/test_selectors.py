@@ -118,6 +118,45 @@ def test_kmq_weighting_rules_on_signed_quality() -> None:
         KMQSelector().select(X, 10, labels=LABELS, quality=np.full(len(X), np.nan), seed=0)
 
 
+@settings(max_examples=25, deadline=None)
+@given(scale=st.floats(1e-3, 1e3), shift=st.floats(-1e3, 1e3), seed=st.integers(0, 2**32))
+def test_kmq_standardized_is_scale_free(scale: float, shift: float, seed: int) -> None:
+    select = KMQSelector(weighting="standardized").select
+    base = select(X, 40, labels=LABELS, quality=QUALITY, seed=seed)
+    moved = select(X, 40, labels=LABELS, quality=QUALITY * scale + shift, seed=seed)
+    assert np.array_equal(base.indices, moved.indices)
+
+
+def test_kmq_standardized_weights_by_hand() -> None:
+    q = np.array([0.0, 1.0, 2.0, 3.0])
+    selector = KMQSelector(weighting="standardized", temperature=2.0)
+    selector.decide_weighting(q)
+    assert selector.scale_ == pytest.approx(np.std(q))
+    w = selector.draw_weights(q)
+    # a row one σ better is e^(1/temperature) times as likely
+    assert w[3] / w[2] == pytest.approx(np.exp(1.0 / (2.0 * np.std(q))))
+    flat = KMQSelector(weighting="standardized")
+    flat.decide_weighting(np.full(4, 7.0))
+    assert np.array_equal(flat.draw_weights(np.full(4, 7.0)), np.ones(4))  # σ = 0: uniform
+
+
+def test_raw_softmax_on_a_wide_score_is_an_argmax_and_standardized_is_not() -> None:
+    wide = QUALITY * 3000.0  # a score spread over thousands of units (summed nats)
+    picks = {
+        rule: {
+            tuple(
+                KMQSelector(weighting=rule)
+                .select(X, 9, labels=LABELS, quality=wide, seed=s)
+                .indices
+            )
+            for s in range(8)
+        }
+        for rule in ("softmax", "standardized")
+    }
+    assert len(picks["softmax"]) == 1  # the top row of every cluster, whatever the seed
+    assert len(picks["standardized"]) > 1
+
+
 def test_km_closest_picks_the_most_central_rows() -> None:
     result = get_selector("km-closest", allocation="balanced").select(X, 9, labels=LABELS, seed=0)
     for row in result.indices:

@@ -19,7 +19,7 @@ from kmq.selectors.base import (
     weighted_order,
 )
 
-WEIGHTINGS = ("auto", "linear", "softmax")
+WEIGHTINGS = ("auto", "linear", "softmax", "standardized")
 DEFAULT_CANDIDATES = 8
 # A cluster's candidates come from stream(seed, cluster, CANDIDATE_STREAM); its picks from
 # stream(seed, cluster), as without candidates.
@@ -68,6 +68,10 @@ class KMQSelector(ClusterSelector):
     Inside a cluster, rows are drawn without replacement with probability ∝ w(q):
     ``linear`` w = q^(1/temperature) (needs q >= 0; temperature 1 is the paper's "∝ quality"),
     ``softmax`` w = exp((q - max q) / temperature) over the cluster (the official code);
+    ``standardized`` w = exp((q - max q) / (temperature · σ)), σ the standard deviation of every
+    score read (the pool's, or its candidates'): the softmax in units of σ, so a row one σ
+    better is e^(1/temperature) times as likely whatever the score's scale (a raw softmax of
+    a score spread over tens of nats is an argmax inside each cluster; σ = 0 draws uniformly);
     ``auto`` (default) is ``linear`` when every score is >= 0 and ``softmax`` otherwise.
     Without quality scores every row weighs the same and kMQ is kM-Random (a note says so).
 
@@ -108,11 +112,18 @@ class KMQSelector(ClusterSelector):
         quality = inputs.get("quality")
         self.pool_sizes_ = np.diff(plan.offsets)
         if quality is None or self.candidates is None:
-            self.rule_ = self.resolve_weighting(quality)
+            self.decide_weighting(quality)
             return plan
         plan = draw_candidates(plan, self.candidates)
-        self.rule_ = self.resolve_weighting(np.asarray(quality)[plan.rows])
+        self.decide_weighting(np.asarray(quality)[plan.rows])
         return plan
+
+    def decide_weighting(self, quality: np.ndarray | None) -> None:
+        """Set ``rule_`` and ``scale_`` (σ of ``quality`` for ``standardized``, else 1) once."""
+        self.rule_ = self.resolve_weighting(quality)
+        self.scale_ = 1.0
+        if self.rule_ == "standardized" and quality is not None:
+            self.scale_ = float(np.std(np.asarray(quality, dtype=np.float64)))
 
     def candidate_rows(self, n: int, budget: int, **inputs: Unpack[SelectArgs]) -> np.ndarray:
         """The rows whose quality :meth:`select` with the same arguments reads (ascending):
@@ -153,6 +164,10 @@ class KMQSelector(ClusterSelector):
         return []
 
     def draw_weights(self, q: np.ndarray) -> np.ndarray:
+        if self.rule_ == "standardized":
+            if self.scale_ == 0:
+                return np.ones(len(q))
+            return np.exp((q - q.max()) / (self.temperature * self.scale_))
         if self.rule_ == "softmax":
             return np.exp((q - q.max()) / self.temperature)
         return q ** (1.0 / self.temperature)
