@@ -194,3 +194,26 @@ def test_noise_cost_pairs_random_on_the_two_pools_row_for_row(tmp_path: Path) ->
     downstream.report(ds, 1.0)
     text = (tmp_path / "results" / "quality.md").read_text(encoding="utf-8")
     assert "| both | random: noisy − clean pool | external NLL | 2 |" in text
+
+
+def test_power_section_pools_the_arm_comparisons_only() -> None:
+    from stats import detectable_difference, paired_test
+
+    a = paired_test([0.01, 0.02, 0.03])  # sd 0.01
+    b = paired_test([0.0, 0.02, 0.04, 0.06])  # sd ≈ 0.0258
+    noise = paired_test([0.5, -0.5])  # the noise-cost row: not an arm − random comparison
+    comparisons = [
+        ("noisy", "kmq-balanced − random", "held-out NLL", a),
+        ("noisy", "km-random-balanced − random", "held-out NLL", b),
+        ("both", "random: noisy − clean pool", "held-out NLL", noise),
+    ]
+    text = downstream.power_section(comparisons, family=3)
+    pooled = np.sqrt((2 * a.std**2 + 3 * b.std**2) / 5)
+    row = next(line for line in text.splitlines() if line.startswith("| held-out NLL"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == f"{pooled:.4f}" and cells[2] == "5"
+    five = cells[2 + downstream.POWER_SEEDS.index(5) + 1]
+    alone = detectable_difference(pooled, 5)
+    holm_first = detectable_difference(pooled, 5, alpha=0.05 / 3)
+    assert five == f"{alone:.4f} / {holm_first:.4f}"
+    assert "external NLL" not in text  # no comparison on it: no row

@@ -12,7 +12,15 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path[:0] = [str(BENCH / "quality"), str(BENCH)]
 
-from stats import d_z_interval, holm, judge, paired_test, t_critical  # noqa: E402
+from stats import (  # noqa: E402
+    d_z_interval,
+    detectable_difference,
+    holm,
+    judge,
+    paired_test,
+    power,
+    t_critical,
+)
 
 
 def t_cdf(t: float, df: int) -> float:
@@ -129,3 +137,25 @@ def test_judge_applies_holm_over_the_family_and_reads_direction() -> None:
     assert [v.verdict for v in verdicts] == ["holds", "within noise", "within noise", "reversed"]
     with pytest.raises(ValueError, match="claimed signs must be"):
         judge([strong], [0])
+
+
+def test_power_matches_the_textbook_and_a_simulation() -> None:
+    # G*Power, one-sample t, two-sided α = 0.05, d = 1, n = 10: power 0.8031
+    assert power(1.0, 1.0, 10) == pytest.approx(0.8031, abs=5e-4)
+    assert power(0.0, 1.0, 10) == pytest.approx(0.05, abs=1e-9)  # no effect: the test's level
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.5, 1.0, size=(20000, 6))
+    t = d.mean(1) / (d.std(1, ddof=1) / math.sqrt(6))
+    simulated = float((np.abs(t) > t_critical(5)).mean())
+    assert power(0.5, 1.0, 6) == pytest.approx(simulated, abs=0.015)
+
+
+def test_detectable_difference_inverts_power_and_tends_to_the_normal_value() -> None:
+    for n in (3, 5, 10):
+        mde = detectable_difference(0.01, n, alpha=0.01)
+        assert power(mde, 0.01, n, alpha=0.01) == pytest.approx(0.8, abs=1e-6)
+    assert detectable_difference(1.0, 5) > detectable_difference(1.0, 10)  # more seeds, smaller
+    # large n: (z_0.975 + z_0.8) · sd / √n = 2.8016 · sd / √n
+    assert detectable_difference(1.0, 400) == pytest.approx(2.8016 / 20, rel=0.01)
+    with pytest.raises(ValueError, match="n must be"):
+        power(0.1, 1.0, 1)

@@ -63,7 +63,7 @@ from _common import (  # noqa: E402
 )
 from harness import digest, run_pending, say  # noqa: E402
 from selection import METHODS, Arm, Bench, make_arms, pick, prepare  # noqa: E402
-from stats import PairedTest, holm, paired_test  # noqa: E402
+from stats import ALPHA, PairedTest, detectable_difference, holm, paired_test  # noqa: E402
 
 from kmq.atomic import write_json  # noqa: E402
 from kmq.examples import Example  # noqa: E402
@@ -374,6 +374,44 @@ def noise_cost(results: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
     return np.array([got["noisy"][s] - got["clean"][s] for s in seeds])
 
 
+POWER_SEEDS = (3, 5, 8, 10, 15, 20)
+
+
+def power_section(comparisons: Sequence[tuple[str, str, str, PairedTest]], family: int) -> str:
+    """How many seeds a difference needs: per metric, the sd of the paired differences pooled
+    over the arm − random comparisons with a test, and the smallest true difference a paired
+    t-test detects with 80 % power at α = 0.05 alone and at α = 0.05 / ``family`` (the
+    first step of Holm over the whole family: a conservative bound)."""
+    rows = []
+    for metric in METRICS:
+        tests = [
+            t
+            for _, label, m, t in comparisons
+            if m == metric and t.undefined is None and label.endswith("− random")
+        ]
+        if not tests:
+            continue
+        df = sum(t.n - 1 for t in tests)
+        sd = math.sqrt(sum((t.n - 1) * t.std**2 for t in tests) / df)
+        cells: list[object] = [metric, f"{sd:.4f}", df]
+        for n in POWER_SEEDS:
+            alone = detectable_difference(sd, n, alpha=ALPHA)
+            holm_first = detectable_difference(sd, n, alpha=ALPHA / max(family, 1))
+            cells.append(f"{alone:.4f} / {holm_first:.4f}")
+        rows.append(cells)
+    if not rows:
+        return ""
+    return (
+        "### Power: the smallest difference these seeds can detect\n\n"
+        "sd = the seed-paired differences' standard deviation pooled over the arm − random "
+        "comparisons above (df = their degrees of freedom). Each cell: the smallest true mean "
+        "difference a two-sided paired t-test detects with 80 % power with that many seeds, at "
+        f"α = 0.05 for one claim / at α = 0.05 / {family} (Holm's first step over this family, "
+        "a conservative bound).\n\n"
+        + markdown_table(["metric", "sd", "df", *(f"{n} seeds" for n in POWER_SEEDS)], rows)
+    )
+
+
 def report(ds: Downstream, seconds: float) -> None:
     finished = ds.results()
     results = [r for r in finished if r["arm"] != "base"]
@@ -489,7 +527,7 @@ def report(ds: Downstream, seconds: float) -> None:
             diff_rows,
         )
         + "\n\n"
-        + "\n\n".join(sections)
+        + "\n\n".join([*sections, power_section(comparisons, len(tested))])
     )
     plot(ds, results, pools, labels)
     command = command_line([a for a in sys.argv[1:] if a != "--report-only"])

@@ -139,6 +139,34 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def power(difference: float, sd: float, n: int, *, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test at level ``alpha`` with ``n`` seeds when the true
+    mean difference is ``difference`` and the differences' sd is ``sd``: P(|T| > t_crit) under
+    the noncentral t with n − 1 degrees of freedom and noncentrality difference·√n / sd."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if not sd > 0:
+        raise ValueError(f"sd must be > 0, got {sd!r}")
+    df = n - 1
+    c = t_critical(df, level=1.0 - alpha)
+    nc = abs(difference) * math.sqrt(n) / sd
+    # P(T < −c) as P(T(−nc) > c): scipy's cdf there is NaN for some large nc
+    return float(stats.nct.sf(c, df, nc) + stats.nct.sf(c, df, -nc))
+
+
+def detectable_difference(sd: float, n: int, *, alpha: float = ALPHA, target: float = 0.8) -> float:
+    """The smallest true mean difference the paired t-test detects with probability
+    ``target`` at level ``alpha`` (two-sided) with ``n`` seeds and differences of sd ``sd``."""
+    if not 0 < target < 1:
+        raise ValueError(f"target power must be in (0, 1), got {target!r}")
+    if power(0.0, sd, n, alpha=alpha) >= target:
+        return 0.0
+    hi = sd
+    while power(hi, sd, n, alpha=alpha) < target:
+        hi *= 2.0
+    return float(optimize.brentq(lambda d: power(d, sd, n, alpha=alpha) - target, 0.0, hi))
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A claim's test, its Holm-adjusted p over the family (nan if n/a) and the verdict."""
