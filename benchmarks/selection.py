@@ -70,10 +70,13 @@ METHODS: dict[str, dict[str, Any]] = {
         for name, settings in GRID_METHODS.items()
         if name not in ("km-closest-proportional", "iterative-kmq")
     },
-    "kmq-balanced-std": {
-        "method": "kmq",
-        "allocation": "balanced",
-        "quality_weighting": "standardized",
+    **{
+        f"kmq-{allocation}-std": {
+            "method": "kmq",
+            "allocation": allocation,
+            "quality_weighting": "standardized",
+        }
+        for allocation in ("proportional", "balanced")
     },
 }
 """The quality grid's one-shot methods (no loop to train), less km-closest-proportional, and
