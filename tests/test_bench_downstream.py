@@ -207,7 +207,7 @@ def test_power_section_pools_the_arm_comparisons_only() -> None:
         ("noisy", "km-random-balanced − random", "held-out NLL", b),
         ("both", "random: noisy − clean pool", "held-out NLL", noise),
     ]
-    text = downstream.power_section(comparisons, family=3)
+    text = downstream.power_section(comparisons, family_size=3)
     pooled = np.sqrt((2 * a.std**2 + 3 * b.std**2) / 5)
     row = next(line for line in text.splitlines() if line.startswith("| held-out NLL"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -217,3 +217,23 @@ def test_power_section_pools_the_arm_comparisons_only() -> None:
     holm_first = detectable_difference(pooled, 5, alpha=0.05 / 3)
     assert five == f"{alone:.4f} / {holm_first:.4f}"
     assert "external NLL" not in text  # no comparison on it: no row
+
+
+def test_exploratory_metric_leaves_truthfulqa_out_and_has_its_own_holm_family() -> None:
+    row = {"suites": {"gsm8k": 1.0, "truthfulqa": 3.0, "humaneval": 2.0}, "holdout": {"a": 1.0}}
+    got = downstream.metrics(row)
+    assert got["external NLL"] == pytest.approx(2.0)
+    assert got[downstream.EXPLORATORY] == pytest.approx(1.5)
+    assert downstream.EXPLORATORY not in downstream.metrics({**row, "suites": {"gsm8k": 1.0}})
+
+    def result(arm: str, seed: int, gsm8k: float) -> dict[str, Any]:
+        suites = {"gsm8k": gsm8k, "truthfulqa": 3.0}
+        return {"pool": "noisy", "arm": arm, "seed": seed, "suites": suites, "holdout": {"a": 1.0}}
+
+    results = [result("random", s, 1.0 + 0.01 * s) for s in range(3)]
+    results += [result("kmq", s, 0.9 + 0.01 * s + 0.001 * s * s) for s in range(3)]
+    comparisons = downstream.family(results, ["noisy"], ["random", "kmq"], [downstream.EXPLORATORY])
+    assert [(c[1], c[2]) for c in comparisons] == [("kmq − random", downstream.EXPLORATORY)]
+    assert comparisons[0][3].mean == pytest.approx(-0.1 + 0.005 / 3)
+    table, tested = downstream.family_table(comparisons)
+    assert tested == 1 and "kmq − random" in table

@@ -74,6 +74,12 @@ EVAL_DIR = REPO.parent / "shared" / "data" / "eval"
 SUITES = ("gsm8k", "humaneval", "mt-bench", "truthfulqa", "alpacaeval")
 METRICS = ("held-out NLL", "external NLL")
 """The two claims per (pool, arm): macro held-out NLL and mean external NLL (lower = better)."""
+Comparison = tuple[str, str, str, PairedTest]
+"""(pool, "arm − random", metric, its paired test)."""
+EXPLORATORY = "external NLL w/o truthfulqa"
+"""Added after the first results, tested as its own Holm family: TruthfulQA's reference NLL
+follows answer length (training on truncated answers lowers it) and moves against every
+other suite."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -313,6 +319,9 @@ def metrics(row: dict[str, Any]) -> dict[str, float]:
     out = {f"{k}": float(v) for k, v in row["suites"].items()}
     out |= {f"held-out {k}": float(v) for k, v in row["holdout"].items()}
     out["external NLL"] = float(np.mean(list(row["suites"].values())))
+    rest = [float(v) for k, v in row["suites"].items() if k != "truthfulqa"]
+    if "truthfulqa" in row["suites"] and rest:
+        out[EXPLORATORY] = float(np.mean(rest))
     out["held-out NLL"] = float(np.mean(list(row["holdout"].values())))
     return out
 
@@ -377,10 +386,10 @@ def noise_cost(results: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
 POWER_SEEDS = (3, 5, 8, 10, 15, 20)
 
 
-def power_section(comparisons: Sequence[tuple[str, str, str, PairedTest]], family: int) -> str:
+def power_section(comparisons: Sequence[Comparison], family_size: int) -> str:
     """How many seeds a difference needs: per metric, the sd of the paired differences pooled
     over the arm − random comparisons with a test, and the smallest true difference a paired
-    t-test detects with 80 % power at α = 0.05 alone and at α = 0.05 / ``family`` (the
+    t-test detects with 80 % power at α = 0.05 alone and at α = 0.05 / ``family_size`` (the
     first step of Holm over the whole family: a conservative bound)."""
     rows = []
     for metric in METRICS:
@@ -396,7 +405,7 @@ def power_section(comparisons: Sequence[tuple[str, str, str, PairedTest]], famil
         cells: list[object] = [metric, f"{sd:.4f}", df]
         for n in POWER_SEEDS:
             alone = detectable_difference(sd, n, alpha=ALPHA)
-            holm_first = detectable_difference(sd, n, alpha=ALPHA / max(family, 1))
+            holm_first = detectable_difference(sd, n, alpha=ALPHA / max(family_size, 1))
             cells.append(f"{alone:.4f} / {holm_first:.4f}")
         rows.append(cells)
     if not rows:
@@ -406,10 +415,69 @@ def power_section(comparisons: Sequence[tuple[str, str, str, PairedTest]], famil
         "sd = the seed-paired differences' standard deviation pooled over the arm − random "
         "comparisons above (df = their degrees of freedom). Each cell: the smallest true mean "
         "difference a two-sided paired t-test detects with 80 % power with that many seeds, at "
-        f"α = 0.05 for one claim / at α = 0.05 / {family} (Holm's first step over this family, "
-        "a conservative bound).\n\n"
+        f"α = 0.05 for one claim / at α = 0.05 / {family_size} (Holm's first step over this "
+        "family, a conservative bound).\n\n"
         + markdown_table(["metric", "sd", "df", *(f"{n} seeds" for n in POWER_SEEDS)], rows)
     )
+
+
+def family(
+    results: Sequence[dict[str, Any]],
+    pools: Sequence[str],
+    labels: Sequence[str],
+    metrics_: Sequence[str],
+) -> list[Comparison]:
+    """Every arm − random (same seed) per pool, then what the noise costs, on ``metrics_``."""
+    out: list[Comparison] = []
+    for pool in pools:
+        for label in labels:
+            if label == "random":
+                continue
+            for metric in metrics_:
+                d = paired(results, pool, label, "random", metric)
+                if len(d):
+                    out.append((pool, f"{label} − random", metric, paired_test(d)))
+    for metric in metrics_:
+        d = noise_cost(results, metric)
+        if len(d):
+            out.append(("both", "random: noisy − clean pool", metric, paired_test(d)))
+    return out
+
+
+def family_table(comparisons: Sequence[Comparison]) -> tuple[str, int]:
+    """The comparisons as a table with Holm over them; and how many had a test."""
+    tested = [i for i, c in enumerate(comparisons) if c[3].undefined is None]
+    adjusted = dict(zip(tested, holm([comparisons[i][3].p for i in tested]), strict=True))
+    rows = []
+    for i, (pool, label, metric, t) in enumerate(comparisons):
+        p_holm = adjusted.get(i, math.nan)
+        rows.append(
+            [
+                pool,
+                label,
+                metric,
+                t.n,
+                f"{t.mean:+.4f}",
+                "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
+                d_z_cell(t),
+                f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
+                "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}",
+                "yes" if p_holm <= 0.05 else "no",
+            ]
+        )
+    header = [
+        "pool",
+        "comparison",
+        "metric",
+        "seeds",
+        "mean diff",
+        "95 % CI",
+        "d_z [95 % CI]",
+        "p",
+        "p (Holm)",
+        "significant",
+    ]
+    return markdown_table(header, rows), len(tested)
 
 
 def report(ds: Downstream, seconds: float) -> None:
@@ -418,7 +486,6 @@ def report(ds: Downstream, seconds: float) -> None:
     base = next((r for r in finished if r["arm"] == "base"), None)
     pools = [p for p in ds.args.pools.split(",") if any(r["pool"] == p for r in results)]
     labels = [a.label for a in ds.arms]
-    comparisons: list[tuple[str, str, str, PairedTest]] = []
     sections = []
     for pool in pools:
         rows = [r for r in results if r["pool"] == pool]
@@ -440,11 +507,6 @@ def report(ds: Downstream, seconds: float) -> None:
                 sd = f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else ""
                 cells.append(f"{v.mean():.4f}{sd}")
             table.append(cells)
-            if label != "random":
-                for metric in METRICS:
-                    d = paired(results, pool, label, "random", metric)
-                    if len(d):
-                        comparisons.append((pool, f"{label} − random", metric, paired_test(d)))
         if base is not None:
             b = metrics(base)
             table.append(
@@ -460,29 +522,12 @@ def report(ds: Downstream, seconds: float) -> None:
                 ["arm", "seeds", "noisy share", "steps", "train loss", *ordered], table
             )
         )
-    for metric in METRICS:
-        d = noise_cost(results, metric)
-        if len(d):
-            comparisons.append(("both", "random: noisy − clean pool", metric, paired_test(d)))
-    tested = [i for i, c in enumerate(comparisons) if c[3].undefined is None]
-    adjusted = dict(zip(tested, holm([comparisons[i][3].p for i in tested]), strict=True))
-    diff_rows = []
-    for i, (pool, label, metric, t) in enumerate(comparisons):
-        p_holm = adjusted.get(i, math.nan)
-        diff_rows.append(
-            [
-                pool,
-                label,
-                metric,
-                t.n,
-                f"{t.mean:+.4f}",
-                "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
-                d_z_cell(t),
-                f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
-                "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}",
-                "yes" if p_holm <= 0.05 else "no",
-            ]
-        )
+    comparisons = family(results, pools, labels, METRICS)
+    primary, tested = family_table(comparisons)
+    with_exploratory = all(EXPLORATORY in metrics(r) for r in results)
+    exploratory, explored = family_table(
+        family(results, pools, labels, [EXPLORATORY] if with_exploratory else [])
+    )
     s = ds.settings
     train_s = [r["seconds"]["train"] for r in results]
     eval_s = [r["seconds"]["evaluate"] for r in results]
@@ -509,27 +554,24 @@ def report(ds: Downstream, seconds: float) -> None:
         "Negative = lower NLL than random (better); the last rows (`random: noisy − clean "
         "pool`, the same rows trained with and without the planted noise) measure what the "
         "noise costs. 95 % exact-t interval of the mean difference, "
-        f"Cohen's d_z with its 95 % interval, two-sided paired t-test; Holm over the {len(tested)} "
+        f"Cohen's d_z with its 95 % interval, two-sided paired t-test; Holm over the {tested} "
         "comparisons with a test; significant = Holm-adjusted p ≤ 0.05.\n\n"
-        + markdown_table(
-            [
-                "pool",
-                "comparison",
-                "metric",
-                "seeds",
-                "mean diff",
-                "95 % CI",
-                "d_z [95 % CI]",
-                "p",
-                "p (Holm)",
-                "significant",
-            ],
-            diff_rows,
+        + primary
+        + (
+            ""
+            if not with_exploratory
+            else "\n\n### Exploratory: external NLL without TruthfulQA\n\n"
+            "Added after the first results (not part of the claims above; Holm over its own "
+            f"{explored} comparisons): TruthfulQA's reference NLL follows answer length — training "
+            "on the noisy pool's truncated answers lowers it while every other suite rises — so it "
+            "can dominate the external mean. This is the mean of the other suites.\n\n"
+            + exploratory
         )
         + "\n\n"
-        + "\n\n".join([*sections, power_section(comparisons, len(tested))])
+        + "\n\n".join([*sections, power_section(comparisons, tested)])
     )
-    plot(ds, results, pools, labels)
+    plotted = [m for m in PLOTTED if all(m in metrics(r) for r in results)]
+    plot(ds, results, pools, labels, plotted)
     command = command_line([a for a in sys.argv[1:] if a != "--report-only"])
     write_report(
         ds.args.results,
@@ -541,8 +583,15 @@ def report(ds: Downstream, seconds: float) -> None:
     )
 
 
+PLOTTED = (*METRICS, EXPLORATORY)
+
+
 def plot(
-    ds: Downstream, results: list[dict[str, Any]], pools: list[str], labels: list[str]
+    ds: Downstream,
+    results: list[dict[str, Any]],
+    pools: list[str],
+    labels: list[str],
+    plotted: Sequence[str],
 ) -> None:
     import matplotlib
 
@@ -552,12 +601,12 @@ def plot(
     others = [label for label in labels if label != "random"]
     fig, axes = plt.subplots(
         1,
-        len(METRICS),
-        figsize=(6 * len(METRICS), 0.6 + 0.5 * len(pools) * max(len(others), 1)),
+        len(plotted),
+        figsize=(6 * len(plotted), 0.6 + 0.5 * len(pools) * max(len(others), 1)),
         squeeze=False,
     )
-    for ax, metric in zip(axes[0], METRICS, strict=True):
-        ticks = []
+    for ax, metric in zip(axes[0], plotted, strict=True):
+        ticks: list[str] = []
         for pool in pools:
             for label in others:
                 d = paired(results, pool, label, "random", metric)
