@@ -12,9 +12,8 @@ be safe. Prints, for each σ (default: the spreads of the published v1 run, read
 from __future__ import annotations
 
 import argparse
-import math
 
-from scipy import stats
+from stats import power
 
 V1_SPREADS = {
     "mean external NLL, smallest paired sd (v1)": 0.0096,
@@ -25,21 +24,10 @@ V1_SPREADS = {
 """Per-seed sd of the paired differences in the v1 run (3 seeds, 25 items per suite, 128 rows)."""
 
 
-def power(delta: float, sigma: float, n: int, alpha: float) -> float:
-    """Power of the two-sided paired t-test with ``n`` pairs at level ``alpha``."""
-    df = n - 1
-    crit = stats.t.ppf(1 - alpha / 2, df)
-    nc = delta * math.sqrt(n) / sigma
-    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    if math.isnan(p):  # scipy's non-central t underflows far in the tail: normal approximation
-        p = float(stats.norm.sf(crit - nc) + stats.norm.cdf(-crit - nc))
-    return p
-
-
 def seeds_needed(delta: float, sigma: float, alpha: float, target: float, n_max: int = 200) -> int:
     """The smallest n ≥ 2 whose power reaches ``target`` (``n_max`` + 1 if none does)."""
     for n in range(2, n_max + 1):
-        if power(delta, sigma, n, alpha) >= target:
+        if power(delta, sigma, n, alpha=alpha) >= target:
             return n
     return n_max + 1
 
@@ -59,7 +47,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, sigma in spreads.items():
         n = seeds_needed(args.delta, sigma, level, args.power)
-        p5, p10 = (power(args.delta, sigma, k, level) for k in (5, 10))
+        p5, p10 = (power(args.delta, sigma, k, alpha=level) for k in (5, 10))
         print(f"| {name} | {sigma:.4f} | {n} | {p5:.2f} | {p10:.2f} |")
 
 
