@@ -597,6 +597,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     others = [label for label in labels if label != "random"]
     fig, axes = plt.subplots(
@@ -610,11 +611,13 @@ def plot(
         for pool in pools:
             for label in others:
                 d = paired(results, pool, label, "random", metric)
+                if not len(d):
+                    continue
                 y = len(ticks)
                 ticks.append(f"{pool}: {label}")
                 ax.scatter(d, np.full(len(d), y), s=14, alpha=0.7)
-                if len(d):
-                    ax.plot([d.mean()], [y], "k|", markersize=16)
+                ax.plot([d.mean()], [y], "k|", markersize=16)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(range(len(ticks)), ticks)
         ax.set_title(f"{metric}: arm − random per seed (nats)")
