@@ -164,12 +164,10 @@ class KMQSelector(ClusterSelector):
         return []
 
     def draw_weights(self, q: np.ndarray) -> np.ndarray:
-        if self.rule_ == "standardized":
+        if self.rule_ in ("softmax", "standardized"):  # scale_ is 1 for softmax
             if self.scale_ == 0:
                 return np.ones(len(q))
             return np.exp((q - q.max()) / (self.temperature * self.scale_))
-        if self.rule_ == "softmax":
-            return np.exp((q - q.max()) / self.temperature)
         return q ** (1.0 / self.temperature)
 
     def pick(
