@@ -524,7 +524,8 @@ def report(ds: Downstream, seconds: float) -> None:
         )
     comparisons = family(results, pools, labels, METRICS)
     primary, tested = family_table(comparisons)
-    with_exploratory = all(EXPLORATORY in metrics(r) for r in results)
+    plotted = [m for m in PLOTTED if all(m in metrics(r) for r in results)]
+    with_exploratory = EXPLORATORY in plotted
     exploratory, explored = family_table(
         family(results, pools, labels, [EXPLORATORY] if with_exploratory else [])
     )
@@ -570,7 +571,6 @@ def report(ds: Downstream, seconds: float) -> None:
         + "\n\n"
         + "\n\n".join([*sections, power_section(comparisons, tested)])
     )
-    plotted = [m for m in PLOTTED if all(m in metrics(r) for r in results)]
     plot(ds, results, pools, labels, plotted)
     command = command_line([a for a in sys.argv[1:] if a != "--report-only"])
     write_report(
