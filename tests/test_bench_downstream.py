@@ -237,3 +237,27 @@ def test_exploratory_metric_leaves_truthfulqa_out_and_has_its_own_holm_family() 
     assert comparisons[0][3].mean == pytest.approx(-0.1 + 0.005 / 3)
     table, tested = downstream.family_table(comparisons)
     assert tested == 1 and "kmq − random" in table
+
+
+def test_confirmation_tests_only_the_declared_fresh_seeds() -> None:
+    pool, arm, metric, first = downstream.CONFIRMATION
+    assert metric == downstream.EXPLORATORY
+
+    def result(name: str, seed: int, gsm8k: float) -> dict[str, Any]:
+        suites = {"gsm8k": gsm8k, "truthfulqa": 9.0}
+        return {"pool": pool, "arm": name, "seed": seed, "suites": suites, "holdout": {"a": 1.0}}
+
+    # the old seeds favour the arm by a lot; the fresh ones by -0.02, -0.03, -0.04
+    results = [result("random", s, 1.0) for s in range(first + 3)]
+    results += [result(arm, s, 0.5) for s in range(first)]
+    assert "Not run yet: 0 fresh seed(s)" in downstream.confirmation(results)
+    results += [result(arm, first + i, 1.0 - 0.01 * (i + 2)) for i in range(3)]
+    text = downstream.confirmation(results)
+    row = next(line for line in text.splitlines() if line.startswith("| 3 "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "-0.0300"  # the mean of the fresh seeds only
+    half = 4.302653 * 0.01 / np.sqrt(3)  # exact t(0.975, 2) × sd / √n
+    assert cells[2] == f"[{-0.03 - half:+.4f}, {-0.03 + half:+.4f}]"
+    assert cells[5] == "confirmed"  # t = -5.2 with 2 df: p = 0.035
+    results[-1] = result(arm, first + 2, 1.0 + 0.05)  # fresh diffs -0.02, -0.03, +0.05
+    assert "| not confirmed |" in downstream.confirmation(results)

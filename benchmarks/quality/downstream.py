@@ -80,6 +80,11 @@ EXPLORATORY = "external NLL w/o truthfulqa"
 """Added after the first results, tested as its own Holm family: TruthfulQA's reference NLL
 follows answer length (training on truncated answers lowers it) and moves against every
 other suite."""
+CONFIRMATION = ("noisy", "kmq-proportional-std", EXPLORATORY, 5)
+"""The exploratory lead, declared for confirmation (2026-12-01, before any seed ≥ 5 of either arm
+had finished): on the noisy pool, kmq-proportional-std − random on external NLL without
+TruthfulQA, tested on the fresh seeds ≥ 5 only (fresh k-means, draws and training order), one
+two-sided paired t-test at α = 0.05 (a family of one)."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -480,6 +485,41 @@ def family_table(comparisons: Sequence[Comparison]) -> tuple[str, int]:
     return markdown_table(header, rows), len(tested)
 
 
+def confirmation(results: Sequence[dict[str, Any]]) -> str:
+    """The declared confirmation test (:data:`CONFIRMATION`) on the seeds it names, or what is
+    missing for it."""
+    pool, arm, metric, first = CONFIRMATION
+    fresh = [r for r in results if r["seed"] >= first]
+    d = paired(fresh, pool, arm, "random", metric)
+    head = (
+        "### Confirmation of the exploratory lead (declared before its seeds ran)\n\n"
+        f"Declared on 2026-12-01, before any seed ≥ {first} of either arm had finished: on the "
+        f"{pool} pool, `{arm}` − `random` on {metric}, seeds ≥ {first} only (new k-means, draws "
+        "and training order; same pool and planted noise), one two-sided paired t-test at "
+        "α = 0.05 (a family of one).\n\n"
+    )
+    if len(d) < 2:
+        return head + f"Not run yet: {len(d)} fresh seed(s) finished for both arms (needs ≥ 2)."
+    t = paired_test(d)
+    verdict = (
+        "n/a" if t.undefined else ("confirmed" if t.p <= ALPHA and t.mean < 0 else "not confirmed")
+    )
+    table = markdown_table(
+        ["seeds", "mean diff", "95 % CI", "d_z [95 % CI]", "p", "verdict"],
+        [
+            [
+                t.n,
+                f"{t.mean:+.4f}",
+                "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
+                d_z_cell(t),
+                f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
+                verdict,
+            ]
+        ],
+    )
+    return head + table
+
+
 def report(ds: Downstream, seconds: float) -> None:
     finished = ds.results()
     results = [r for r in finished if r["arm"] != "base"]
@@ -567,6 +607,8 @@ def report(ds: Downstream, seconds: float) -> None:
             "on the noisy pool's truncated answers lowers it while every other suite rises — so it "
             "can dominate the external mean. This is the mean of the other suites.\n\n"
             + exploratory
+            + "\n\n"
+            + confirmation(results)
         )
         + "\n\n"
         + "\n\n".join([*sections, power_section(comparisons, tested)])
