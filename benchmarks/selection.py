@@ -38,8 +38,8 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,9 +60,13 @@ from quality.stats import PairedTest, holm, paired_test
 from tqdm import tqdm
 
 from kmq.atomic import write_json
+from kmq.engines import get_engine
 from kmq.examples import Example
 from kmq.formats import load_pool
-from kmq.pipeline import select
+from kmq.loop import IterateConfig, round_sizes
+from kmq.pipeline import cluster, select
+from kmq.reweight import cluster_means, uniform, update
+from kmq.selectors import KMQSelector
 
 METHODS: dict[str, dict[str, Any]] = {
     **{
@@ -78,11 +82,18 @@ METHODS: dict[str, dict[str, Any]] = {
         }
         for allocation in ("proportional", "balanced")
     },
+    "iterative-kmq-std": {
+        "method": "iterative-kmq",
+        "rounds": 3,
+        "feedback": "gold-fit",
+        "quality_weighting": "standardized",
+    },
 }
-"""The quality grid's one-shot methods (no loop to train), less km-closest-proportional, and
-kMQ with the scale-free ``standardized`` weighting (a softmax in units of the score's σ: the
-raw softmax of a score spread over tens of nats is an argmax inside each cluster)."""
-WITH_QUALITY = {"kmq", "deita", "qdit"}
+"""The quality grid's one-shot methods, less km-closest-proportional; kMQ with the scale-free
+``standardized`` weighting (a softmax in units of the score's σ: the raw softmax of a score
+spread over tens of nats is an argmax inside each cluster); and iterative kMQ with
+``kmq iterate``'s default feedback ``gold-fit`` (see :func:`iterate_picks`)."""
+WITH_QUALITY = {"kmq", "deita", "qdit", "iterative-kmq"}
 DEFAULT_NOISE = (
     NoiseSpec("swap", 0.10, "clusters"),
     NoiseSpec("shuffle", 0.10 / 0.9, "spread"),
@@ -214,8 +225,6 @@ def prepare(args: argparse.Namespace, qualities: Sequence[str]) -> Bench:
         sys.exit(f"error: {args.pool}: {len(records)} records, {len(clean.examples)} valid rows")
     x = embeddings(args, clean)
     sources = [ex.source or "?" for ex in clean.examples]
-    from kmq.pipeline import cluster
-
     noise_labels = cluster(x, 16, seed=args.noise_seed)[0].labels_
     noisy_records, noisy_rows, noise_summary = plant(
         records, noise_labels, DEFAULT_NOISE, args.noise_seed
@@ -281,18 +290,135 @@ def pick(bench: Bench, pool_name: str, arm: Arm, seed: int) -> tuple[np.ndarray,
         saved = json.loads(path.read_text())
         return np.array(saved["indices"], dtype=np.int64), float(saved["seconds"])
     t0 = time.perf_counter()
-    result = select(
-        bench.x,
-        args.budget,
-        k=args.k,
-        quality=bench.scores[pool_name, arm.quality] if arm.quality else None,
-        exclude=bench.held,
-        seed=seed,
-        **settings,
-    )
-    picks = np.asarray(result.indices, dtype=np.int64)
-    write_json(path, {"indices": picks.tolist(), "seconds": time.perf_counter() - t0})
+    quality = bench.scores[pool_name, arm.quality] if arm.quality else None
+    extra: dict[str, Any] = {}
+    if settings["method"] == "iterative-kmq":
+        scorer = feedback_cache(bench, settings["feedback"])
+        picks, weights = iterate_picks(
+            bench.x,
+            args.budget,
+            k=args.k,
+            quality=quality,
+            exclude=bench.held,
+            seed=seed,
+            feedback=lambda rows: scorer.scores(bench.examples[pool_name], rows),
+            rounds=settings["rounds"],
+            quality_weighting=settings["quality_weighting"],
+        )
+        extra["weights_after"] = weights
+    else:
+        result = select(
+            bench.x,
+            args.budget,
+            k=args.k,
+            quality=quality,
+            exclude=bench.held,
+            seed=seed,
+            **settings,
+        )
+        picks = np.asarray(result.indices, dtype=np.int64)
+    write_json(path, {"indices": picks.tolist(), "seconds": time.perf_counter() - t0} | extra)
     return picks, None
+
+
+def iterate_picks(
+    x: np.ndarray,
+    budget: int,
+    *,
+    k: int,
+    quality: np.ndarray | None,
+    exclude: np.ndarray,
+    seed: int,
+    feedback: Callable[[np.ndarray], np.ndarray],
+    rounds: int = 3,
+    quality_weighting: str = "auto",
+) -> tuple[np.ndarray, list[list[float]]]:
+    """Iterative kMQ's picks and each round's weights after feedback, drawn exactly as
+    :class:`kmq.loop.IterativeSelection` draws them (the same k-means, round sizes, per-round
+    seeds, weighted quotas, exclusions and reweighting with ``kmq iterate``'s defaults; a test
+    checks it against the loop), for a feedback scorer that reads no trained model, such as
+    ``gold-fit`` (the gold answers under the fixed reference LM): the loop's training would
+    change nothing here, so no round is trained. ``feedback(rows)`` gives one score per row."""
+    defaults = {f.name: f.default for f in fields(IterateConfig)}
+    labels = cluster(x, k, seed=seed)[0].labels_
+    engine = get_engine("local")
+    weights = uniform(k)
+    picked: list[np.ndarray] = []
+    history: list[list[float]] = []
+    for r, size in enumerate(round_sizes(budget, rounds), start=1):
+        before = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+        result = engine.select(
+            KMQSelector(weighting=quality_weighting),
+            x,
+            size,
+            labels=labels,
+            quality=quality,
+            weights=weights,
+            exclude=np.union1d(before, exclude),
+            seed=np.random.SeedSequence(seed, spawn_key=(r,)),
+        )
+        picked.append(np.asarray(result.indices, dtype=np.int64))
+        if r == rounds:
+            break
+        means, present = cluster_means(labels[picked[-1]], feedback(picked[-1]), k)
+        weights = update(
+            weights,
+            means,
+            present,
+            rule=defaults["rule"],
+            positive=defaults["positive"],
+            temperature=defaults["reweight_temperature"],
+            floor=defaults["floor"],
+        )
+        history.append(weights.tolist())
+    return np.concatenate(picked), history
+
+
+class FeedbackCache:
+    """A feedback scorer's score per (prompt, gold answer), kept in a JSON file (written
+    atomically after every call) so that seeds and the two pools (whose clean rows are the
+    same) score each row once. The scorer is built on first need."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path = path
+        self.name = name
+        self.saved: dict[str, float | None] = json.loads(path.read_text()) if path.exists() else {}
+        self._scorer: Any = None
+
+    @staticmethod
+    def key(ex: Example) -> str:
+        return sha([[m.role, m.content] for m in ex.prompt], ex.response)
+
+    def scores(self, examples: Sequence[Example], rows: np.ndarray) -> np.ndarray:
+        keys = [self.key(examples[i]) for i in rows]
+        todo = sorted(
+            {i for i, key in zip(rows.tolist(), keys, strict=True) if key not in self.saved}
+        )
+        if todo:
+            if self._scorer is None:
+                from kmq.feedback import get_feedback_scorer
+
+                self._scorer = get_feedback_scorer(self.name)
+            got = self._scorer.score(
+                [examples[i].prompt for i in todo],
+                [examples[i].response for i in todo],
+                [""] * len(todo),
+            )
+            for i, value in zip(todo, got, strict=True):
+                self.saved[self.key(examples[i])] = float(value) if np.isfinite(value) else None
+            write_json(self.path, self.saved)
+        return np.array([np.nan if self.saved[key] is None else self.saved[key] for key in keys])
+
+
+_FEEDBACK: dict[tuple[Path, str], FeedbackCache] = {}
+
+
+def feedback_cache(bench: Bench, name: str) -> FeedbackCache:
+    """The run folder's cache of feedback ``name`` (one per process)."""
+    path = bench.args.run / f"feedback-{name}.json"
+    if (path, name) not in _FEEDBACK:
+        _FEEDBACK[path, name] = FeedbackCache(path, name)
+    return _FEEDBACK[path, name]
 
 
 def main() -> None:

@@ -68,3 +68,89 @@ def test_headline_tests_each_arm_against_random_and_km_random(tmp_path: Path) ->
     assert "kmq-balanced (pmi) − km-random-balanced | noisy share | -0.1900" in text
     assert (tmp_path / "sel.png").exists()
     assert np.isclose(float(row.split("|")[2].split("±")[0]), 0.105)
+
+
+class WordCountFeedback:
+    """A row-wise feedback: the gold answer's word count (reads no generation, no model)."""
+
+    name = "word-count"
+    direction = "higher = longer gold answer"
+
+    def score(self, prompts: Any, gold: Any, generated: Any) -> np.ndarray:
+        return np.array([len(g.split()) for g in gold], dtype=np.float64)
+
+
+def test_iterate_picks_draw_exactly_as_the_loop(tmp_path: Path) -> None:
+    from kmq.config import SelectConfig
+    from kmq.loop import IterateConfig, IterativeSelection
+    from tests.test_loop import FakeTrainer, TopicEncoder, write_pool
+
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    config = SelectConfig(
+        input=str(pool),
+        out="",
+        budget=30,
+        k=6,
+        seed=3,
+        quality="length",
+        quality_weighting="standardized",
+        quality_candidates=None,
+        encoder=TopicEncoder(),
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+    )
+    loop = IterativeSelection(
+        tmp_path / "run",
+        IterateConfig(pool=config, rounds=3, feedback="word-count"),
+        trainer=FakeTrainer(),
+        feedback=WordCountFeedback(),
+    )
+    loop.run()
+    examples = loop.examples(np.arange(90))
+
+    def feedback(rows: np.ndarray) -> np.ndarray:
+        return WordCountFeedback().score(None, [examples[i].response for i in rows], None)
+
+    assert loop.quality is not None
+    picks, weights = selection.iterate_picks(
+        loop.embeddings,
+        30,
+        k=6,
+        quality=loop.quality,
+        exclude=np.zeros(0, dtype=np.int64),
+        seed=3,
+        feedback=feedback,
+        rounds=3,
+        quality_weighting="standardized",
+    )
+    assert np.array_equal(picks, np.concatenate([loop.picked(r) for r in (1, 2, 3)]))
+    assert weights == [loop.dir.read("weights.json", r)["after"] for r in (1, 2)]
+    assert np.ptp(weights[0]) > 0.01  # the feedback moved the weights: rounds 2-3 depend on it
+
+
+def test_feedback_cache_scores_each_row_once(tmp_path: Path) -> None:
+    from kmq.examples import Example, Message
+
+    def example(i: int, answer: str) -> Example:
+        turns = (Message("user", f"q{i}"), Message("assistant", answer))
+        return Example(id=f"r{i}", messages=turns, row=i)
+
+    cache = selection.FeedbackCache(tmp_path / "feedback.json", "word-count")
+    calls: list[int] = []
+
+    class Counting(WordCountFeedback):
+        def score(self, prompts: Any, gold: Any, generated: Any) -> np.ndarray:
+            calls.append(len(gold))
+            return super().score(prompts, gold, generated)
+
+    cache._scorer = Counting()
+    clean = [example(0, "a b"), example(1, "a b c"), example(2, "d")]
+    noisy = [clean[0], example(1, "c"), clean[2]]  # row 1's answer differs
+    assert cache.scores(clean, np.array([0, 1])).tolist() == [2.0, 3.0]
+    assert cache.scores(noisy, np.array([2, 0, 1])).tolist() == [1.0, 2.0, 1.0]
+    assert calls == [2, 2]  # rows 2 and noisy 1 only: row 0 was scored with the clean pool
+    again = selection.FeedbackCache(tmp_path / "feedback.json", "word-count")
+    again._scorer = Counting()
+    assert again.scores(noisy, np.array([1])).tolist() == [1.0]
+    assert calls == [2, 2]  # read back from the file
