@@ -74,3 +74,17 @@ def test_external_trainer_mode_end_to_end(tmp_path: Path) -> None:
     assert state["finished"]
     bad = kmq("iterate", "feedback", "1", "--run", str(run), "--scores", str(scores))
     assert bad.returncode == 2 and "already has its feedback" in bad.stderr
+
+
+def test_no_train_with_a_generation_feedback_names_the_flag(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool, n=30)
+    run = tmp_path / "run"
+    out = kmq(
+        "iterate", str(pool), "--budget", "6", "--k", "3", "--run", str(run), "--no-progress",
+        "--feedback", "similarity", "--no-train",
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "error: --no-train applies only to feedback that reads no generation" in out.stderr
+    assert "similarity scores the trained model's answers" in out.stderr
+    assert not run.exists()

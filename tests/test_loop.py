@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmq.config import SelectConfig
-from kmq.errors import KmqError
+from kmq.errors import KmqError, ParameterError
 from kmq.examples import Example, Message
 from kmq.loop import IterateConfig, IterativeSelection, round_sizes
 from tests.conftest import FakeEncoder
@@ -203,6 +203,52 @@ def test_a_generation_free_scorer_skips_generation(tmp_path: Path) -> None:
         assert not (loop.dir.round_dir(r) / "generations.jsonl").exists()
     means = loop.dir.read("weights.json", 1)["means"]
     assert max(m for m in means if m is not None) > min(m for m in means if m is not None)
+
+
+@pytest.mark.parametrize("mode", ["continue", "restart"])
+def test_no_train_picks_the_same_rows_without_training(tmp_path: Path, mode: str) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    runs = {}
+    for train in (True, False):
+        trainer = FakeTrainer()
+        config = make_config(tmp_path, pool, train=train, trainer_options={"mode": mode})
+        loop = IterativeSelection(
+            tmp_path / f"run-{train}", config, trainer=trainer, feedback=GoldLengthFeedback()
+        )
+        loop.run()
+        runs[train] = (final_ids(loop), trainer, loop)
+    assert runs[True][0] == runs[False][0]
+    assert len(runs[True][1].trained) == 3 and runs[False][1].trained == []
+    untrained = runs[False][2]
+    for r in (1, 2, 3):
+        assert "reads no model" in untrained.dir.marker("train", r)["skipped"]
+    assert untrained.state()["rounds"][0]["done"] == [
+        "select",
+        "train",
+        "generate",
+        "score",
+        "reweight",
+    ]
+
+
+def test_no_train_is_refused_with_a_feedback_that_reads_generations(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool)
+    trainer = FakeTrainer()
+    loop = IterativeSelection(
+        tmp_path / "run",
+        make_config(tmp_path, pool, train=False),
+        trainer=trainer,
+        feedback=WordOverlapFeedback(),
+    )
+    with pytest.raises(ParameterError, match="overlap scores the trained model's answers") as exc:
+        loop.run()
+    assert exc.value.parameter == "train"
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before any work
+    named = IterateConfig(pool=make_config(tmp_path, pool).pool, feedback="similarity", train=False)
+    with pytest.raises(ParameterError, match="similarity scores"):
+        IterativeSelection(tmp_path / "run2", named).init()
 
 
 @pytest.mark.parametrize(("mode", "sizes"), [("continue", [10, 10, 10]), ("restart", [10, 20, 30])])

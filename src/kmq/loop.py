@@ -6,8 +6,11 @@ exactly b) from the rows not yet picked, with per-cluster quotas ∝ the current
 round 1's weights are uniform (w⁰ = 1/k). Then: train on the picked rows, generate answers for
 their prompts (skipped when the feedback scorer reads no generation, like
 ``gold-pmi``), score each (x, y_gold, y_gen) with a feedback scorer, and update the weights from
-the per-cluster means (:mod:`kmq.reweight`). Every step is saved with a DONE marker, so a run
-killed at any point resumes where it stopped and ends with the same selection.
+the per-cluster means (:mod:`kmq.reweight`). A feedback scorer that reads no generation reads
+nothing of the trained model either, so with it the selection does not depend on the training:
+``train=False`` (``--no-train``) skips it and picks the same rows. Every step is saved with a
+DONE marker, so a run killed at any point resumes where it stopped and ends with the same
+selection.
 
 The built-in trainer is one client of this state machine; ``init`` / ``feedback`` / ``next``
 let any other training stack drive it (see :class:`IterativeSelection`).
@@ -35,6 +38,7 @@ from kmq.feedback import (
     check_feedback_options,
     get_feedback_scorer,
     needs_generation,
+    reads_generation,
 )
 from kmq.formats import FieldMap, LoadedPool, load_pool, write_selected
 from kmq.outputs import CLUSTERS, write_clusters, write_table
@@ -64,6 +68,7 @@ class IterateConfig:
     feedback_options: dict[str, Any] = field(default_factory=dict)
     trainer_options: dict[str, Any] = field(default_factory=dict)
     external: bool = False  # True: rounds are trained elsewhere (init / feedback / next)
+    train: bool = True  # False: no round is trained (only with a feedback that reads no generation)
 
     def validate(self, *, feedback: bool = True) -> None:
         """Check every setting before any work (the feedback scorer's too unless ``feedback``
@@ -82,6 +87,8 @@ class IterateConfig:
             raise ParameterError(
                 "reweight_temperature", f"{{param}} must be > 0, got {self.reweight_temperature!r}"
             )
+        if not isinstance(self.train, bool):
+            raise ParameterError("train", f"{{param}} must be True or False, got {self.train!r}")
         if not feedback:
             return
         try:
@@ -142,6 +149,7 @@ class IterativeSelection:
         """Write the config (or check it matches) and prepare the pool's clusters."""
         # the feedback scorer of an external run is built only if it hands in generations
         self.config.validate(feedback=self._feedback is None and not self.config.external)
+        self.check_untrained()
         path = self.dir.path / "config.json"
         wanted = absolute_paths(self.config.to_dict()) | {"version": __version__}
         if path.exists():
@@ -159,6 +167,24 @@ class IterativeSelection:
             self.dir.path.mkdir(parents=True, exist_ok=True)
             self.dir.write("config.json", wanted)
         self.prepare()
+
+    def check_untrained(self) -> None:
+        """Refuse ``train=False`` with a feedback scorer that reads the trained model's
+        generations (it would have none to read)."""
+        if self.config.train:
+            return
+        scorer = self._feedback
+        reads = (
+            needs_generation(scorer)
+            if scorer is not None
+            else reads_generation(self.config.feedback)
+        )
+        if reads:
+            raise ParameterError(
+                "train",
+                f"{{param}} applies only to feedback that reads no generation (gold-fit, "
+                f"gold-pmi): {self.config.feedback} scores the trained model's answers",
+            )
 
     @property
     def pool(self) -> LoadedPool:
@@ -354,6 +380,9 @@ class IterativeSelection:
 
     def train(self, r: int) -> None:
         if self.dir.done("train", r):
+            return
+        if not self.config.train:
+            self.dir.mark_done("train", r, skipped="train=False: the feedback reads no model")
             return
         started = time.perf_counter()
         rows, init = self.training_set(r)

@@ -79,6 +79,13 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
         "restart: the base model on every row so far (the official code). Each round "
         "generates for and scores the rows it trained on",
     )
+    t.add_argument(
+        "--no-train",
+        dest="train",
+        action="store_false",
+        help="train no round: a feedback that reads no generation (gold-fit, gold-pmi) picks "
+        "the same rows without it; you train on the final selection yourself",
+    )
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--learning-rate", type=float)
     t.add_argument("--train-batch-size", type=int)
@@ -116,6 +123,7 @@ def loop_config(args: argparse.Namespace, *, external: bool) -> IterateConfig:
         feedback_options={option: getattr(args, dest) for option, dest in FEEDBACK_OPTIONS.items()},
         trainer_options=trainer,
         external=external,
+        train=getattr(args, "train", True),
     )
 
 

@@ -54,6 +54,13 @@ def needs_generation(scorer: FeedbackScorer) -> bool:
     return bool(getattr(scorer, "needs_generation", True))
 
 
+def reads_generation(name: str) -> bool:
+    """Whether the feedback scorer called ``name`` reads the generated answers (its class's
+    ``needs_generation``; nothing is loaded)."""
+    choose("feedback", name, FEEDBACK_SCORERS)
+    return bool(getattr(_factory(name), "needs_generation", True))
+
+
 def _factory(name: str) -> Callable[..., FeedbackScorer]:
     factory: Callable[..., FeedbackScorer] = load(FEEDBACK_FACTORIES[name])
     return factory
