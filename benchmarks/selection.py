@@ -442,6 +442,7 @@ def main() -> None:
         "--nll-table", type=Path, help="pool_nll.py score's .npz: --quality read from it by row"
     )
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--pools", default="clean,noisy", help="clean, noisy or clean,noisy")
     parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--run", type=Path, default=Path("benchmarks/out/selection"))
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS)
@@ -475,7 +476,8 @@ def main() -> None:
     arms = make_arms(methods, qualities)
     rows: list[dict[str, Any]] = []
     cached: list[float] = []
-    jobs = [(p, arm, s) for p in bench.examples for arm in arms for s in range(args.seeds)]
+    pools = [p for p in bench.examples if p in args.pools.split(",")]
+    jobs = [(p, arm, s) for p in pools for arm in arms for s in range(args.seeds)]
     for pool_name, arm, seed in tqdm(jobs, desc="selections"):
         picks, seconds = pick(bench, pool_name, arm, seed)
         if seconds is not None:
@@ -549,7 +551,8 @@ def report(
 
     sections = []
     comparisons: list[tuple[str, str, str, str, PairedTest]] = []
-    for pool in ("clean", "noisy"):
+    pools = [pool for pool in ("clean", "noisy") if any(r["pool"] == pool for r in rows)]
+    for pool in pools:
         metrics = [m for m in METRICS if pool == "noisy" or m not in ("noisy share", "noise ratio")]
         table = []
         for method in methods:
@@ -565,7 +568,7 @@ def report(
             f"### {pool} pool (mean ± seed std over {args.seeds} seeds)\n\n"
             + markdown_table(["method", *metrics], table)
         )
-    if BASELINE in methods:
+    if BASELINE in methods and "noisy" in pools:
         for method in methods:
             if method not in ("random", BASELINE):
                 d = values("noisy", method, "noisy share") - values(
@@ -595,7 +598,7 @@ def report(
     headline = []
     share_random = values("noisy", "random", "noisy share").mean()
     kinds = [s["kind"] for s in noise_summary["specs"]]
-    for method in methods:
+    for method in methods if "noisy" in pools else []:
         share = values("noisy", method, "noisy share")
         cells = [method, f"{share.mean():.4f} ± {share.std(ddof=1):.4f}"]
         cells += [f"{values('noisy', method, f'{kind} share').mean():.3f}" for kind in kinds]
@@ -655,8 +658,8 @@ def report(
             diff_rows,
         )
     )
-    plot(args.out / f"{name}.png", rows, methods)
-    title = "Selection-level metrics, clean and noisy pool"
+    plot(args.out / f"{name}.png", rows, methods, pools)
+    title = f"Selection-level metrics, {' and '.join(pools)} pool"
     write_report(args.out, name, title, body, seconds, run_time_note=note)
 
 
@@ -668,18 +671,21 @@ def holm_cell(p_holm: float) -> str:
     return "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}{' *' if p_holm <= 0.05 else ''}"
 
 
-def plot(path: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
+def plot(path: Path, rows: list[dict[str, Any]], methods: list[str], pools: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, (pool, metric) in zip(
-        axes,
-        [("noisy", "noise ratio"), ("clean", "source entropy"), ("clean", "held-out coverage")],
-        strict=True,
-    ):
+    panels = [
+        ("noisy", "noise ratio"),
+        ("clean", "source entropy") if "clean" in pools else ("noisy", "source entropy"),
+        ("clean", "held-out coverage") if "clean" in pools else ("noisy", "held-out coverage"),
+    ]
+    if "noisy" not in pools:
+        panels = panels[1:]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (pool, metric) in zip(axes[0], panels, strict=True):
         data = [
             [r[metric] for r in rows if r["pool"] == pool and r["method"] == m] for m in methods
         ]

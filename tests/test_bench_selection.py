@@ -154,3 +154,21 @@ def test_feedback_cache_scores_each_row_once(tmp_path: Path) -> None:
     again._scorer = Counting()
     assert again.scores(noisy, np.array([1])).tolist() == [1.0]
     assert calls == [2, 2]  # read back from the file
+
+
+def test_report_on_the_noisy_pool_alone(tmp_path: Path) -> None:
+    shares = {"random": [0.30, 0.28, 0.29], "kmq-balanced (pmi)": [0.10, 0.11, 0.09]}
+    rows = [r for r in fake_rows(shares) if r["pool"] == "noisy"]
+    args = argparse.Namespace(
+        pool=Path("pool.jsonl"), budget=8, k=2, seeds=3, holdout=1, out=tmp_path
+    )
+    summary = {
+        "rows": 100,
+        "noisy": 30,
+        "specs": [{"kind": "swap", "where": "spread", "noisy": 30}],
+    }
+    selection.report(args, "sel", rows, list(shares), "`pmi`", summary, 1.0)
+    text = (tmp_path / "sel.md").read_text(encoding="utf-8")
+    assert "### noisy pool" in text and "### clean pool" not in text
+    assert "kmq-balanced (pmi) − random | noisy share | -0.1900" in text
+    assert (tmp_path / "sel.png").exists()
