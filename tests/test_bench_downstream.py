@@ -261,3 +261,14 @@ def test_confirmation_tests_only_the_declared_fresh_seeds() -> None:
     assert cells[5] == "confirmed"  # t = -5.2 with 2 df: p = 0.035
     results[-1] = result(arm, first + 2, 1.0 + 0.05)  # fresh diffs -0.02, -0.03, +0.05
     assert "| not confirmed |" in downstream.confirmation(results)
+
+
+def test_the_report_says_how_the_iterative_arm_picked() -> None:
+    from types import SimpleNamespace
+
+    one_shot = SimpleNamespace(arms=selection.make_arms(["random", "kmq-balanced"], ["q"]))
+    assert downstream.iterative_note(one_shot) == ""  # type: ignore[arg-type]
+    both = SimpleNamespace(arms=selection.make_arms(["random", "iterative-kmq-std"], ["q"]))
+    note = downstream.iterative_note(both)  # type: ignore[arg-type]
+    assert "`iterative-kmq-std`" in note and "3 rounds" in note and "`gold-fit` feedback" in note
+    assert "`standardized`" in note and "--no-train" in note

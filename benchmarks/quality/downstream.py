@@ -520,6 +520,23 @@ def confirmation(results: Sequence[dict[str, Any]]) -> str:
     return head + table
 
 
+def iterative_note(ds: Downstream) -> str:
+    """How the iterative arms picked (empty when the run has none)."""
+    labels = [a.label for a in ds.arms if METHODS[a.method]["method"] == "iterative-kmq"]
+    if not labels:
+        return ""
+    settings = METHODS[next(a.method for a in ds.arms if a.label == labels[0])]
+    return (
+        f"Iterative arms ({', '.join(f'`{label}`' for label in labels)}): "
+        f"{settings['rounds']} rounds of b/{settings['rounds']} rows, `{settings['feedback']}` "
+        "feedback (SmolLM2 float32, the product's defaults) on each round's picks, Eq. 6 with "
+        "the loop's defaults, the quality draw inside clusters "
+        f"`{settings['quality_weighting']}`; the picks are drawn exactly as `kmq iterate "
+        "--no-train` draws them (the feedback reads no trained model, so the rounds' training "
+        "would change nothing), then trained on like every other arm's.\n\n"
+    )
+
+
 def report(ds: Downstream, seconds: float) -> None:
     finished = ds.results()
     results = [r for r in finished if r["arm"] != "base"]
@@ -589,7 +606,8 @@ def report(ds: Downstream, seconds: float) -> None:
         f"{s.batch_size}: rows whose prompt fills the {s.train_max_length} tokens have no "
         "answer token left and are not trained on); `train loss` the mean training loss (on the "
         "picks' own answers, noisy ones included).\n\n"
-        f"Mean seconds per job: training {np.mean(train_s):.0f}, evaluation {np.mean(eval_s):.0f}"
+        + iterative_note(ds)
+        + f"Mean seconds per job: training {np.mean(train_s):.0f}, evaluation {np.mean(eval_s):.0f}"
         f" ({len(results)} jobs finished).\n\n"
         "### Paired differences from random (same seed)\n\n"
         "Negative = lower NLL than random (better); the last rows (`random: noisy − clean "
