@@ -272,3 +272,30 @@ def test_the_report_says_how_the_iterative_arm_picked() -> None:
     note = downstream.iterative_note(both)  # type: ignore[arg-type]
     assert "`iterative-kmq-std`" in note and "3 rounds" in note and "`gold-fit` feedback" in note
     assert "`standardized`" in note and "--no-train" in note
+
+
+def test_the_validated_metric_keeps_what_the_noise_hurts_for_random_only() -> None:
+    pool, arm, metric = downstream.DECLARED_VALIDATED
+
+    def result(name: str, where: str, seed: int, gsm8k: float, tqa: float) -> dict[str, Any]:
+        suites = {"gsm8k": gsm8k, "truthfulqa": tqa}
+        return {"pool": where, "arm": name, "seed": seed, "suites": suites, "holdout": {"a": 1.0}}
+
+    results = []
+    for s in range(3):
+        results.append(result("random", "clean", s, 1.0, 3.0))
+        # the noise raises gsm8k (+0.02) and lowers truthfulqa (-0.2) and leaves held-out alone
+        results.append(result("random", "noisy", s, 1.02 + 0.001 * s, 2.8))
+        # the arm is worse on truthfulqa and better on gsm8k: only gsm8k counts
+        results.append(result(arm, pool, s, 1.0 - 0.002 * s, 3.5))
+    assert downstream.noise_hurts(results) == [("gsm8k", pytest.approx(0.021))]
+    rows = downstream.with_validated(results)
+    assert all(downstream.metrics(r)[metric] == r["suites"]["gsm8k"] for r in rows)
+    text = downstream.validated_section(rows, ["noisy", "clean"], ["random", arm])
+    assert "gsm8k (+0.0210)" in text and "truthfulqa (" not in text.split("Chosen")[0]
+    assert "3 seeds: -0.0230" in text and "**better than random**" in text
+    d = downstream.paired(rows, pool, arm, "random", metric)
+    assert d == pytest.approx([-0.02, -0.023, -0.026])
+    assert downstream.with_validated([r for r in results if r["pool"] == "noisy"]) == [
+        r for r in results if r["pool"] == "noisy"
+    ]  # no clean pool: nothing to validate with, rows unchanged

@@ -80,6 +80,16 @@ EXPLORATORY = "external NLL w/o truthfulqa"
 """Added after the first results, tested as its own Holm family: TruthfulQA's reference NLL
 follows answer length (training on truncated answers lowers it) and moves against every
 other suite."""
+VALIDATED = "NLL where the noise hurts"
+"""The mean over the suites and held-out sources on which the planted noise raises random's NLL
+(random on the noisy − on the clean pool, mean over the paired seeds, > 0): chosen from random's
+two pools alone, blind to every other arm, so that a metric the noise *improves* (a shorter
+answer style) cannot reward picking the noise (:func:`noise_hurts`)."""
+DECLARED_VALIDATED = ("noisy", "iterative-kmq-std", VALIDATED)
+"""Declared 2026-12-01 (02:45 UTC), before any job of the iterative arm had finished: on the noisy
+pool, iterative-kmq-std − random on :data:`VALIDATED`, one two-sided paired t-test at α = 0.05
+on every seed both have. The other arms' rows in that table were seen before the metric was
+defined and are post hoc."""
 CONFIRMATION = ("noisy", "kmq-proportional-std", EXPLORATORY, 5)
 """The exploratory lead, declared for confirmation (2026-12-01, before any seed ≥ 5 of either arm
 had finished): on the noisy pool, kmq-proportional-std − random on external NLL without
@@ -328,7 +338,38 @@ def metrics(row: dict[str, Any]) -> dict[str, float]:
     if "truthfulqa" in row["suites"] and rest:
         out[EXPLORATORY] = float(np.mean(rest))
     out["held-out NLL"] = float(np.mean(list(row["holdout"].values())))
+    out |= row.get("derived", {})
     return out
+
+
+AGGREGATES = (*METRICS, EXPLORATORY, VALIDATED)
+
+
+def noise_hurts(results: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
+    """The suites and held-out sources whose NLL the noise raises for random (mean noise cost
+    over the paired seeds > 0), with that cost; empty without random on both pools."""
+    rows = [r for r in results if r["arm"] == "random"]
+    if not rows:
+        return []
+    out = []
+    for name in metrics(rows[0]):
+        if name in AGGREGATES:
+            continue
+        cost = noise_cost(results, name)
+        if len(cost) and cost.mean() > 0:
+            out.append((name, float(cost.mean())))
+    return out
+
+
+def with_validated(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``results`` with :data:`VALIDATED` added to each row (unchanged without components)."""
+    names = [name for name, _ in noise_hurts(results)]
+    if not names:
+        return list(results)
+    return [
+        r | {"derived": {VALIDATED: float(np.mean([metrics(r)[n] for n in names]))}}
+        for r in results
+    ]
 
 
 def paired(
@@ -537,8 +578,50 @@ def iterative_note(ds: Downstream) -> str:
     )
 
 
+def validated_section(
+    results: Sequence[dict[str, Any]], pools: Sequence[str], labels: Sequence[str]
+) -> str:
+    """The noise-validated metric: its components, every arm − random on it (Holm over them),
+    and the declared test (:data:`DECLARED_VALIDATED`)."""
+    hurts = noise_hurts(results)
+    if not hurts:
+        return ""
+    table, tested = family_table(family(results, pools, labels, [VALIDATED]))
+    pool, arm, metric = DECLARED_VALIDATED
+    d = paired(results, pool, arm, "random", metric)
+    if len(d) < 2:
+        declared = f"Not run yet: {len(d)} seed(s) of `{arm}` paired with random (needs ≥ 2)."
+    else:
+        t = paired_test(d)
+        verdict = (
+            "n/a"
+            if t.undefined
+            else "within noise"
+            if t.p > ALPHA
+            else ("better than random" if t.mean < 0 else "worse than random")
+        )
+        declared = (
+            f"Declared test: `{arm}` − `random` on the {pool} pool, {t.n} seeds: "
+            f"{t.mean:+.4f} [{t.ci[0]:+.4f}, {t.ci[1]:+.4f}], p = {t.p:.2g} → **{verdict}**."
+            if not t.undefined
+            else f"Declared test: n/a ({t.undefined})."
+        )
+    components = ", ".join(f"{name} (+{cost:.4f})" for name, cost in hurts)
+    return (
+        "### NLL where the noise hurts (declared for the iterative arm)\n\n"
+        f"The mean over the suites and held-out sources on which the noise raises random's NLL "
+        f"(random on the noisy − the clean pool, mean over the paired seeds; cost in "
+        f"brackets): {components}. Chosen from random's two pools alone, blind to every other "
+        "arm: a component the noise *lowers* (TruthfulQA and held-out T0 follow answer length, "
+        "and the truncated answers shorten it) would reward picking the noise. Declared on "
+        "2026-12-01 before any iterative-kmq-std job had finished, as one test for that arm; "
+        "the other arms' rows were seen before the metric was defined (post hoc). Holm over "
+        f"the {tested} comparisons below.\n\n" + declared + "\n\n" + table
+    )
+
+
 def report(ds: Downstream, seconds: float) -> None:
-    finished = ds.results()
+    finished = with_validated(ds.results())
     results = [r for r in finished if r["arm"] != "base"]
     base = next((r for r in finished if r["arm"] == "base"), None)
     pools = [p for p in ds.args.pools.split(",") if any(r["pool"] == p for r in results)]
@@ -629,6 +712,8 @@ def report(ds: Downstream, seconds: float) -> None:
             + confirmation(results)
         )
         + "\n\n"
+        + validated_section(results, pools, labels)
+        + "\n\n"
         + "\n\n".join([*sections, power_section(comparisons, tested)])
     )
     plot(ds, results, pools, labels, plotted)
@@ -643,7 +728,7 @@ def report(ds: Downstream, seconds: float) -> None:
     )
 
 
-PLOTTED = (*METRICS, EXPLORATORY)
+PLOTTED = (*METRICS, EXPLORATORY, VALIDATED)
 
 
 def plot(
