@@ -289,13 +289,15 @@ def test_the_validated_metric_keeps_what_the_noise_hurts_for_random_only() -> No
         # the arm is worse on truthfulqa and better on gsm8k: only gsm8k counts
         results.append(result(arm, pool, s, 1.0 - 0.002 * s, 3.5))
     assert downstream.noise_hurts(results) == [("gsm8k", pytest.approx(0.021))]
-    rows = downstream.with_validated(results)
+    hurts = downstream.noise_hurts(results)
+    rows = downstream.with_validated(results, hurts)
     assert all(downstream.metrics(r)[metric] == r["suites"]["gsm8k"] for r in rows)
-    text = downstream.validated_section(rows, ["noisy", "clean"], ["random", arm])
+    text = downstream.validated_section(rows, hurts, ["noisy", "clean"], ["random", arm])
     assert "gsm8k (+0.0210)" in text and "truthfulqa (" not in text.split("Chosen")[0]
     assert "3 seeds: -0.0230" in text and "**better than random**" in text
     d = downstream.paired(rows, pool, arm, "random", metric)
     assert d == pytest.approx([-0.02, -0.023, -0.026])
-    assert downstream.with_validated([r for r in results if r["pool"] == "noisy"]) == [
+    noisy = [r for r in results if r["pool"] == "noisy"]
+    assert downstream.with_validated(noisy, downstream.noise_hurts(noisy)) == [
         r for r in results if r["pool"] == "noisy"
     ]  # no clean pool: nothing to validate with, rows unchanged

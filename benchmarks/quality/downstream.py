@@ -86,7 +86,7 @@ VALIDATED = "NLL where the noise hurts"
 two pools alone, blind to every other arm, so that a metric the noise *improves* (a shorter
 answer style) cannot reward picking the noise (:func:`noise_hurts`)."""
 DECLARED_VALIDATED = ("noisy", "iterative-kmq-std", VALIDATED)
-"""Declared 2026-12-01 (02:45 UTC), before any job of the iterative arm had finished: on the noisy
+"""Declared 2026-12-01 (02:36 UTC), before any job of the iterative arm had finished: on the noisy
 pool, iterative-kmq-std − random on :data:`VALIDATED`, one two-sided paired t-test at α = 0.05
 on every seed both have. The other arms' rows in that table were seen before the metric was
 defined and are post hoc."""
@@ -361,9 +361,12 @@ def noise_hurts(results: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
     return out
 
 
-def with_validated(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``results`` with :data:`VALIDATED` added to each row (unchanged without components)."""
-    names = [name for name, _ in noise_hurts(results)]
+def with_validated(
+    results: Sequence[dict[str, Any]], hurts: Sequence[tuple[str, float]]
+) -> list[dict[str, Any]]:
+    """``results`` with :data:`VALIDATED`, the mean of the components ``hurts`` names
+    (:func:`noise_hurts`), added to each row (unchanged without components)."""
+    names = [name for name, _ in hurts]
     if not names:
         return list(results)
     return [
@@ -579,11 +582,13 @@ def iterative_note(ds: Downstream) -> str:
 
 
 def validated_section(
-    results: Sequence[dict[str, Any]], pools: Sequence[str], labels: Sequence[str]
+    results: Sequence[dict[str, Any]],
+    hurts: Sequence[tuple[str, float]],
+    pools: Sequence[str],
+    labels: Sequence[str],
 ) -> str:
-    """The noise-validated metric: its components, every arm − random on it (Holm over them),
-    and the declared test (:data:`DECLARED_VALIDATED`)."""
-    hurts = noise_hurts(results)
+    """The noise-validated metric: its components (``hurts``, with their noise cost), every
+    arm − random on it (Holm over them), and the declared test (:data:`DECLARED_VALIDATED`)."""
     if not hurts:
         return ""
     table, tested = family_table(family(results, pools, labels, [VALIDATED]))
@@ -621,7 +626,9 @@ def validated_section(
 
 
 def report(ds: Downstream, seconds: float) -> None:
-    finished = with_validated(ds.results())
+    finished = ds.results()
+    hurts = noise_hurts(finished)
+    finished = with_validated(finished, hurts)
     results = [r for r in finished if r["arm"] != "base"]
     base = next((r for r in finished if r["arm"] == "base"), None)
     pools = [p for p in ds.args.pools.split(",") if any(r["pool"] == p for r in results)]
@@ -712,7 +719,7 @@ def report(ds: Downstream, seconds: float) -> None:
             + confirmation(results)
         )
         + "\n\n"
-        + validated_section(results, pools, labels)
+        + validated_section(results, hurts, pools, labels)
         + "\n\n"
         + "\n\n".join([*sections, power_section(comparisons, tested)])
     )
