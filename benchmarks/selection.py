@@ -290,32 +290,26 @@ def pick(bench: Bench, pool_name: str, arm: Arm, seed: int) -> tuple[np.ndarray,
         saved = json.loads(path.read_text())
         return np.array(saved["indices"], dtype=np.int64), float(saved["seconds"])
     t0 = time.perf_counter()
-    quality = bench.scores[pool_name, arm.quality] if arm.quality else None
+    common: dict[str, Any] = {
+        "k": args.k,
+        "quality": bench.scores[pool_name, arm.quality] if arm.quality else None,
+        "exclude": bench.held,
+        "seed": seed,
+    }
     extra: dict[str, Any] = {}
     if settings["method"] == "iterative-kmq":
         scorer = feedback_cache(bench, settings["feedback"])
         picks, weights = iterate_picks(
             bench.x,
             args.budget,
-            k=args.k,
-            quality=quality,
-            exclude=bench.held,
-            seed=seed,
+            **common,
             feedback=lambda rows: scorer.scores(bench.examples[pool_name], rows),
             rounds=settings["rounds"],
             quality_weighting=settings["quality_weighting"],
         )
         extra["weights_after"] = weights
     else:
-        result = select(
-            bench.x,
-            args.budget,
-            k=args.k,
-            quality=quality,
-            exclude=bench.held,
-            seed=seed,
-            **settings,
-        )
+        result = select(bench.x, args.budget, **common, **settings)
         picks = np.asarray(result.indices, dtype=np.int64)
     write_json(path, {"indices": picks.tolist(), "seconds": time.perf_counter() - t0} | extra)
     return picks, None
@@ -391,21 +385,19 @@ class FeedbackCache:
 
     def scores(self, examples: Sequence[Example], rows: np.ndarray) -> np.ndarray:
         keys = [self.key(examples[i]) for i in rows]
-        todo = sorted(
-            {i for i, key in zip(rows.tolist(), keys, strict=True) if key not in self.saved}
-        )
+        todo = {key: i for i, key in zip(rows.tolist(), keys, strict=True) if key not in self.saved}
         if todo:
             if self._scorer is None:
                 from kmq.feedback import get_feedback_scorer
 
                 self._scorer = get_feedback_scorer(self.name)
             got = self._scorer.score(
-                [examples[i].prompt for i in todo],
-                [examples[i].response for i in todo],
+                [examples[i].prompt for i in todo.values()],
+                [examples[i].response for i in todo.values()],
                 [""] * len(todo),
             )
-            for i, value in zip(todo, got, strict=True):
-                self.saved[self.key(examples[i])] = float(value) if np.isfinite(value) else None
+            for key, value in zip(todo, got, strict=True):
+                self.saved[key] = float(value) if np.isfinite(value) else None
             write_json(self.path, self.saved)
         return np.array([np.nan if self.saved[key] is None else self.saved[key] for key in keys])
 

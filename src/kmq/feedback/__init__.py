@@ -49,8 +49,9 @@ class FeedbackScorer(Protocol):
     def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray: ...
 
 
-def needs_generation(scorer: FeedbackScorer) -> bool:
-    """Whether ``scorer`` reads the generated answers (True unless it says otherwise)."""
+def needs_generation(scorer: FeedbackScorer | Callable[..., FeedbackScorer]) -> bool:
+    """Whether ``scorer`` (or its class) reads the generated answers (True unless it says
+    otherwise)."""
     return bool(getattr(scorer, "needs_generation", True))
 
 
@@ -58,7 +59,7 @@ def reads_generation(name: str) -> bool:
     """Whether the feedback scorer called ``name`` reads the generated answers (its class's
     ``needs_generation``; nothing is loaded)."""
     choose("feedback", name, FEEDBACK_SCORERS)
-    return bool(getattr(_factory(name), "needs_generation", True))
+    return needs_generation(_factory(name))
 
 
 def _factory(name: str) -> Callable[..., FeedbackScorer]:
