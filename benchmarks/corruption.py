@@ -43,6 +43,7 @@ from noise import NoiseSpec, plant, read_records, write_atomic, write_outputs
 
 from kmq.atomic import write_json, write_npy
 from kmq.examples import Example, Message
+from kmq.feedback import DEFAULT_FEEDBACK
 from kmq.formats import load_pool
 from kmq.reweight import cluster_means, uniform, update
 from kmq.selectors import KMQSelector
@@ -51,9 +52,10 @@ log = logging.getLogger("kmq.benchmarks")
 
 KINDS = ("shuffle", "swap", "truncate")
 WHERES = ("clusters", "spread")
-FREE_SCORERS = ("gold-fit", "gold-pmi", "gold-pmi/token", "on-topic", "end")
-FULL_SCORERS = ("gold-fit", "gold-pmi")  # replayed for every round; the others for round 1
-DEFAULT = "gold-fit"
+FREE_SCORERS = ("gold-sound", "gold-fit", "gold-pmi", "gold-pmi/token", "on-topic", "end")
+# replayed for every round; the others for round 1 only
+FULL_SCORERS = ("gold-sound", "gold-fit", "gold-pmi")
+DEFAULT = DEFAULT_FEEDBACK
 TRAINED_SCORERS = ("similarity", "perplexity", "pmi-gap", "learning-gain")
 GATE_BAD, GATE_CLEAN = 0.8, 1.0
 
@@ -210,7 +212,7 @@ class Reference:
     −log P(end of turn | y) (``RUN/end``); see :mod:`kmq.feedback.pmi`."""
 
     def __init__(self, run: Path, backend: Any, tokenizer: Any, *, max_length: int):
-        from kmq.feedback.pmi import end_nll, pmi_nll
+        from kmq.feedback.pmi import end_nll, pmi_nll, reordered_nll
 
         def pmi(prompts: list[Sequence[Message]], answers: list[str]) -> np.ndarray:
             return np.stack(
@@ -223,12 +225,27 @@ class Reference:
             )
             return np.stack(ends, axis=1)
 
+        def stripped_ends(prompts: list[Sequence[Message]], answers: list[str]) -> np.ndarray:
+            ends = end_nll(
+                backend, tokenizer, prompts, answers, max_length=max_length, strip_markers=True
+            )
+            return np.stack(ends, axis=1)
+
+        def order(prompts: list[Sequence[Message]], answers: list[str]) -> np.ndarray:
+            out = reordered_nll(backend, tokenizer, prompts, answers, max_length=max_length)
+            return out[:, None]
+
         self.nll = FeatureCache(run / "nll", pmi, tag="smollm2", max_length=max_length)
+        self.order = FeatureCache(run / "order", order, tag="smollm2-order", max_length=max_length)
         self.end = FeatureCache(run / "end", end, tag="smollm2-end", max_length=max_length)
+        self.stripped = FeatureCache(
+            run / "end-stripped", stripped_ends, tag="smollm2-end-stripped", max_length=max_length
+        )
 
     def missing(self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]) -> int:
         """How many of these rows still need a reference-LM pass (PMI or end of turn)."""
-        return max(self.nll.missing(prompts, answers), self.end.missing(prompts, answers))
+        caches = (self.nll, self.end, self.stripped, self.order)
+        return max(c.missing(prompts, answers) for c in caches)
 
     def get(
         self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]
@@ -249,6 +266,14 @@ class Reference:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(−log P(end | x, y), −log P(end | y)) per row (see :func:`kmq.feedback.pmi.end_nll`)."""
         values = self.end.get(prompts, answers)
+        return values[:, 0], values[:, 1]
+
+    def stripped_ends(
+        self, prompts: Sequence[Sequence[Message]], answers: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(−log P(end | x, y), −log P(end | y)) with the special-token strings that end y
+        removed first (``gold-sound``'s; see :func:`kmq.feedback.pmi.strip_end_markers`)."""
+        values = self.stripped.get(prompts, answers)
         return values[:, 0], values[:, 1]
 
 
@@ -278,10 +303,14 @@ def pick(
 
 def free_scores(cache: Reference, examples: list[Example], scorer: str) -> np.ndarray:
     """A generation-free scorer's S for ``examples`` (see ``FREE_SCORERS``)."""
-    from kmq.feedback.pmi import fit_probability
+    from kmq.feedback.pmi import fit_probability, sound_probability
 
     prompts, answers = [ex.prompt for ex in examples], [ex.response for ex in examples]
     total, per_token = cache.pmi(prompts, answers)
+    if scorer == "gold-sound":
+        _, alone, tokens = cache.get(prompts, answers)
+        gain = (cache.order.get(prompts, answers)[:, 0] - alone) * tokens
+        return sound_probability(total, *cache.stripped_ends(prompts, answers), gain)
     if scorer == "gold-pmi":
         return total
     if scorer == "gold-pmi/token":
@@ -338,7 +367,7 @@ def measure_cost(cache: Reference, examples: list[Example]) -> dict[str, Any]:
     prompts, gold = [ex.prompt for ex in examples], [ex.response for ex in examples]
     out: dict[str, Any] = {"rows": len(examples), "load": round(os.getloadavg()[0], 1)}
     out["scorers"] = {}
-    for name, passes in (("gold-pmi", 2), ("gold-fit", 3)):
+    for name, passes in (("gold-pmi", 2), ("gold-fit", 3), ("gold-sound", 5)):
         scorer = get_feedback_scorer(name, device="cpu")
         scorer.score(prompts[:1], gold[:1], [])  # loads the model
         t = time.perf_counter()
@@ -501,7 +530,7 @@ def report(args: argparse.Namespace, started: float) -> None:
     pool = load_pool(run / "pool.jsonl.gz")
     ids = [ex.id for ex in pool.examples]
     rows_by_scorer: dict[tuple[str, str, str], dict[str, list[float]]] = {}
-    gates: dict[str, list[str]] = {}
+    gates: dict[tuple[str, str], list[str]] = {}
     share_rows: list[list[object]] = []
     for where in WHERES:
         for kind in KINDS:
@@ -543,13 +572,13 @@ def report(args: argparse.Namespace, started: float) -> None:
                             f"{static:.3f}",
                         ]
                     )
-                    if scorer == DEFAULT and where == "clusters":
+                    if scorer in FULL_SCORERS and where == "clusters":
                         bad1, clean1 = weight_stats(
                             np.array(history[0]["weights_after"]), share, where
                         )
                         share_later = float(noisy[later].mean())
                         ok = bad1 < GATE_BAD and clean1 > GATE_CLEAN and share_later <= 0.5 * static
-                        gates.setdefault(kind, []).append(
+                        gates.setdefault((scorer, kind), []).append(
                             f"s{seed} {'pass' if ok else 'FAIL'} ({bad1:.2f} / {clean1:.2f}; "
                             f"{share_later:.3f} vs {static:.3f})"
                         )
@@ -615,8 +644,12 @@ def report(args: argparse.Namespace, started: float) -> None:
         "Eq. 6 update (`paper`, `shift`, floor 1e-3) — the loop's defaults. Reference LM for every "
         f"score: SmolLM2-135M-Instruct (torch, float32, CPU), windows of {args.max_length} tokens.",
         "",
-        "Scorers (all generation-free; `kmq.feedback.pmi`): `gold-fit` = σ(PMI(x; y_gold)) · "
-        "P(end of turn | x, y_gold), in [0, 1] (the loop's default); `gold-pmi` = PMI(x; y_gold) "
+        "Scorers (all generation-free; `kmq.feedback.pmi`): `gold-sound` = σ(PMI(x; y_gold)) · "
+        "σ(log P(end | x, y_gold) − log P(end | y_gold) + 1) · σ(12 + log P(end | x, y_gold)) · "
+        "σ(NLL(y') − NLL(y_gold)) (y' = the answer's words reordered, summed nats; answers under 8 "
+        "words skip it), in [0, 1], with any special-token string that ends the answer removed "
+        "before the end-of-turn marker (the loop's default); `gold-fit` = σ(PMI(x; y_gold)) · "
+        "P(end of turn | x, y_gold), in [0, 1]; `gold-pmi` = PMI(x; y_gold) "
         "summed over the answer's tokens; and, after round 1 only, its parts and a variant: "
         "`on-topic` = σ(PMI) alone, `end` = P(end of turn | x, y_gold) alone, `gold-pmi/token` = "
         "PMI per token. None of them needs the round's trained model, so the loop is replayed "
@@ -634,14 +667,18 @@ def report(args: argparse.Namespace, started: float) -> None:
         "",
         markdown_table(headers, table_rows) if table_rows else "(nothing finished yet)",
         "",
-        f"## Gate (default `{DEFAULT}`, whole clusters)",
+        f"## Gate (whole clusters; the loop's default is `{DEFAULT}`)",
         "",
         f"Round 1: noisy clusters' weight×k < {GATE_BAD} and clean > {GATE_CLEAN}; over "
         f"{args.rounds} rounds: noisy share of rounds 2-{args.rounds}'s picks ≤ half static "
         "kMQ's. Per seed: (noisy / clean weight×k after round 1; noisy share of rounds "
         f"2-{args.rounds} vs static kMQ).",
         "",
-        "\n".join(f"- {kind}: {', '.join(v)}" for kind, v in sorted(gates.items())) or "(not run)",
+        "\n".join(
+            f"- `{scorer}`, {kind}: {', '.join(v)}"
+            for (scorer, kind), v in sorted(gates.items(), key=lambda g: (order_of(g[0][0]), g))
+        )
+        or "(not run)",
         "",
         "## Noisy share of picks per pool",
         "",
@@ -836,18 +873,16 @@ def main() -> None:
     order = sorted(names, key=lambda n: (parse_name(n)[2], WHERES.index(parse_name(n)[1])))
     trained = order[: args.trained]
     first = [n for n in trained if parse_name(n)[2] == args.seeds[0]]
-    # Most needed first: the default on whole clusters, the round-1 ablations there (their
-    # rows are already scored), the clean pool, gold-pmi's missing runs, then spread noise.
+    # Most needed first: each full scorer (the default first) on whole clusters and the clean
+    # pool, the round-1 ablations on whole clusters, then spread noise.
     whole = [n for n in names if parse_name(n)[1] == "clusters"]
     spread = [n for n in names if parse_name(n)[1] == "spread"]
     cleans = [f"clean-s{s}" for s in args.seeds]
     ablations = [s for s in FREE_SCORERS if s not in FULL_SCORERS]
-    jobs: list[tuple[str, str]] = [(n, DEFAULT) for n in whole]
+    jobs: list[tuple[str, str]] = [(n, s) for s in FULL_SCORERS for n in [*whole, *cleans]]
     jobs += [(n, a) for n in whole for a in ablations]
-    jobs += [(n, DEFAULT) for n in cleans]
-    jobs += [(n, "gold-pmi") for n in [*whole, *cleans]]
-    jobs += [(n, DEFAULT) for n in spread]
-    jobs += [(n, s) for n in spread for s in ["gold-pmi", *ablations]]
+    jobs += [(n, s) for s in FULL_SCORERS for n in spread]
+    jobs += [(n, a) for n in spread for a in ablations]
     jobs += [(n, "trained") for n in first]
     jobs += [(n, "trained") for n in trained if n not in first]
     source = args.run / "trained" / order[0] / "generations.json"

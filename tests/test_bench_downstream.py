@@ -268,14 +268,16 @@ def test_the_report_says_how_the_iterative_arm_picked() -> None:
 
     one_shot = SimpleNamespace(arms=selection.make_arms(["random", "kmq-balanced"], ["q"]))
     assert downstream.iterative_note(one_shot) == ""  # type: ignore[arg-type]
-    both = SimpleNamespace(arms=selection.make_arms(["random", "iterative-kmq-std"], ["q"]))
-    note = downstream.iterative_note(both)  # type: ignore[arg-type]
-    assert "`iterative-kmq-std`" in note and "3 rounds" in note and "`gold-fit` feedback" in note
+    arms = selection.make_arms(["random", "iterative-kmq-std", "iterative-kmq-sound"], ["q"])
+    note = downstream.iterative_note(SimpleNamespace(arms=arms))  # type: ignore[arg-type]
+    assert "3 rounds" in note
+    assert "`gold-fit` for `iterative-kmq-std`" in note
+    assert "`gold-sound` for `iterative-kmq-sound`" in note
     assert "`standardized`" in note and "--no-train" in note
 
 
 def test_the_validated_metric_keeps_what_the_noise_hurts_for_random_only() -> None:
-    pool, arm, metric = downstream.DECLARED_VALIDATED
+    pool, arm, metric = downstream.DECLARED_VALIDATED[0]
 
     def result(name: str, where: str, seed: int, gsm8k: float, tqa: float) -> dict[str, Any]:
         suites = {"gsm8k": gsm8k, "truthfulqa": tqa}

@@ -21,7 +21,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from kmq.examples import Message
 from kmq.feedback import DEFAULT_FEEDBACK, get_feedback_scorer, needs_generation
-from kmq.feedback.pmi import GoldPMIFeedback, end_windows, pmi_windows
+from kmq.feedback import pmi as pmi_module
+from kmq.feedback.pmi import (
+    GoldPMIFeedback,
+    end_windows,
+    pmi_nll,
+    pmi_windows,
+    reordered,
+    reordered_nll,
+    sound_probability,
+    strip_end_markers,
+)
 from kmq.models import ChatFormat, load_causal_lm
 from kmq.quality.lm import score_responses, token_ids
 from tests.test_quality_lm import CHATML, byte_tokenizer
@@ -158,11 +168,11 @@ def test_a_swapped_answer_tells_nothing_about_its_prompt(taught_lm: Path) -> Non
     assert (scorer.score(prompts, answers["swap"], [""] * len(prompts)) < 0).all()
 
 
-def test_gold_fit_is_the_loops_default_and_needs_no_generation() -> None:
+def test_gold_sound_is_the_loops_default_and_needs_no_generation() -> None:
     from kmq.cli import build_parser
 
     args = build_parser().parse_args(["iterate", "pool.jsonl", "--run", "r"])
-    assert args.feedback == DEFAULT_FEEDBACK == "gold-fit"
+    assert args.feedback == DEFAULT_FEEDBACK == "gold-sound"
     assert not needs_generation(get_feedback_scorer(DEFAULT_FEEDBACK))
 
 
@@ -256,7 +266,7 @@ def test_end_windows_keep_the_answer_tail_and_score_only_the_marker() -> None:
     assert given[1][0] == alone[1][0] == header + token_ids(tokenizer, ["ok"])[0]
 
 
-@pytest.mark.parametrize("name", ["gold-fit", "gold-pmi", "pmi-gap"])
+@pytest.mark.parametrize("name", ["gold-sound", "gold-fit", "gold-pmi", "pmi-gap"])
 def test_pmi_feedback_runs_on_the_chosen_lm_backend(name: str) -> None:
     scorer = get_feedback_scorer(
         name, lm_backend="ctranslate2", compute_type="float32", device="cpu", batch_size=2
@@ -275,7 +285,7 @@ def test_ctranslate2_gives_the_torch_pmi_and_fit(
     pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed")
     cache = tmp_path_factory.mktemp("ct2")
     prompts, answers = twins()
-    for name in ("gold-pmi", "gold-fit"):
+    for name in ("gold-pmi", "gold-fit", "gold-sound"):
         reference = get_feedback_scorer(name, model=str(tiny_llama), device="cpu")
         fast = get_feedback_scorer(
             name,
@@ -288,3 +298,90 @@ def test_ctranslate2_gives_the_torch_pmi_and_fit(
         np.testing.assert_allclose(
             fast.score(prompts, answers["truncate"], []), expected, rtol=1e-3, atol=1e-3
         )
+
+
+# -- gold-sound ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_answers_reordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The twins have 7 words, under the order test's minimum: test the order on them."""
+    monkeypatch.setattr(pmi_module, "ORDER_MIN_WORDS", 2)
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "swap", "truncate"])
+def test_gold_sound_ranks_every_clean_answer_above_its_corrupted_twin(
+    taught_lm: Path, kind: str, short_answers_reordered: None
+) -> None:
+    scorer = get_feedback_scorer("gold-sound", model=str(taught_lm), batch_size=4)
+    assert not needs_generation(scorer)
+    prompts, answers = twins()
+    clean = scorer.score(prompts, answers["clean"], [])
+    bad = scorer.score(prompts, answers[kind], [])
+    assert (clean > 0.5).all(), clean.round(3).tolist()
+    assert ((clean >= 0) & (clean <= 1)).all()
+    assert (clean > bad).all(), (kind, clean.round(3).tolist(), bad.round(3).tolist())
+
+
+def test_the_order_test_sees_words_in_no_order(
+    taught_lm: Path, short_answers_reordered: None
+) -> None:
+    """NLL(y') − NLL(y) is large for the answers the model learnt and small for shuffled ones,
+    whose reordering is no less likely than they are."""
+    backend = get_feedback_scorer("gold-sound", model=str(taught_lm)).backend_  # type: ignore[attr-defined]
+    prompts, answers = twins()
+    gains = {}
+    for kind in ("clean", "shuffle"):
+        _, alone, tokens = pmi_nll(
+            backend, backend.tokenizer, prompts, answers[kind], max_length=96
+        )
+        shuffled = reordered_nll(backend, backend.tokenizer, prompts, answers[kind], max_length=96)
+        gains[kind] = (shuffled - alone) * tokens
+    assert (gains["clean"] > 5).all(), gains["clean"].round(1).tolist()
+    assert np.median(gains["shuffle"]) < 0.25 * np.median(gains["clean"]), gains
+
+
+def test_reordered_is_a_fixed_permutation_of_the_answers_words() -> None:
+    text = "one two three four five six seven eight nine"
+    out = reordered(text)
+    assert out is not None and out != text
+    assert sorted(out.split()) == sorted(text.split())
+    assert reordered(text) == out  # seeded by the text: the same order every time
+    assert reordered("too few words to test here") is None  # < ORDER_MIN_WORDS
+    assert reordered("same " * 10) is None  # one distinct word: no other order
+
+
+def test_sound_probability_multiplies_four_posteriors() -> None:
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    got = sound_probability(
+        np.array([0.0, 50.0, 50.0, np.nan]),
+        np.array([12.0, 1.0, 1.0, 1.0]),
+        np.array([11.0, 3.0, 3.0, 3.0]),
+        np.array([np.nan, 0.0, np.nan, np.nan]),
+    )
+    # row 0: σ(0) · σ(11 − 12 + 1) · σ(12 − 12) · (too short to reorder: no factor)
+    assert got[0] == pytest.approx(0.125)
+    # rows 1 and 2: on topic, the prompt makes the end e² likelier (prior e), the end is far
+    # above the floor; words in no order halve it
+    expected = sig(50.0) * sig(3.0) * sig(11.0)
+    assert got[2] == pytest.approx(expected)
+    assert got[1] == pytest.approx(0.5 * expected)
+    assert np.isnan(got[3])
+
+
+def test_strip_end_markers_drops_only_trailing_special_token_strings() -> None:
+    tokenizer = type("T", (), {"all_special_tokens": ["<|endoftext|>", "<|im_end|>"]})()
+    assert strip_end_markers("crystals<|endoftext|>", tokenizer) == "crystals"
+    assert strip_end_markers("a <|im_end|> <|endoftext|>\n", tokenizer) == "a"
+    assert strip_end_markers("x<|endoftext|>y", tokenizer) == "x<|endoftext|>y"
+    assert strip_end_markers("no marker \n", tokenizer) == "no marker \n"
+    assert strip_end_markers("<|endoftext|>", tokenizer) == "<|endoftext|>"  # nothing left
+
+
+def test_end_windows_strip_a_trailing_marker_when_asked() -> None:
+    tokenizer = byte_tokenizer(chat_template=CHATML)
+    p = [prompt("Cats", "red")]
+    marked = answer("Cats", "red") + tokenizer.eos_token
+    plain = end_windows(tokenizer, p, [answer("Cats", "red")], 64)
+    assert end_windows(tokenizer, p, [marked], 64, strip_markers=True) == plain
+    assert end_windows(tokenizer, p, [marked], 64) != plain

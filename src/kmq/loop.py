@@ -182,8 +182,8 @@ class IterativeSelection:
         if reads:
             raise ParameterError(
                 "train",
-                f"{{param}} applies only to feedback that reads no generation (gold-fit, "
-                f"gold-pmi): {self.config.feedback} scores the trained model's answers",
+                f"{{param}} applies only to feedback that reads no generation (gold-sound, "
+                f"gold-fit, gold-pmi): {self.config.feedback} scores the trained model's answers",
             )
 
     @property

@@ -83,8 +83,8 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
         "--no-train",
         dest="train",
         action="store_false",
-        help="train no round: a feedback that reads no generation (gold-fit, gold-pmi) picks "
-        "the same rows without it; you train on the final selection yourself",
+        help="train no round: a feedback that reads no generation (gold-sound, gold-fit, "
+        "gold-pmi) picks the same rows without it; you train on the final selection yourself",
     )
     t.add_argument("--epochs", type=float, default=1.0)
     t.add_argument("--learning-rate", type=float)

@@ -4,11 +4,12 @@ Higher = the cluster deserves more weight next round (for the paper's Eq. 4 scor
 is further from the gold answer on that row). Each scorer documents its range. A row that could
 not be scored is NaN and is left out of its cluster's mean (Eq. 5).
 
-``gold-fit`` (the default) and ``gold-pmi`` judge the gold answer alone and need no generated
-answer; a scorer says so with ``needs_generation = False`` and the loop then skips generation.
-The default is the one that starved every kind of planted noise in
-``benchmarks/results/corruption.md``; the paper's Eq. 4-7 scorers (``similarity``,
-``perplexity``, ``reward-gap``, ``judge``) are a ``--feedback`` flag away.
+``gold-sound`` (the default), ``gold-fit`` and ``gold-pmi`` judge the gold answer alone and need
+no generated answer; a scorer says so with ``needs_generation = False`` and the loop then skips
+generation. The default is the one that, in ``benchmarks/results/corruption.md``, starves every
+kind of planted noise in every seed and does not pile a clean pool's weight onto one source
+(``gold-fit`` starves the noise too, but also clean GSM8K and T0); the paper's Eq. 4-7 scorers
+(``similarity``, ``perplexity``, ``reward-gap``, ``judge``) are a ``--feedback`` flag away.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kmq.registry import build, check_options, choose, load
 
 # Each scorer's class, imported when the scorer is chosen.
 FEEDBACK_FACTORIES = {
+    "gold-sound": "kmq.feedback.pmi:GoldSoundFeedback",
     "gold-fit": "kmq.feedback.pmi:GoldFitFeedback",
     "gold-pmi": "kmq.feedback.pmi:GoldPMIFeedback",
     "pmi-gap": "kmq.feedback.pmi:PMIGapFeedback",
@@ -32,7 +34,7 @@ FEEDBACK_FACTORIES = {
     "judge": "kmq.feedback.judge:JudgeFeedback",
 }
 FEEDBACK_SCORERS = tuple(FEEDBACK_FACTORIES)
-DEFAULT_FEEDBACK = "gold-fit"
+DEFAULT_FEEDBACK = "gold-sound"
 
 
 @runtime_checkable

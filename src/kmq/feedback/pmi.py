@@ -1,4 +1,5 @@
-"""``gold-fit``, ``gold-pmi`` and ``pmi-gap`` feedback: how well an answer fits its own prompt.
+"""``gold-sound``, ``gold-fit``, ``gold-pmi`` and ``pmi-gap`` feedback: how well an answer fits
+its own prompt.
 
 PMI(x; y) = NLL(y) − NLL(y | x), in nats summed over the answer's tokens (its end-of-turn
 marker included): the log-likelihood the prompt adds to the answer under a reference causal LM
@@ -26,7 +27,11 @@ Measured on planted noise (``benchmarks/results/corruption.md``), the summed PMI
 answers, shuffled ones only partly and truncated ones not at all: a first sentence keeps most
 of the information about the prompt. ``gold-fit`` adds a third pass, the probability of the
 end-of-turn marker right after the whole answer (:func:`end_windows`), and scores
-σ(PMI) · P(end | x, y) (:class:`GoldFitFeedback`).
+σ(PMI) · P(end | x, y) (:class:`GoldFitFeedback`). That end probability is partly a matter of
+style, so on a clean pool ``gold-fit`` moves the weight off GSM8K and T0 onto code.
+``gold-sound`` (the loop's default, :class:`GoldSoundFeedback`) replaces it with contrasts that
+cancel style: the end's probability with and without the prompt, a floor any complete answer
+clears, and the answer's word order against a random reordering of its words (five passes).
 
 Every pass goes through :func:`kmq.backends.get_lm_backend` (``lm_backend``, ``dtype``,
 ``compute_type``, ``device``: ``--lm-backend``, ``--lm-dtype``, ``--lm-compute-type`` and
@@ -35,6 +40,7 @@ Every pass goes through :func:`kmq.backends.get_lm_backend` (``lm_backend``, ``d
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -82,17 +88,22 @@ def end_windows(
     prompts: Sequence[Sequence[Message] | None],
     answers: Sequence[str],
     max_length: int,
+    *,
+    strip_markers: bool = False,
 ) -> tuple[list[int], list[Window], list[Window]]:
     """Rows that can be scored, and windows whose scored tokens are the end-of-turn marker after
     the whole answer: (prompt + answer, marker) and (bare assistant header + answer, marker).
 
     The marker's tokens stay; the answer keeps its *last* tokens, at most ``max_length`` minus
     the marker minus ``min(len(prompt), max_length // 2)``; the prompt (or header) its last
-    tokens in the rest. Both windows end in the very same answer tokens.
+    tokens in the rest. Both windows end in the very same answer tokens. ``strip_markers``
+    first drops the special-token strings that end an answer (:func:`strip_end_markers`).
     """
     from kmq.models import ChatFormat
     from kmq.quality.lm import chat_texts, token_ids
 
+    if strip_markers:
+        answers = [strip_end_markers(a, tokenizer) for a in answers]
     chat = ChatFormat(tokenizer)
     texts, _ = chat_texts(chat, prompts, answers)
     rows = list(texts)
@@ -110,6 +121,69 @@ def end_windows(
         given.append((context[len(context) - min(len(context), rest) :] + tail, marker))
         alone.append((header[len(header) - min(len(header), rest) :] + tail, marker))
     return rows, given, alone
+
+
+def strip_end_markers(answer: str, tokenizer: Any) -> str:
+    """``answer`` without the special-token strings (and whitespace) that end it, such as a
+    literal ``<|endoftext|>`` after every T0 answer of ``mix-small``: such a marker already says
+    the answer ends there, and after it no LM expects its own end-of-turn marker. An answer
+    that is nothing but markers is kept as it is."""
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    out = answer
+    while marker := next((t for t in specials if out.rstrip().endswith(t)), None):
+        out = out.rstrip()[: -len(marker)]
+    return out.rstrip() if out != answer and out.strip() else answer
+
+
+ORDER_MIN_WORDS = 8
+
+
+def reordered(answer: str) -> str | None:
+    """``answer``'s words in a random order (whitespace collapsed to single spaces) drawn from
+    a generator seeded by the answer's own text, so the same answer always gets the same
+    order; None for answers of fewer than :data:`ORDER_MIN_WORDS` words, whose order says
+    too little to test."""
+    words = answer.split()
+    if len(words) < ORDER_MIN_WORDS or len(set(words)) < 2:
+        return None
+    seed = int.from_bytes(hashlib.sha256(answer.encode("utf-8")).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    while True:
+        out = [words[i] for i in rng.permutation(len(words))]
+        if out != words:
+            return " ".join(out)
+
+
+def reordered_nll(
+    backend: LMBackend,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Message] | None],
+    answers: Sequence[str],
+    *,
+    max_length: int = 512,
+) -> np.ndarray:
+    """NLL(y') per token, after the bare assistant header, of each answer's words in a random
+    order (:func:`reordered`), over as many tokens as :func:`pmi_nll` scores of the answer
+    itself; NaN where the answer has no reordering or cannot be scored. One pass."""
+    from kmq.models import ChatFormat
+    from kmq.quality.lm import token_ids
+
+    rows, given, _ = pmi_windows(tokenizer, prompts, answers, max_length)
+    out = np.full(len(answers), np.nan)
+    header = token_ids(tokenizer, [ChatFormat(tokenizer).context(None)])[0]
+    todo = [(i, reordered(answers[i]), len(w[1])) for i, w in zip(rows, given, strict=True)]
+    todo = [(i, text, keep) for i, text, keep in todo if text is not None]
+    if todo:
+        bodies = token_ids(tokenizer, [text for _, text, _ in todo])
+        windows = [
+            (
+                header[len(header) - min(len(header), max_length - min(keep, len(body))) :],
+                body[:keep],
+            )
+            for (_, _, keep), body in zip(todo, bodies, strict=True)
+        ]
+        out[[i for i, _, _ in todo]] = backend.windows_nll(windows, desc="order")
+    return out
 
 
 def pmi_nll(
@@ -142,11 +216,14 @@ def end_nll(
     *,
     max_length: int = 512,
     unconditional: bool = True,
+    strip_markers: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(−log P(end of turn | x, y), −log P(end of turn | y)) per row in nats (mean over the
     marker's tokens; see :func:`end_windows`); NaN for rows that cannot be scored, and for
     the second when ``unconditional`` is False (then one pass, not two)."""
-    rows, given, alone = end_windows(tokenizer, prompts, answers, max_length)
+    rows, given, alone = end_windows(
+        tokenizer, prompts, answers, max_length, strip_markers=strip_markers
+    )
     n = len(answers)
     out = np.full((2, n), np.nan)
     if rows:
@@ -238,8 +315,85 @@ class PMIGapFeedback(_PMIFeedback):
 def fit_probability(pmi: np.ndarray, end_nll: np.ndarray) -> np.ndarray:
     """``gold-fit``'s S from the summed PMI(x; y) and −log P(end of turn | x, y), both in nats:
     σ(PMI) · P(end | x, y), in [0, 1] (NaN where either is NaN)."""
-    on_topic = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(pmi, dtype=np.float64)))
-    return on_topic * np.exp(-np.asarray(end_nll, dtype=np.float64))
+    return _sigmoid(pmi) * np.exp(-np.asarray(end_nll, dtype=np.float64))
+
+
+END_PRIOR = 1.0
+END_FLOOR = 12.0
+
+
+def sound_probability(
+    pmi: np.ndarray,
+    end_given: np.ndarray,
+    end_alone: np.ndarray,
+    order_gain: np.ndarray,
+    *,
+    prior: float = END_PRIOR,
+    floor: float = END_FLOOR,
+) -> np.ndarray:
+    """``gold-sound``'s S from the summed PMI(x; y), −log P(end | x, y), −log P(end | y) and the
+    order gain NLL(y') − NLL(y) summed over the answer's tokens (y' = its words reordered),
+    all in nats: σ(PMI) · σ(log P(end | x, y) − log P(end | y) + ``prior``) ·
+    σ(``floor`` + log P(end | x, y)) · σ(order gain), in [0, 1]. A NaN order gain (an answer
+    too short to reorder) leaves out the last factor; any other NaN gives NaN."""
+    given = np.asarray(end_given, dtype=np.float64)
+    alone = np.asarray(end_alone, dtype=np.float64)
+    gain = np.asarray(order_gain, dtype=np.float64)
+    in_order = np.where(np.isnan(gain), 1.0, _sigmoid(np.nan_to_num(gain)))
+    ends = _sigmoid(alone - given + prior) * _sigmoid(floor - given)
+    return _sigmoid(pmi) * ends * in_order
+
+
+def _sigmoid(z: Any) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+class GoldSoundFeedback(_PMIFeedback):
+    """S = P(the gold answer is sound): on topic, ending where its prompt says, ending at all,
+    in order.
+
+    Four probabilities under the reference LM, each a contrast with a counterfactual, so
+    that the LM's taste for one style of answer (the end of GSM8K's ``#### 42``, a bare label)
+    moves S much less than with ``gold-fit``:
+
+    - *on topic*: σ(PMI(x; y)), as in ``gold-fit``: the posterior that y was written for x
+      rather than drawn independently of it (≤ 0.5 for another prompt's answer).
+    - *ends where the prompt says*: σ(log P(end | x, y) − log P(end | y) + 1): the posterior,
+      at prior odds e:1, that the prompt, not the answer alone, calls for the turn to end
+      here. A first sentence of a longer answer ends where the bare sentence might, but not
+      where its prompt asks for more, so the log-ratio turns negative; a style the LM dislikes
+      at any end (``#### 42``) cancels in the ratio.
+    - *ends at all*: σ(12 + log P(end | x, y)) = P / (P + e⁻¹²): the end is more plausible than
+      a floor probability of e⁻¹² ≈ 6·10⁻⁶. A function cut after its signature, or words in no
+      order, end where no answer ends, with or without the prompt (so the ratio above cannot
+      see it); a complete answer of any style clears the floor.
+    - *in order*: σ(NLL(y') − NLL(y)) summed over the answer's tokens, y' = the same words in a
+      random order (:func:`reordered`, seeded by the answer's text): the posterior, at even
+      odds, that the answer's word order is its own rather than a random one. ≈ 1 for written
+      text, ≈ 0.5 for words in no order (a reordering is then no less likely); answers under
+      eight words skip this factor.
+
+    The end-of-turn marker follows the answer with any special-token string that ends it
+    removed (:func:`strip_end_markers`; T0's answers in ``mix-small`` end in a literal
+    ``<|endoftext|>``). Range [0, 1]; higher = a sound gold answer, so its cluster deserves
+    more weight. Needs no generated answer; five passes of the reference LM per trained row,
+    each at most ``max_length`` tokens. ``benchmarks/results/corruption.md`` measures it
+    against ``gold-fit`` on planted noise and on the clean pool.
+    """
+
+    name = "gold-sound"
+    direction = "higher = gold answer on topic, complete and in order (probability); [0, 1]"
+    needs_generation = False
+
+    def score(self, prompts: Prompts, gold: Texts, generated: Texts) -> np.ndarray:
+        backend, tokenizer, length = self.backend_, self.tokenizer, self.max_length
+        given, alone, tokens = pmi_nll(backend, tokenizer, prompts, gold, max_length=length)
+        shuffled = reordered_nll(backend, tokenizer, prompts, gold, max_length=length)
+        end_given, end_alone = end_nll(
+            backend, tokenizer, prompts, gold, max_length=length, strip_markers=True
+        )
+        pmi, gain = (alone - given) * tokens, (shuffled - alone) * tokens
+        return sound_probability(pmi, end_given, end_alone, gain)
 
 
 class GoldFitFeedback(_PMIFeedback):
