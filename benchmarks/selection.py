@@ -82,17 +82,21 @@ METHODS: dict[str, dict[str, Any]] = {
         }
         for allocation in ("proportional", "balanced")
     },
-    "iterative-kmq-std": {
-        "method": "iterative-kmq",
-        "rounds": 3,
-        "feedback": "gold-fit",
-        "quality_weighting": "standardized",
+    **{
+        f"iterative-kmq-{name}": {
+            "method": "iterative-kmq",
+            "rounds": 3,
+            "feedback": feedback,
+            "quality_weighting": "standardized",
+        }
+        for name, feedback in (("std", "gold-fit"), ("sound", "gold-sound"))
     },
 }
 """The quality grid's one-shot methods, less km-closest-proportional; kMQ with the scale-free
 ``standardized`` weighting (a softmax in units of the score's σ: the raw softmax of a score
-spread over tens of nats is an argmax inside each cluster); and iterative kMQ with
-``kmq iterate``'s default feedback ``gold-fit`` (see :func:`iterate_picks`)."""
+spread over tens of nats is an argmax inside each cluster); and iterative kMQ (see
+:func:`iterate_picks`) with ``kmq iterate``'s default feedback ``gold-sound``
+(``iterative-kmq-sound``) or the earlier default ``gold-fit`` (``iterative-kmq-std``)."""
 WITH_QUALITY = {"kmq", "deita", "qdit", "iterative-kmq"}
 DEFAULT_NOISE = (
     NoiseSpec("swap", 0.10, "clusters"),
@@ -331,7 +335,7 @@ def iterate_picks(
     :class:`kmq.loop.IterativeSelection` draws them (the same k-means, round sizes, per-round
     seeds, weighted quotas, exclusions and reweighting with ``kmq iterate``'s defaults; a test
     checks it against the loop), for a feedback scorer that reads no trained model, such as
-    ``gold-fit`` (the gold answers under the fixed reference LM): the loop's training would
+    ``gold-sound`` (the gold answers under the fixed reference LM): the loop's training would
     change nothing here, so no round is trained. ``feedback(rows)`` gives one score per row."""
     defaults = {f.name: f.default for f in fields(IterateConfig)}
     labels = cluster(x, k, seed=seed)[0].labels_

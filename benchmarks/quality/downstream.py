@@ -85,10 +85,15 @@ VALIDATED = "NLL where the noise hurts"
 (random on the noisy − on the clean pool, mean over the paired seeds, > 0): chosen from random's
 two pools alone, blind to every other arm, so that a metric the noise *improves* (a shorter
 answer style) cannot reward picking the noise (:func:`noise_hurts`)."""
-DECLARED_VALIDATED = ("noisy", "iterative-kmq-std", VALIDATED)
-"""Declared 2026-12-01 (02:36 UTC), before any job of the iterative arm had finished: on the noisy
-pool, iterative-kmq-std − random on :data:`VALIDATED`, one two-sided paired t-test at α = 0.05
-on every seed both have. The other arms' rows in that table were seen before the metric was
+DECLARED_VALIDATED = (
+    ("noisy", "iterative-kmq-std", VALIDATED),
+    ("noisy", "iterative-kmq-sound", VALIDATED),
+)
+"""One test per iterative arm, each declared before any job of its arm had finished: on the noisy
+pool, the arm − random on :data:`VALIDATED`, one two-sided paired t-test at α = 0.05 on every
+seed both have. iterative-kmq-std (feedback ``gold-fit``): declared 2026-12-01 02:36 UTC;
+iterative-kmq-sound (``gold-sound``, the new default): declared 2026-12-01 05:15 UTC, before
+its picks were drawn. The other arms' rows in that table were seen before the metric was
 defined and are post hoc."""
 CONFIRMATION = ("noisy", "kmq-proportional-std", EXPLORATORY, 5)
 """The exploratory lead, declared for confirmation (2026-12-01, before any seed ≥ 5 of either arm
@@ -566,18 +571,37 @@ def confirmation(results: Sequence[dict[str, Any]]) -> str:
 
 def iterative_note(ds: Downstream) -> str:
     """How the iterative arms picked (empty when the run has none)."""
-    labels = [a.label for a in ds.arms if METHODS[a.method]["method"] == "iterative-kmq"]
-    if not labels:
+    arms = [a for a in ds.arms if METHODS[a.method]["method"] == "iterative-kmq"]
+    if not arms:
         return ""
-    settings = METHODS[next(a.method for a in ds.arms if a.label == labels[0])]
+    settings = METHODS[arms[0].method]
+    feedback = ", ".join(f"`{METHODS[a.method]['feedback']}` for `{a.label}`" for a in arms)
     return (
-        f"Iterative arms ({', '.join(f'`{label}`' for label in labels)}): "
-        f"{settings['rounds']} rounds of b/{settings['rounds']} rows, `{settings['feedback']}` "
-        "feedback (SmolLM2 float32, the product's defaults) on each round's picks, Eq. 6 with "
+        f"Iterative arms: {settings['rounds']} rounds of b/{settings['rounds']} rows, feedback "
+        f"{feedback} (SmolLM2 float32, the product's settings) on each round's picks, Eq. 6 with "
         "the loop's defaults, the quality draw inside clusters "
         f"`{settings['quality_weighting']}`; the picks are drawn exactly as `kmq iterate "
         "--no-train` draws them (the feedback reads no trained model, so the rounds' training "
         "would change nothing), then trained on like every other arm's.\n\n"
+    )
+
+
+def declared_test(results: Sequence[dict[str, Any]], pool: str, arm: str, metric: str) -> str:
+    """One declared test's line: ``arm`` − random on ``metric`` in ``pool``, with its verdict."""
+    d = paired(results, pool, arm, "random", metric)
+    if len(d) < 2:
+        return f"`{arm}`: not run yet, {len(d)} seed(s) paired with random (needs ≥ 2)."
+    t = paired_test(d)
+    if t.undefined:
+        return f"`{arm}`: n/a ({t.undefined})."
+    verdict = (
+        "within noise"
+        if t.p > ALPHA
+        else ("better than random" if t.mean < 0 else "worse than random")
+    )
+    return (
+        f"Declared test: `{arm}` − `random` on the {pool} pool, {t.n} seeds: "
+        f"{t.mean:+.4f} [{t.ci[0]:+.4f}, {t.ci[1]:+.4f}], p = {t.p:.2g} → **{verdict}**."
     )
 
 
@@ -592,35 +616,22 @@ def validated_section(
     if not hurts:
         return ""
     table, tested = family_table(family(results, pools, labels, [VALIDATED]))
-    pool, arm, metric = DECLARED_VALIDATED
-    d = paired(results, pool, arm, "random", metric)
-    if len(d) < 2:
-        declared = f"Not run yet: {len(d)} seed(s) of `{arm}` paired with random (needs ≥ 2)."
-    else:
-        t = paired_test(d)
-        verdict = (
-            "n/a"
-            if t.undefined
-            else "within noise"
-            if t.p > ALPHA
-            else ("better than random" if t.mean < 0 else "worse than random")
-        )
-        declared = (
-            f"Declared test: `{arm}` − `random` on the {pool} pool, {t.n} seeds: "
-            f"{t.mean:+.4f} [{t.ci[0]:+.4f}, {t.ci[1]:+.4f}], p = {t.p:.2g} → **{verdict}**."
-            if not t.undefined
-            else f"Declared test: n/a ({t.undefined})."
-        )
+    declared = "\n".join(
+        f"- {declared_test(results, pool, arm, metric)}"
+        for pool, arm, metric in DECLARED_VALIDATED
+        if arm in labels
+    )
     components = ", ".join(f"{name} (+{cost:.4f})" for name, cost in hurts)
     return (
-        "### NLL where the noise hurts (declared for the iterative arm)\n\n"
+        "### NLL where the noise hurts (declared for the iterative arms)\n\n"
         f"The mean over the suites and held-out sources on which the noise raises random's NLL "
         f"(random on the noisy − the clean pool, mean over the paired seeds; cost in "
         f"brackets): {components}. Chosen from random's two pools alone, blind to every other "
         "arm: a component the noise *lowers* (TruthfulQA and held-out T0 follow answer length, "
         "and the truncated answers shorten it) would reward picking the noise. Declared on "
-        "2026-12-01 before any iterative-kmq-std job had finished, as one test for that arm; "
-        "the other arms' rows were seen before the metric was defined (post hoc). Holm over "
+        "2026-12-01 as one test for each iterative arm before any of its jobs had finished "
+        "(iterative-kmq-std at 02:36 UTC, iterative-kmq-sound at 05:15 UTC); the other arms' "
+        "rows were seen before the metric was defined (post hoc). Holm over "
         f"the {tested} comparisons below.\n\n" + declared + "\n\n" + table
     )
 
