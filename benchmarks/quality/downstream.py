@@ -92,7 +92,7 @@ DECLARED_VALIDATED = (
 """One test per iterative arm, each declared before any job of its arm had finished: on the noisy
 pool, the arm − random on :data:`VALIDATED`, one two-sided paired t-test at α = 0.05 on every
 seed both have. iterative-kmq-std (feedback ``gold-fit``): declared 2026-12-01 02:36 UTC;
-iterative-kmq-sound (``gold-sound``, the new default): declared 2026-12-01 05:15 UTC, before
+iterative-kmq-sound (``gold-sound``, the new default): declared 2026-12-01 05:12 UTC, before
 its picks were drawn. The other arms' rows in that table were seen before the metric was
 defined and are post hoc."""
 CONFIRMATION = ("noisy", "kmq-proportional-std", EXPLORATORY, 5)
@@ -630,7 +630,7 @@ def validated_section(
         "arm: a component the noise *lowers* (TruthfulQA and held-out T0 follow answer length, "
         "and the truncated answers shorten it) would reward picking the noise. Declared on "
         "2026-12-01 as one test for each iterative arm before any of its jobs had finished "
-        "(iterative-kmq-std at 02:36 UTC, iterative-kmq-sound at 05:15 UTC); the other arms' "
+        "(iterative-kmq-std at 02:36 UTC, iterative-kmq-sound at 05:12 UTC); the other arms' "
         "rows were seen before the metric was defined (post hoc). Holm over "
         f"the {tested} comparisons below.\n\n" + declared + "\n\n" + table
     )
