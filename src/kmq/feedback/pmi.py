@@ -171,8 +171,11 @@ def reordered_nll(
     rows, given, _ = pmi_windows(tokenizer, prompts, answers, max_length)
     out = np.full(len(answers), np.nan)
     header = token_ids(tokenizer, [ChatFormat(tokenizer).context(None)])[0]
-    todo = [(i, reordered(answers[i]), len(w[1])) for i, w in zip(rows, given, strict=True)]
-    todo = [(i, text, keep) for i, text, keep in todo if text is not None]
+    todo: list[tuple[int, str, int]] = []
+    for i, (_, scored) in zip(rows, given, strict=True):
+        text = reordered(answers[i])
+        if text is not None:
+            todo.append((i, text, len(scored)))
     if todo:
         bodies = token_ids(tokenizer, [text for _, text, _ in todo])
         windows = [
