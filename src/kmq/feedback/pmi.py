@@ -163,21 +163,24 @@ def reordered_nll(
     max_length: int = 512,
 ) -> np.ndarray:
     """NLL(y') per token, after the bare assistant header, of each answer's words in a random
-    order (:func:`reordered`), over as many tokens as :func:`pmi_nll` scores of the answer
-    itself; NaN where the answer has no reordering or cannot be scored. One pass."""
+    order (:func:`reordered`) followed by the end-of-turn marker, over as many tokens as
+    :func:`pmi_nll` scores of the answer itself (so both include the marker when the whole
+    answer fits the window); NaN where the answer has no reordering or cannot be scored. One
+    pass."""
     from kmq.models import ChatFormat
     from kmq.quality.lm import token_ids
 
     rows, given, _ = pmi_windows(tokenizer, prompts, answers, max_length)
     out = np.full(len(answers), np.nan)
-    header = token_ids(tokenizer, [ChatFormat(tokenizer).context(None)])[0]
+    chat = ChatFormat(tokenizer)
+    header = token_ids(tokenizer, [chat.context(None)])[0]
     todo: list[tuple[int, str, int]] = []
     for i, (_, scored) in zip(rows, given, strict=True):
         text = reordered(answers[i])
         if text is not None:
             todo.append((i, text, len(scored)))
     if todo:
-        bodies = token_ids(tokenizer, [text for _, text, _ in todo])
+        bodies = token_ids(tokenizer, [chat.response(text) for _, text, _ in todo])
         windows = [
             (
                 header[len(header) - min(len(header), max_length - min(keep, len(body))) :],
