@@ -271,25 +271,31 @@ def prepare(args: argparse.Namespace, qualities: Sequence[str]) -> Bench:
     )
 
 
-def pick(bench: Bench, pool_name: str, arm: Arm, seed: int) -> tuple[np.ndarray, float | None]:
-    """The rows ``arm`` picks from ``pool_name`` with ``seed``, and the seconds the cached
-    selection took (None when it was computed now). Cached atomically by a hash of its inputs
-    under ``args.run``."""
+def pick_path(bench: Bench, pool_name: str, arm: Arm, seed: int) -> Path:
+    """Where :func:`pick` caches these picks (a hash of every input that can change them)."""
     args = bench.args
-    settings = METHODS[arm.method]
     key = sha(
         pool_name,
         bench.quality_ids[arm.quality] if arm.quality else None,
         bench.noise_summary["noisy"],
         arm.method,
-        settings,
+        METHODS[arm.method],
         seed,
         args.budget,
         args.k,
         args.holdout,
         len(bench.x),
     )
-    path = args.run / pool_name / arm.label / f"s{seed}-{key}.json"
+    return args.run / pool_name / arm.label / f"s{seed}-{key}.json"
+
+
+def pick(bench: Bench, pool_name: str, arm: Arm, seed: int) -> tuple[np.ndarray, float | None]:
+    """The rows ``arm`` picks from ``pool_name`` with ``seed``, and the seconds the cached
+    selection took (None when it was computed now). Cached atomically by a hash of its inputs
+    under ``args.run`` (:func:`pick_path`)."""
+    args = bench.args
+    settings = METHODS[arm.method]
+    path = pick_path(bench, pool_name, arm, seed)
     if path.exists():
         saved = json.loads(path.read_text())
         return np.array(saved["indices"], dtype=np.int64), float(saved["seconds"])

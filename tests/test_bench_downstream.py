@@ -152,6 +152,19 @@ def test_an_interrupted_training_is_redone(tmp_path: Path) -> None:
     assert run(tmp_path, bench, seeds=1).calls == Counter({"train": 1, "evaluate": 1})
 
 
+def test_reading_the_results_of_a_wider_run_draws_no_selection(tmp_path: Path) -> None:
+    bench = make_bench(tmp_path)
+    run(tmp_path, bench, seeds=2)
+    args = make_args(tmp_path, seeds=4, pools="noisy,clean")
+    wider = Fake(args, bench, selection.make_arms(args.arms.split(","), ["q"]))
+    drawn = sorted(p.name for p in (tmp_path / "selections").rglob("s*-*.json"))
+    rows = wider.results()
+    assert sorted(p.name for p in (tmp_path / "selections").rglob("s*-*.json")) == drawn
+    assert len(rows) == 1 + 2 * 2  # the base and the 2 seeds × 2 arms that ran
+    assert len(wider.jobs(drawn_only=True)) == len(rows)
+    assert len(wider.jobs()) == 1 + 4 * 2 * 2  # drawing every selection of the wider run
+
+
 def test_jobs_go_seed_by_seed_and_reuse_selection_picks(tmp_path: Path) -> None:
     bench = make_bench(tmp_path)
     ds = run(tmp_path, bench, seeds=2, pools="noisy,clean")

@@ -62,7 +62,7 @@ from _common import (  # noqa: E402
     write_report,
 )
 from harness import digest, run_pending, say  # noqa: E402
-from selection import METHODS, Arm, Bench, make_arms, pick, prepare  # noqa: E402
+from selection import METHODS, Arm, Bench, make_arms, pick, pick_path, prepare  # noqa: E402
 from stats import ALPHA, PairedTest, detectable_difference, holm, paired_test  # noqa: E402
 
 from kmq.atomic import write_json  # noqa: E402
@@ -208,7 +208,10 @@ class Downstream:
         held = bench.held.tolist()
         self.holdout_key = digest(held, [bench.examples["clean"][i].id for i in held])
 
-    def jobs(self) -> list[Job]:
+    def jobs(self, drawn_only: bool = False) -> list[Job]:
+        """Every job of the run, base model first; ``drawn_only`` leaves out the (pool, arm,
+        seed) whose picks are not cached yet (no such job can have finished), so reading the
+        results draws no selection."""
         evaluation = self.settings.evaluation() | {"holdout": self.holdout_key}
         base = Job(None, None, None, self.args.out / "base")
         base.eval_key = digest("base", self.settings.model, evaluation)
@@ -216,6 +219,8 @@ class Downstream:
         for seed in range(self.args.seeds):
             for pool in self.args.pools.split(","):
                 for arm in self.arms:
+                    if drawn_only and not pick_path(self.bench, pool, arm, seed).exists():
+                        continue
                     picks, _ = pick(self.bench, pool, arm, seed)
                     job = Job(pool, arm, seed, self.args.out / pool / arm.label / f"s{seed}")
                     job.picks = picks
@@ -324,7 +329,7 @@ class Downstream:
     def results(self) -> list[dict[str, Any]]:
         """Every finished job's scores, with its training's steps and final loss (``train``)."""
         rows = []
-        for job in self.jobs():
+        for job in self.jobs(drawn_only=True):
             if job.eval_path.exists():
                 row = json.loads(job.eval_path.read_text())
                 meta = job.checkpoint / "kmq_checkpoint.json"
@@ -395,7 +400,7 @@ def paired(
 def composition(ds: Downstream, pool: str, labels: Sequence[str]) -> str:
     """What each arm trained on, over the seeds it finished: noisy share, mean words in the
     picks' answers, and the share of each source."""
-    done = {(j.arm.label, j.seed): j for j in ds.jobs() if j.arm and j.pool == pool}
+    done = {(j.arm.label, j.seed): j for j in ds.jobs(drawn_only=True) if j.arm and j.pool == pool}
     sources = sorted(set(ds.bench.sources))
 
     def line(label: str, rows: np.ndarray) -> list[object]:
