@@ -12,12 +12,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import corruption
 
-from tests.test_bench_selection import WordCountFeedback
+from tests.test_bench_selection import word_count_loop
 
 
 class WordCountReference:
     """Stands in for the reference LM: every row's summed PMI is its answer's word count, so
-    ``gold-pmi`` gives :class:`WordCountFeedback`'s scores."""
+    ``gold-pmi`` gives the word-count feedback of :func:`word_count_loop`."""
 
     def missing(self, prompts: Any, answers: Any) -> int:
         return 0
@@ -28,31 +28,9 @@ class WordCountReference:
 
 
 def test_replay_draws_exactly_as_the_loop(tmp_path: Path) -> None:
-    from kmq.config import SelectConfig
-    from kmq.loop import IterateConfig, IterativeSelection
     from kmq.pipeline import cluster
-    from tests.test_loop import FakeTrainer, TopicEncoder, write_pool
 
-    pool = tmp_path / "pool.jsonl"
-    write_pool(pool)
-    config = SelectConfig(
-        input=str(pool),
-        out="",
-        budget=30,
-        k=6,
-        seed=3,
-        quality=None,
-        encoder=TopicEncoder(),
-        cache_dir=str(tmp_path / "cache"),
-        progress=False,
-    )
-    loop = IterativeSelection(
-        tmp_path / "run",
-        IterateConfig(pool=config, rounds=3, feedback="word-count"),
-        trainer=FakeTrainer(),
-        feedback=WordCountFeedback(),
-    )
-    loop.run()
+    loop = word_count_loop(tmp_path, quality=None)
     labels = cluster(loop.embeddings, 6, seed=3)[0].labels_
     replayed = corruption.replay(
         WordCountReference(),  # type: ignore[arg-type]

@@ -80,7 +80,9 @@ class WordCountFeedback:
         return np.array([len(g.split()) for g in gold], dtype=np.float64)
 
 
-def test_iterate_picks_draw_exactly_as_the_loop(tmp_path: Path) -> None:
+def word_count_loop(tmp_path: Path, **pool_settings: Any) -> Any:
+    """A finished 3-round ``IterativeSelection`` (30 rows, k = 6, seed 3) of the test loop's
+    pool, with :class:`WordCountFeedback`; ``pool_settings`` set its quality."""
     from kmq.config import SelectConfig
     from kmq.loop import IterateConfig, IterativeSelection
     from tests.test_loop import FakeTrainer, TopicEncoder, write_pool
@@ -93,12 +95,10 @@ def test_iterate_picks_draw_exactly_as_the_loop(tmp_path: Path) -> None:
         budget=30,
         k=6,
         seed=3,
-        quality="length",
-        quality_weighting="standardized",
-        quality_candidates=None,
         encoder=TopicEncoder(),
         cache_dir=str(tmp_path / "cache"),
         progress=False,
+        **pool_settings,
     )
     loop = IterativeSelection(
         tmp_path / "run",
@@ -107,6 +107,13 @@ def test_iterate_picks_draw_exactly_as_the_loop(tmp_path: Path) -> None:
         feedback=WordCountFeedback(),
     )
     loop.run()
+    return loop
+
+
+def test_iterate_picks_draw_exactly_as_the_loop(tmp_path: Path) -> None:
+    loop = word_count_loop(
+        tmp_path, quality="length", quality_weighting="standardized", quality_candidates=None
+    )
     examples = loop.examples(np.arange(90))
 
     def feedback(rows: np.ndarray) -> np.ndarray:
