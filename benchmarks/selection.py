@@ -65,7 +65,7 @@ from kmq.examples import Example
 from kmq.formats import load_pool
 from kmq.loop import IterateConfig, round_sizes
 from kmq.pipeline import cluster, select
-from kmq.reweight import cluster_means, uniform, update
+from kmq.reweight import cluster_means, initial_weights, update
 from kmq.selectors import KMQSelector
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -88,15 +88,22 @@ METHODS: dict[str, dict[str, Any]] = {
             "rounds": 3,
             "feedback": feedback,
             "quality_weighting": "standardized",
+            **extra,
         }
-        for name, feedback in (("std", "gold-fit"), ("sound", "gold-sound"))
+        for name, feedback, extra in (
+            ("std", "gold-fit", {}),
+            ("sound", "gold-sound", {}),
+            ("sound-prop", "gold-sound", {"allocation": "proportional"}),
+        )
     },
 }
 """The quality grid's one-shot methods, less km-closest-proportional; kMQ with the scale-free
 ``standardized`` weighting (a softmax in units of the score's σ: the raw softmax of a score
 spread over tens of nats is an argmax inside each cluster); and iterative kMQ (see
 :func:`iterate_picks`) with ``kmq iterate``'s default feedback ``gold-sound``
-(``iterative-kmq-sound``) or the earlier default ``gold-fit`` (``iterative-kmq-std``)."""
+(``iterative-kmq-sound``) or the earlier default ``gold-fit`` (``iterative-kmq-std``), and with
+``gold-sound`` from round-1 weights ∝ cluster size (``iterative-kmq-sound-prop``: ``kmq iterate
+--allocation proportional``, the quotas of the best one-shot arm)."""
 WITH_QUALITY = {"kmq", "deita", "qdit", "iterative-kmq"}
 DEFAULT_NOISE = (
     NoiseSpec("swap", 0.10, "clusters"),
@@ -316,6 +323,7 @@ def pick(bench: Bench, pool_name: str, arm: Arm, seed: int) -> tuple[np.ndarray,
             feedback=lambda rows: scorer.scores(bench.examples[pool_name], rows),
             rounds=settings["rounds"],
             quality_weighting=settings["quality_weighting"],
+            allocation=settings.get("allocation", "balanced"),
         )
         extra["weights_after"] = weights
     else:
@@ -336,6 +344,7 @@ def iterate_picks(
     feedback: Callable[[np.ndarray], np.ndarray],
     rounds: int = 3,
     quality_weighting: str = "auto",
+    allocation: str = "balanced",
 ) -> tuple[np.ndarray, list[list[float]]]:
     """Iterative kMQ's picks and each round's weights after feedback, drawn exactly as
     :class:`kmq.loop.IterativeSelection` draws them (the same k-means, round sizes, per-round
@@ -346,7 +355,9 @@ def iterate_picks(
     defaults = {f.name: f.default for f in fields(IterateConfig)}
     labels = cluster(x, k, seed=seed)[0].labels_
     engine = get_engine("local")
-    weights = uniform(k)
+    available = np.ones(len(labels), dtype=bool)
+    available[exclude] = False
+    weights = initial_weights(allocation, np.bincount(labels[available], minlength=k))
     picked: list[np.ndarray] = []
     history: list[list[float]] = []
     for r, size in enumerate(round_sizes(budget, rounds), start=1):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -82,13 +83,14 @@ class WordCountFeedback:
 
 def word_count_loop(tmp_path: Path, **pool_settings: Any) -> Any:
     """A finished 3-round ``IterativeSelection`` (30 rows, k = 6, seed 3) of the test loop's
-    pool, with :class:`WordCountFeedback`; ``pool_settings`` set its quality."""
+    pool with clusters of unequal sizes, with :class:`WordCountFeedback`; ``pool_settings`` set
+    its quality and allocation."""
     from kmq.config import SelectConfig
     from kmq.loop import IterateConfig, IterativeSelection
-    from tests.test_loop import FakeTrainer, TopicEncoder, write_pool
+    from tests.test_loop import UNEQUAL, FakeTrainer, TopicEncoder, write_pool
 
     pool = tmp_path / "pool.jsonl"
-    write_pool(pool)
+    write_pool(pool, topics=UNEQUAL)
     config = SelectConfig(
         input=str(pool),
         out="",
@@ -110,9 +112,14 @@ def word_count_loop(tmp_path: Path, **pool_settings: Any) -> Any:
     return loop
 
 
-def test_iterate_picks_draw_exactly_as_the_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("allocation", ["balanced", "proportional"])
+def test_iterate_picks_draw_exactly_as_the_loop(tmp_path: Path, allocation: str) -> None:
     loop = word_count_loop(
-        tmp_path, quality="length", quality_weighting="standardized", quality_candidates=None
+        tmp_path,
+        quality="length",
+        quality_weighting="standardized",
+        quality_candidates=None,
+        allocation=allocation,
     )
     examples = loop.examples(np.arange(90))
 
@@ -130,6 +137,7 @@ def test_iterate_picks_draw_exactly_as_the_loop(tmp_path: Path) -> None:
         feedback=feedback,
         rounds=3,
         quality_weighting="standardized",
+        allocation=allocation,
     )
     assert np.array_equal(picks, np.concatenate([loop.picked(r) for r in (1, 2, 3)]))
     assert weights == [loop.dir.read("weights.json", r)["after"] for r in (1, 2)]

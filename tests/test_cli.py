@@ -147,3 +147,20 @@ def test_backend_and_device_flags_reach_every_model() -> None:
     assert config.trainer_options["device"] == "cuda"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["select", "p", "--out", "o", "--lm-backend", "vllm"])
+
+
+def test_iterate_allocation_flag_sets_the_loops_prior(capsys: pytest.CaptureFixture[str]) -> None:
+    from kmq.cli import build_parser
+    from kmq.cli.iterate import loop_config
+
+    for verb in (["iterate"], ["iterate-init"]):
+        external = verb == ["iterate-init"]
+        args = build_parser().parse_args([*verb, "pool.jsonl", "--run", "r"])
+        assert loop_config(args, external=external).pool.allocation == "balanced"
+        args = build_parser().parse_args(
+            [*verb, "pool.jsonl", "--run", "r", "--allocation", "proportional"]
+        )
+        assert loop_config(args, external=external).pool.allocation == "proportional"
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*verb, "pool.jsonl", "--run", "r", "--allocation", "equal"])
+        assert "invalid choice: 'equal'" in capsys.readouterr().err

@@ -16,12 +16,15 @@ from kmq.loop import IterateConfig, IterativeSelection, round_sizes
 from tests.conftest import FakeEncoder
 
 TOPICS = ["math", "code", "poem", "trivia", "cooking", "travel"]
+UNEQUAL = [t for t, n in zip(TOPICS, (40, 20, 10, 8, 6, 6), strict=True) for _ in range(n)]
+"""90 rows' topics in clusters of very different sizes."""
 
 
-def write_pool(path: Path, n: int = 90) -> None:
+def write_pool(path: Path, n: int = 90, topics: Sequence[str] = ()) -> None:
+    """``n`` rows cycling through the topics, or one row per entry of ``topics``."""
     rows = []
-    for i in range(n):
-        topic = TOPICS[i % len(TOPICS)]
+    for i in range(len(topics) or n):
+        topic = topics[i] if topics else TOPICS[i % len(TOPICS)]
         rows.append(
             {
                 "id": f"ex-{i}",
@@ -170,6 +173,41 @@ def test_full_loop_follows_algorithm_1(tmp_path: Path) -> None:
     assert set(by_source) == set(TOPICS) and sum(by_source.values()) == pytest.approx(1.0)
     assert by_source["math"] < by_source["poem"]
     assert state["finished"]
+
+
+@pytest.mark.parametrize("allocation", ["balanced", "proportional"])
+def test_allocation_sets_round_one_weights(tmp_path: Path, allocation: str) -> None:
+    from dataclasses import replace
+
+    from kmq.allocation import weighted_quotas
+
+    pool = tmp_path / "pool.jsonl"
+    write_pool(pool, topics=UNEQUAL)
+    config = make_config(tmp_path, pool)
+    config.pool = replace(config.pool, allocation=allocation)
+    loop = IterativeSelection(
+        tmp_path / "run", config, trainer=FakeTrainer(), feedback=WordOverlapFeedback()
+    )
+    loop.run()
+    sizes = np.bincount(loop.labels, minlength=6)
+    assert sizes.max() >= 4 * sizes.min()  # the clusters differ in size
+    expected = sizes / sizes.sum() if allocation == "proportional" else np.full(6, 1 / 6)
+    first = loop.state()["rounds"][0]
+    np.testing.assert_allclose(first["weights_before"], expected)
+    drawn = np.bincount(loop.labels[loop.picked(1)], minlength=6)
+    np.testing.assert_array_equal(drawn, weighted_quotas(10, sizes, expected))
+    # Eq. 6 multiplies the feedback into w⁰: the prior's ratios survive where feedback is equal
+    after = np.asarray(first["weights_after"])
+    assert after.sum() == pytest.approx(1.0) and not np.allclose(after, expected)
+
+
+def test_the_loop_refuses_equal_allocation() -> None:
+    config = make_config(Path("unused"), Path("pool.jsonl"))
+    from dataclasses import replace
+
+    config.pool = replace(config.pool, allocation="equal")
+    with pytest.raises(ParameterError, match=r"allocation must be balanced .* got 'equal'"):
+        config.validate(feedback=False)
 
 
 class GoldLengthFeedback:

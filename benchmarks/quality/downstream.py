@@ -88,13 +88,15 @@ answer style) cannot reward picking the noise (:func:`noise_hurts`)."""
 DECLARED_VALIDATED = (
     ("noisy", "iterative-kmq-std", VALIDATED),
     ("noisy", "iterative-kmq-sound", VALIDATED),
+    ("noisy", "iterative-kmq-sound-prop", VALIDATED),
 )
 """One test per iterative arm, each declared before any job of its arm had finished: on the noisy
 pool, the arm − random on :data:`VALIDATED`, one two-sided paired t-test at α = 0.05 on every
 seed both have. iterative-kmq-std (feedback ``gold-fit``): declared 2026-12-01 02:36 UTC;
 iterative-kmq-sound (``gold-sound``, the new default): declared 2026-12-01 05:12 UTC, before
-its picks were drawn. The other arms' rows in that table were seen before the metric was
-defined and are post hoc."""
+its picks were drawn; iterative-kmq-sound-prop (``gold-sound`` from round-1 weights ∝ cluster
+size): declared 2026-12-01 07:38 UTC, before its picks were drawn. The other arms' rows in that
+table were seen before the metric was defined and are post hoc."""
 CONFIRMATION = ("noisy", "kmq-proportional-std", EXPLORATORY, 5)
 """The exploratory lead, declared for confirmation (2026-12-01, before any seed ≥ 5 of either arm
 had finished): on the noisy pool, kmq-proportional-std − random on external NLL without
@@ -635,7 +637,8 @@ def validated_section(
         "arm: a component the noise *lowers* (TruthfulQA and held-out T0 follow answer length, "
         "and the truncated answers shorten it) would reward picking the noise. Declared on "
         "2026-12-01 as one test for each iterative arm before any of its jobs had finished "
-        "(iterative-kmq-std at 02:36 UTC, iterative-kmq-sound at 05:12 UTC); the other arms' "
+        "(iterative-kmq-std at 02:36 UTC, iterative-kmq-sound at 05:12 UTC, "
+        "iterative-kmq-sound-prop at 07:38 UTC); the other arms' "
         "rows were seen before the metric was defined (post hoc). Holm over "
         f"the {tested} comparisons below.\n\n" + declared + "\n\n" + table
     )

@@ -3,8 +3,9 @@
 Round r (1..N) takes b/N rows (the remainder spread over the first rounds, so the total is
 exactly b) from the rows not yet picked, with per-cluster quotas ∝ the current cluster weights
 (capped by what is left, water-filled) and a quality-weighted draw inside each cluster (kMQ);
-round 1's weights are uniform (w⁰ = 1/k). Then: train on the picked rows, generate answers for
-their prompts (skipped when the feedback scorer reads no generation, like
+round 1's weights are uniform (w⁰ = 1/k; ``allocation="proportional"`` makes them ∝ each
+cluster's rows instead, the quotas of the paper's text). Then: train on the picked rows,
+generate answers for their prompts (skipped when the feedback scorer reads no generation, like
 ``gold-pmi``), score each (x, y_gold, y_gen) with a feedback scorer, and update the weights from
 the per-cluster means (:mod:`kmq.reweight`). A feedback scorer that reads no generation reads
 nothing of the trained model either, so with it the selection does not depend on the training:
@@ -45,7 +46,7 @@ from kmq.outputs import CLUSTERS, write_clusters, write_table
 from kmq.pipeline import cluster
 from kmq.pools import embed_pool, pool_quality
 from kmq.registry import choose
-from kmq.reweight import POSITIVE_MAPS, RULES, cluster_means, uniform, update
+from kmq.reweight import POSITIVE_MAPS, PRIORS, RULES, cluster_means, initial_weights, update
 from kmq.rundir import RunDir
 from kmq.selectors import KMQSelector, SelectionResult
 from kmq.stages import check_feasible, exclusion
@@ -80,6 +81,12 @@ class IterateConfig:
                 "rounds", f"{{param}} must be an integer >= 1, got {self.rounds!r}"
             )
         choose("rule", self.rule, RULES)
+        if self.pool.allocation not in PRIORS:
+            raise ParameterError(
+                "allocation",
+                f"{{param}} must be balanced (w⁰ = 1/k) or proportional (w⁰ ∝ cluster size) "
+                f"in the iterative loop; got {self.pool.allocation!r}",
+            )
         choose("positive", self.positive, POSITIVE_MAPS)
         if not 0 <= self.floor < 1:
             raise ParameterError("floor", f"{{param}} must be in [0, 1), got {self.floor!r}")
@@ -269,7 +276,13 @@ class IterativeSelection:
 
     def weights_before(self, r: int) -> np.ndarray:
         if r == 1:
-            return uniform(int(self.dir.read("prepare.json")["k"]))
+            k = int(self.dir.read("prepare.json")["k"])
+            if self.config.pool.allocation == "balanced":  # needs no pool
+                return initial_weights("balanced", np.ones(k))
+            available = np.ones(len(self.labels), dtype=bool)
+            available[self.excluded] = False
+            capacity = np.bincount(self.labels[available], minlength=k)
+            return initial_weights(self.config.pool.allocation, capacity)
         return np.asarray(self.dir.read("weights.json", r - 1)["after"], dtype=np.float64)
 
     def picked(self, r: int) -> np.ndarray:

@@ -40,6 +40,24 @@ def uniform(k: int) -> np.ndarray:
     return np.full(k, 1.0 / k)
 
 
+PRIORS = ("balanced", "proportional")
+"""Round 1's weights: ``balanced`` w⁰_j = 1/k (Algorithm 1), ``proportional`` w⁰_j ∝ the rows
+cluster j can give (the quotas of the paper's text for one-shot kMQ)."""
+
+
+def initial_weights(allocation: str, capacity: np.ndarray) -> np.ndarray:
+    """w⁰ under ``allocation`` (one of :data:`PRIORS`) for clusters holding ``capacity`` rows
+    that may be picked; Eq. 6 multiplies the rounds' feedback into them."""
+    capacity = np.asarray(capacity, dtype=np.float64)
+    if allocation == "balanced":
+        return uniform(len(capacity))
+    if allocation != "proportional":
+        raise KmqError(f"allocation must be one of {', '.join(PRIORS)}; got {allocation!r}")
+    if capacity.sum() <= 0:
+        raise KmqError("no cluster has a row left to pick")
+    return capacity / capacity.sum()
+
+
 def cluster_means(labels: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 5: mean feedback score per cluster, and which clusters had any (finite) feedback."""
     labels = np.asarray(labels, dtype=np.int64)

@@ -28,7 +28,7 @@ from kmq.cli.args import (
 from kmq.errors import KmqError
 from kmq.feedback import DEFAULT_FEEDBACK, FEEDBACK_SCORERS
 from kmq.loop import IterateConfig, IterativeSelection
-from kmq.reweight import POSITIVE_MAPS, RULES
+from kmq.reweight import POSITIVE_MAPS, PRIORS, RULES
 
 EXTERNAL_VERBS = ("init", "feedback", "next")
 stdout = Console()
@@ -39,6 +39,13 @@ def add_loop_args(p: argparse.ArgumentParser, *, trainer: bool) -> None:
     g = p.add_argument_group("iterative loop")
     g.add_argument("--run", required=not trainer, help="run folder (state, checkpoints, results)")
     g.add_argument("--rounds", type=int, default=3, help="N rounds of b/N rows (default 3)")
+    g.add_argument(
+        "--allocation",
+        choices=PRIORS,
+        default="balanced",
+        help="round 1's cluster weights, which Eq. 6 then multiplies: balanced (w⁰ = 1/k, "
+        "Algorithm 1; default) or proportional (∝ each cluster's rows, the paper's text's quotas)",
+    )
     g.add_argument("--rule", choices=RULES, default="paper", help="weight update (Eq. 6 default)")
     g.add_argument(
         "--positive",
