@@ -44,7 +44,7 @@ from _common import (
 from kmq.backends import get_lm_backend
 from kmq.examples import Example
 from kmq.formats import load_pool
-from kmq.models import converted_model_dir, smollm2_gguf
+from kmq.models import converted_model_dir
 from kmq.quality.lm import Window, length_batches, score_windows
 
 WindowsNLL = Callable[[list[Window]], np.ndarray]
@@ -199,43 +199,6 @@ def openvino_loader(cache: Path, pad_id: int, batch_size: int) -> Callable[..., 
     return load
 
 
-def llama_cpp_loader(tokenizer: Any, max_length: int, threads: int) -> Callable[..., Any]:
-    def load() -> tuple[WindowsNLL, Generate]:
-        import llama_cpp
-
-        llm = llama_cpp.Llama(
-            model_path=str(smollm2_gguf()),
-            n_ctx=max(max_length, 1024),
-            n_batch=max(max_length, 1024),
-            logits_all=True,
-            n_threads=threads,
-            verbose=False,
-        )
-
-        def run(windows: list[Window]) -> np.ndarray:
-            out = np.empty(len(windows), dtype=np.float64)
-            for i, (c, r) in enumerate(windows):
-                llm.reset()
-                llm.eval(c + r)
-                out[i] = softmax_nll(np.asarray(llm.scores)[None, : len(c) + len(r)], [(c, r)])[0]
-            return out
-
-        def generate(prompts: list[Any], tokens: int) -> list[str]:
-            from kmq.training.generate import encode_prompts
-
-            ids, _ = encode_prompts(tokenizer, prompts, max_length)
-            texts = []
-            for row in ids:
-                llm.reset()
-                done = llm.create_completion(row, max_tokens=tokens, temperature=0.0, top_k=1)
-                texts.append(done["choices"][0]["text"].strip())
-            return texts
-
-        return run, generate
-
-    return load
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -298,7 +261,7 @@ def main() -> None:
         ),
         Candidate(
             "llama.cpp Q4_1 (GGUF)",
-            llama_cpp_loader(tokenizer, args.max_length, args.threads),
+            kmq_backend("llama-cpp", b, cache, threads=args.threads),
             "" if have["llama_cpp"] else "pip install llama-cpp-python (not installed)",
         ),
     ]
@@ -454,15 +417,15 @@ def report(
         "The ONNX models are `torch.onnx` exports of the converted SmolLM2 (logits of every "
         "position, no KV cache), so they are not used for generation; `onnxruntime int8` is "
         "`quantize_dynamic` (int8 weights) of that export. llama.cpp runs the packaged GGUF "
-        "file (Q4_1 weights, which the torch model is dequantised from) one row at a time. "
+        "file (Q4_1 weights, which the torch model is dequantised from) one row at a time "
+        "(kmq's `llama-cpp` backend). "
         "Versions: "
         + ", ".join(
             f"{p} {package_version(p)}"
             for p in ("ctranslate2", "onnxruntime", "openvino", "llama-cpp-python", "torch")
         )
-        + ".\n\nThe machine's 2 cores were shared with other engineers' jobs during the run "
-        "(see the load average below): absolute rates are indicative, the ratios are side by "
-        "side in one run."
+        + ".\n\nAbsolute rates depend on what else ran on the machine (the load average below); "
+        "the ratios are side by side in one run."
     )
     write_report(args.out, args.name, "LM inference backends (CPU)", body, seconds)
 

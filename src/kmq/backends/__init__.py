@@ -10,6 +10,8 @@ prompt; every backend shares the text, the tokenisation and the ``max_length`` w
   ``<cache>/models/ct2-<model identity>-<quantization>`` (``compute_type`` ``int8``,
   ``int8_float32``, ``float32``, ...). See ``benchmarks/results/lm_backend.md`` for its speed
   and fidelity against ``torch``.
+- ``llama-cpp``: llama.cpp (``llama-cpp-python``) on the model's GGUF file, on the CPU; nothing
+  is converted (``smollm2`` runs the package's Q4_1 file, which ``torch`` dequantises).
 
 The stable entry point for other modules is :func:`get_lm_backend`; its object offers
 ``nll(prompts, responses)`` (per-row mean NLL) and ``generate(prompts, ...)``.
@@ -61,6 +63,7 @@ class LMBackend(Protocol):
 LM_BACKEND_CLASSES = {
     "torch": "kmq.backends.torch_lm:TorchLM",
     "ctranslate2": "kmq.backends.ctranslate2_lm:CTranslate2LM",
+    "llama-cpp": "kmq.backends.llama_cpp_lm:LlamaCppLM",
 }
 LM_BACKENDS = tuple(LM_BACKEND_CLASSES)
 

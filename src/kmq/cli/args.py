@@ -140,7 +140,8 @@ def add_scorer_args(p: argparse.ArgumentParser, *, required: bool) -> None:
         "--lm-backend",
         choices=LM_BACKENDS,
         help="inference engine of the LM scores (ifd/pmi/perplexity) and the perplexity "
-        "feedback: torch (default, the reference) or ctranslate2 (pip install ctranslate2)",
+        "feedback: torch (default, the reference), ctranslate2 (pip install ctranslate2) or "
+        "llama-cpp (pip install llama-cpp-python; CPU only, runs the GGUF file)",
     )
     g.add_argument(
         "--lm-compute-type",
