@@ -8,7 +8,7 @@ and returns the logits of every position, from which the response tokens' NLL is
 here in float64.
 
 ``llama-cpp-python`` ships as a source package on PyPI and compiles llama.cpp when it is
-installed (≈ 5–12 minutes on 2 cores). On this project's CPU (Xeon with AMX) the native build's
+installed (minutes). On this project's CPU (Xeon with AMX) the native build's
 AMX kernels crashed on SmolLM2's Q4_1 matrices (SIGSEGV in ``ggml_backend_amx_mul_mat``,
 llama-cpp-python 0.3.36); a build for AVX-512 without AMX runs (:data:`INSTALL_NO_AMX`).
 On that CPU it scored at 0.38× torch float32 (``benchmarks/results/lm_backend.md``).
@@ -33,10 +33,14 @@ from kmq.quality.lm import Window, check_settings
 
 INSTALL = "pip install llama-cpp-python"
 INSTALL_NO_AMX = (
-    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON '
-    '-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF" pip install llama-cpp-python'
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
+    "-DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON "
+    "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
+    "-DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
+    '-DLLAMA_BUILD_TOOLS=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_SERVER=OFF" '
+    "pip install llama-cpp-python"
 )
-"""The build that ran here: AVX-512 kernels, no AMX."""
+"""The build that ran here (about 3 minutes on 2 cores): AVX-512 kernels, no AMX, no tools."""
 
 
 def require_llama_cpp() -> Any:
