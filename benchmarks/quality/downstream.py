@@ -582,11 +582,17 @@ def iterative_note(ds: Downstream) -> str:
     if not arms:
         return ""
     settings = METHODS[arms[0].method]
-    feedback = ", ".join(f"`{METHODS[a.method]['feedback']}` for `{a.label}`" for a in arms)
+
+    def how(arm: Arm) -> str:
+        method = METHODS[arm.method]
+        prior = method.get("allocation", "balanced")
+        start = "1/k" if prior == "balanced" else "∝ cluster size"
+        return f"`{method['feedback']}` from round-1 weights {start} for `{arm.label}`"
+
     return (
         f"Iterative arms: {settings['rounds']} rounds of b/{settings['rounds']} rows, feedback "
-        f"{feedback} (SmolLM2 float32, the product's settings) on each round's picks, Eq. 6 with "
-        "the loop's defaults, the quality draw inside clusters "
+        f"{', '.join(how(a) for a in arms)} (SmolLM2 float32, the product's settings) on each "
+        "round's picks, Eq. 6 with the loop's defaults, the quality draw inside clusters "
         f"`{settings['quality_weighting']}`; the picks are drawn exactly as `kmq iterate "
         "--no-train` draws them (the feedback reads no trained model, so the rounds' training "
         "would change nothing), then trained on like every other arm's.\n\n"
