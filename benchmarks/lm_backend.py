@@ -42,6 +42,7 @@ from _common import (
 )
 
 from kmq.backends import get_lm_backend
+from kmq.backends.llama_cpp_lm import logits_nll
 from kmq.examples import Example
 from kmq.formats import load_pool
 from kmq.models import converted_model_dir
@@ -72,16 +73,12 @@ def sample(examples: list[Example], n: int, seed: int) -> list[Example]:
     return [examples[i] for i in picks]
 
 
-def softmax_nll(logits: np.ndarray, windows: Sequence[Window], offset: int = 0) -> np.ndarray:
+def softmax_nll(logits: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
     """Mean NLL of each window's response from (batch, time, vocab) logits, in float64."""
-    out = np.empty(len(windows), dtype=np.float64)
-    for row, (c, r) in enumerate(windows):
-        start = len(c) - 1 - offset
-        z = logits[row, start : start + len(r)].astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        out[row] = -logp[np.arange(len(r)), r].mean()
-    return out
+    return np.array(
+        [logits_nll(logits[row], len(c), r) for row, (c, r) in enumerate(windows)],
+        dtype=np.float64,
+    )
 
 
 def padded(windows: Sequence[Window], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

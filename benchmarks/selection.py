@@ -67,6 +67,7 @@ from kmq.loop import IterateConfig, round_sizes
 from kmq.pipeline import cluster, select
 from kmq.reweight import cluster_means, initial_weights, update
 from kmq.selectors import KMQSelector
+from kmq.selectors.base import available_mask
 
 METHODS: dict[str, dict[str, Any]] = {
     **{
@@ -355,9 +356,8 @@ def iterate_picks(
     defaults = {f.name: f.default for f in fields(IterateConfig)}
     labels = cluster(x, k, seed=seed)[0].labels_
     engine = get_engine("local")
-    available = np.ones(len(labels), dtype=bool)
-    available[exclude] = False
-    weights = initial_weights(allocation, np.bincount(labels[available], minlength=k))
+    capacity = np.bincount(labels[available_mask(len(labels), exclude)], minlength=k)
+    weights = initial_weights(allocation, capacity)
     picked: list[np.ndarray] = []
     history: list[list[float]] = []
     for r, size in enumerate(round_sizes(budget, rounds), start=1):

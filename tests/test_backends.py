@@ -133,7 +133,7 @@ def test_llama_cpp_refuses_a_gpu_and_a_folder_without_one_gguf(
 
 
 def test_response_nll_from_logits_by_hand() -> None:
-    from kmq.backends.llama_cpp_lm import response_nll as logits_nll
+    from kmq.backends.llama_cpp_lm import logits_nll
 
     # 3 positions over a 2-token vocabulary; context = 1 token, response = tokens [1, 0]
     logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0], [5.0, 5.0]])

@@ -49,6 +49,7 @@ from kmq.registry import choose
 from kmq.reweight import POSITIVE_MAPS, PRIORS, RULES, cluster_means, initial_weights, update
 from kmq.rundir import RunDir
 from kmq.selectors import KMQSelector, SelectionResult
+from kmq.selectors.base import available_mask
 from kmq.stages import check_feasible, exclusion
 from kmq.training import Trainer
 
@@ -279,9 +280,8 @@ class IterativeSelection:
             k = int(self.dir.read("prepare.json")["k"])
             if self.config.pool.allocation == "balanced":  # needs no pool
                 return initial_weights("balanced", np.ones(k))
-            available = np.ones(len(self.labels), dtype=bool)
-            available[self.excluded] = False
-            capacity = np.bincount(self.labels[available], minlength=k)
+            labels = self.labels
+            capacity = np.bincount(labels[available_mask(len(labels), self.excluded)], minlength=k)
             return initial_weights(self.config.pool.allocation, capacity)
         return np.asarray(self.dir.read("weights.json", r - 1)["after"], dtype=np.float64)
 

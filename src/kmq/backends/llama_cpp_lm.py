@@ -72,7 +72,7 @@ def gguf_file(spec: str) -> Path:
     return found[0]
 
 
-def response_nll(logits: np.ndarray, context: int, response: Sequence[int]) -> float:
+def logits_nll(logits: np.ndarray, context: int, response: Sequence[int]) -> float:
     """Mean NLL (float64) of ``response`` from the (time, vocab) logits of context + response:
     the logits at position t predict token t + 1."""
     z = np.asarray(logits[context - 1 : context - 1 + len(response)], dtype=np.float64)
@@ -173,7 +173,7 @@ class LlamaCppLM(WindowedLM):
             llm.reset()
             tokens = list(context) + list(response)
             llm.eval(tokens)
-            out[i] = response_nll(llm.scores[: len(tokens)], len(context), response)
+            out[i] = logits_nll(llm.scores[: len(tokens)], len(context), response)
         return out
 
     def generate(
