@@ -281,11 +281,13 @@ def test_the_report_says_how_the_iterative_arm_picked() -> None:
 
     one_shot = SimpleNamespace(arms=selection.make_arms(["random", "kmq-balanced"], ["q"]))
     assert downstream.iterative_note(one_shot) == ""  # type: ignore[arg-type]
-    arms = selection.make_arms(["random", "iterative-kmq-std", "iterative-kmq-sound"], ["q"])
+    iterative = ["iterative-kmq-std", "iterative-kmq-sound", "iterative-kmq-sound-prop"]
+    arms = selection.make_arms(["random", *iterative], ["q"])
     note = downstream.iterative_note(SimpleNamespace(arms=arms))  # type: ignore[arg-type]
     assert "3 rounds" in note
-    assert "`gold-fit` for `iterative-kmq-std`" in note
-    assert "`gold-sound` for `iterative-kmq-sound`" in note
+    assert "`gold-fit` from round-1 weights 1/k for `iterative-kmq-std`" in note
+    assert "`gold-sound` from round-1 weights 1/k for `iterative-kmq-sound`" in note
+    assert "`gold-sound` from round-1 weights ∝ cluster size for `iterative-kmq-sound-prop`" in note
     assert "`standardized`" in note and "--no-train" in note
 
 
