@@ -318,3 +318,40 @@ def test_the_validated_metric_keeps_what_the_noise_hurts_for_random_only() -> No
     assert downstream.with_validated(noisy, downstream.noise_hurts(noisy)) == [
         r for r in results if r["pool"] == "noisy"
     ]  # no clean pool: nothing to validate with, rows unchanged
+
+
+def test_the_paper_ordering_is_one_holm_family_on_the_clean_pool_only() -> None:
+    def result(arm: str, seed: int, nll: float, pool: str = "clean") -> dict[str, Any]:
+        suites = {"gsm8k": nll}
+        return {"pool": pool, "arm": arm, "seed": seed, "suites": suites, "holdout": {"a": nll}}
+
+    base = [1.0, 1.1, 0.9, 1.05]
+    results = [result("random", s, v) for s, v in enumerate(base)]
+    # deita beats random by 0.1 ± a little; qdit loses by exactly 0.05 every seed (zero spread)
+    results += [result("deita", s, v - 0.1 + 0.002 * s) for s, v in enumerate(base)]
+    results += [result("qdit", s, v + 0.05) for s, v in enumerate(base)]
+    results += [result("deita", s, 9.0, pool="noisy") for s in range(4)]  # other pool: ignored
+    assert downstream.ordering_section(results, ["random", "kmq-balanced-std"]) == ""
+    text = downstream.ordering_section(results, ["random", "deita", "qdit"])
+    rows = [line for line in text.splitlines() if line.startswith("| deita") or "qdit" in line]
+    cells = {
+        (c[0], c[1]): c
+        for c in ([x.strip() for x in r.strip("|").split("|")] for r in rows)
+        if c[0] != "claim"
+    }
+    assert set(cells) == {
+        ("deita beats random", "held-out NLL"),
+        ("deita beats random", "external NLL"),
+        ("qdit beats random", "held-out NLL"),
+        ("qdit beats random", "external NLL"),
+    }
+    deita = cells["deita beats random", "held-out NLL"]
+    assert deita[2] == "4" and deita[3] == f"{-0.1 + 0.003:+.4f}"
+    assert deita[7] == "confirmed"  # t ≈ -75 with 3 df; Holm over the 2 tests with a test
+    qdit = cells["qdit beats random", "external NLL"]
+    assert qdit[6] == "n/a" and qdit[7] == "n/a (zero spread)"
+    assert "Holm over the 2 tests" in text
+    worse = [result("qdit", s, v + 0.05 + 0.001 * s) for s, v in enumerate(base)]
+    text = downstream.ordering_section([*results[:4], *worse], ["random", "qdit"])
+    assert "| qdit beats random | held-out NLL |" in text
+    assert "refuted" in text.split("| qdit beats random | held-out NLL |")[1].splitlines()[0]
