@@ -32,6 +32,7 @@ quality; ``benchmarks/pool_nll.py`` makes the table). Writes ``results/selection
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
@@ -419,8 +420,21 @@ class FeedbackCache:
             )
             for key, value in zip(todo, got, strict=True):
                 self.saved[key] = float(value) if np.isfinite(value) else None
-            write_json(self.path, self.saved)
+            self._save()
         return np.array([np.nan if self.saved[key] is None else self.saved[key] for key in keys])
+
+    def _save(self) -> None:
+        """Write the scores, merged under a lock with what another process (a downstream run
+        beside a selection run) wrote to the same file since this one read it."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        with lock.open("w") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                if self.path.exists():
+                    self.saved = json.loads(self.path.read_text()) | self.saved
+                write_json(self.path, self.saved)
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 _FEEDBACK: dict[tuple[Path, str], FeedbackCache] = {}

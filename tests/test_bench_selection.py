@@ -4,6 +4,7 @@ compares each arm with random and with balanced km-random inside one Holm family
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,23 @@ def test_report_on_the_noisy_pool_alone(tmp_path: Path) -> None:
     assert "### noisy pool" in text and "### clean pool" not in text
     assert "kmq-balanced (pmi) − random | noisy share | -0.1900" in text
     assert (tmp_path / "sel.png").exists()
+
+
+def test_two_feedback_caches_on_one_file_keep_each_others_scores(tmp_path: Path) -> None:
+    from kmq.examples import Example, Message
+
+    rows = [
+        Example(
+            id=f"r{i}", messages=(Message("user", f"q{i}"), Message("assistant", "a " * i)), row=i
+        )
+        for i in range(1, 4)
+    ]
+    path = tmp_path / "feedback.json"
+    first = selection.FeedbackCache(path, "word-count")
+    second = selection.FeedbackCache(path, "word-count")  # both read the file before any write
+    first._scorer = second._scorer = WordCountFeedback()
+    first.scores(rows, np.array([0]))
+    second.scores(rows, np.array([1, 2]))
+    first.scores(rows, np.array([0]))  # nothing new: no write
+    merged = json.loads(path.read_text())
+    assert sorted(merged.values()) == [1.0, 2.0, 3.0]  # the second kept the first's score
