@@ -355,3 +355,18 @@ def test_the_paper_ordering_is_one_holm_family_on_the_clean_pool_only() -> None:
     text = downstream.ordering_section([*results[:4], *worse], ["random", "qdit"])
     assert "| qdit beats random | held-out NLL |" in text
     assert "refuted" in text.split("| qdit beats random | held-out NLL |")[1].splitlines()[0]
+
+
+def test_the_paper_ordering_has_an_exploratory_table_without_truthfulqa() -> None:
+    def result(arm: str, seed: int, gsm8k: float, tqa: float) -> dict[str, Any]:
+        suites = {"gsm8k": gsm8k, "truthfulqa": tqa}
+        return {"pool": "clean", "arm": arm, "seed": seed, "suites": suites, "holdout": {"a": 1.0}}
+
+    results = [result("random", s, 1.0 + 0.01 * s, 2.0) for s in range(3)]
+    # deita: better on gsm8k by 0.05 (± a little), much worse on TruthfulQA
+    results += [result("deita", s, 0.95 + 0.011 * s, 2.5) for s in range(3)]
+    text = downstream.ordering_section(results, ["random", "deita"])
+    declared, explored = text.split("without TruthfulQA (exploratory")
+    assert "| deita beats random | external NLL | 3 | +0.2255 |" in declared
+    assert f"| deita beats random | {downstream.EXPLORATORY} | 3 | -0.0490 |" in explored
+    assert "Holm over its own 1 tests" in explored

@@ -672,21 +672,23 @@ def validated_section(
     )
 
 
-def ordering_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
-    """The paper's ordering on the clean pool (:data:`PAPER_ORDERING`): every claim whose arms
-    both ran, on each of :data:`METRICS`, with its interval and a verdict under Holm over the
-    claims with a test."""
+def ordering_table(
+    results: Sequence[dict[str, Any]], labels: Sequence[str], metrics_: Sequence[str]
+) -> tuple[str, int]:
+    """:data:`PAPER_ORDERING`'s claims on the clean pool whose arms both ran, on ``metrics_``,
+    as a table with each claim's interval and verdict under Holm over the claims with a test
+    (empty without any); and how many had a test."""
     pool = "clean"
     cells: list[tuple[str, str, str, PairedTest]] = []
     for first, second in PAPER_ORDERING:
         if first not in labels or second not in labels:
             continue
-        for metric in METRICS:
+        for metric in metrics_:
             d = paired(results, pool, first, second, metric)
             if len(d):
                 cells.append((first, second, metric, paired_test(d)))
     if not cells:
-        return ""
+        return "", 0
     verdicts = judge([c[3] for c in cells], [-1] * len(cells))
     words = {"holds": "confirmed", "reversed": "refuted"}
     rows = []
@@ -703,8 +705,22 @@ def ordering_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -
                 words.get(v.verdict, v.verdict),
             ]
         )
+    header = ["claim", "metric", "seeds", "mean diff", "95 % CI", "d_z [95 % CI]", "p (Holm)"]
     tested = sum(v.test.undefined is None for v in verdicts)
-    return (
+    return markdown_table([*header, "verdict"], rows), tested
+
+
+def ordering_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
+    """The paper's ordering on the clean pool (:data:`PAPER_ORDERING`): the declared family on
+    :data:`METRICS`, then the same claims on :data:`EXPLORATORY` as their own family."""
+    declared, tested = ordering_table(results, labels, METRICS)
+    if not declared:
+        return ""
+    has_exploratory = all(EXPLORATORY in metrics(r) for r in results)
+    explored, explored_tested = ordering_table(
+        results, labels, [EXPLORATORY] if has_exploratory else []
+    )
+    text = (
         "### The paper's ordering on the clean pool (declared)\n\n"
         "The paper's Table (Llama-2-7B on WizardLM): iterative kMQ > kMQ > kM-Random, QDIT, "
         "Deita > Random. Each claim `first beats second` is the seed-paired first − second "
@@ -714,21 +730,16 @@ def ordering_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -
         "quotas ∝ cluster size (`kmq-proportional-std`, the paper's text). Declared on "
         "2026-12-01 at 10:54 UTC, before any clean-pool job of km-random-balanced, Deita, QDIT "
         "or iterative-kmq-sound had started (the claims among random, kmq-balanced-std, "
-        "kmq-proportional-std and iterative-kmq-sound-prop alone had been seen).\n\n"
-        + markdown_table(
-            [
-                "claim",
-                "metric",
-                "seeds",
-                "mean diff",
-                "95 % CI",
-                "d_z [95 % CI]",
-                "p (Holm)",
-                "verdict",
-            ],
-            rows,
-        )
+        "kmq-proportional-std and iterative-kmq-sound-prop alone had been seen).\n\n" + declared
     )
+    if explored:
+        text += (
+            "\n\nThe same claims on external NLL without TruthfulQA (exploratory, not part of "
+            f"the declared family; Holm over its own {explored_tested} tests): TruthfulQA's "
+            "reference NLL follows answer length, so it can decide the external mean alone.\n\n"
+            + explored
+        )
+    return text
 
 
 def report(ds: Downstream, seconds: float) -> None:
