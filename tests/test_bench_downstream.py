@@ -149,6 +149,10 @@ def test_an_interrupted_training_is_redone(tmp_path: Path) -> None:
     job = ds.jobs()[1]
     (job.checkpoint / "DONE").unlink()
     job.eval_path.unlink()
+    # a job cut short in training never reached the record either
+    record = tmp_path / "results" / "quality_runs.jsonl"
+    kept = [line for line in record.read_text().splitlines() if job.eval_key not in line]
+    record.write_text("".join(f"{line}\n" for line in kept))
     assert run(tmp_path, bench, seeds=1).calls == Counter({"train": 1, "evaluate": 1})
 
 
@@ -333,7 +337,7 @@ def test_the_paper_ordering_is_one_holm_family_on_the_clean_pool_only() -> None:
     results += [result("deita", s, 9.0, pool="noisy") for s in range(4)]  # other pool: ignored
     assert downstream.ordering_section(results, ["random", "kmq-balanced-std"]) == ""
     text = downstream.ordering_section(results, ["random", "deita", "qdit"])
-    rows = [line for line in text.splitlines() if line.startswith("| deita") or "qdit" in line]
+    rows = [line for line in text.splitlines() if line.startswith(("| deita", "| qdit"))]
     cells = {
         (c[0], c[1]): c
         for c in ([x.strip() for x in r.strip("|").split("|")] for r in rows)
@@ -347,10 +351,18 @@ def test_the_paper_ordering_is_one_holm_family_on_the_clean_pool_only() -> None:
     }
     deita = cells["deita beats random", "held-out NLL"]
     assert deita[2] == "4" and deita[3] == f"{-0.1 + 0.003:+.4f}"
-    assert deita[7] == "confirmed"  # t ≈ -75 with 3 df; Holm over the 2 tests with a test
+    # t ≈ -75 with 3 df, p ≈ 5e-6: Holm over the whole declared family (20 tests, the 16 not
+    # run counted as p = 1) multiplies it by 20, not by the 2 tests that ran
+    t = downstream.paired_test(
+        downstream.paired(results, "clean", "deita", "random", "held-out NLL")
+    )
+    assert deita[6] == f"{min(1.0, 20 * t.p):.2g}" and deita[7] == "confirmed"
     qdit = cells["qdit beats random", "external NLL"]
     assert qdit[6] == "n/a" and qdit[7] == "n/a (zero spread)"
-    assert "Holm over the 2 tests" in text
+    assert "Holm over the declared family of 20 tests" in text
+    not_run = text.split("Not run yet (p = 1 in the correction): ")[1].split(".\n")[0]
+    assert "kmq-balanced-std beats random (held-out NLL)" in not_run
+    assert "deita beats random" not in not_run and not_run.count("(") == 16
     worse = [result("qdit", s, v + 0.05 + 0.001 * s) for s, v in enumerate(base)]
     text = downstream.ordering_section([*results[:4], *worse], ["random", "qdit"])
     assert "| qdit beats random | held-out NLL |" in text
@@ -369,4 +381,43 @@ def test_the_paper_ordering_has_an_exploratory_table_without_truthfulqa() -> Non
     declared, explored = text.split("without TruthfulQA (exploratory")
     assert "| deita beats random | external NLL | 3 | +0.2255 |" in declared
     assert f"| deita beats random | {downstream.EXPLORATORY} | 3 | -0.0490 |" in explored
-    assert "Holm over its own 1 tests" in explored
+    assert "Holm over its own 10 tests" in explored
+
+
+def test_the_record_carries_finished_jobs_to_a_fresh_machine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--out`` is scratch; the committed ``<results>/<name>_runs.jsonl`` is not: a run whose
+    ``--out`` and selection cache are gone trains nothing the record holds, and its report is
+    the same."""
+    bench = make_bench(tmp_path)
+    first = run(tmp_path, bench, seeds=2)
+    record = tmp_path / "results" / "quality_runs.jsonl"
+    assert len(record.read_text().splitlines()) == 5  # the base and 2 seeds × 2 arms
+    before = sorted(json.dumps(r, sort_keys=True) for r in first.results())
+    fresh = tmp_path / "fresh"
+    bench.args.run = fresh / "selections"  # the picks' cache is gone too: drawn again
+    again = run(fresh, bench, seeds=2, results=tmp_path / "results")
+    assert again.calls == Counter()
+    assert sorted(json.dumps(r, sort_keys=True) for r in again.results()) == before
+    # a wider run on the fresh machine trains only the seed the record lacks
+    wider = run(fresh, bench, seeds=3, results=tmp_path / "results")
+    assert wider.calls == Counter({"train": 2, "evaluate": 2})
+    assert len(record.read_text().splitlines()) == 7
+
+
+def test_a_record_line_cut_short_is_reported_and_its_job_run_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bench = make_bench(tmp_path)
+    run(tmp_path, bench, seeds=1)
+    record = tmp_path / "results" / "quality_runs.jsonl"
+    lines = record.read_text().splitlines()
+    record.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])  # a crash mid-write
+    bench.args.run = tmp_path / "fresh" / "selections"
+    with caplog.at_level("WARNING", logger="kmq.benchmarks"):
+        again = run(tmp_path / "fresh", bench, seeds=1, results=tmp_path / "results")
+    assert f"{record}:3: not a job row" in caplog.text
+    assert again.calls == Counter({"train": 1, "evaluate": 1})
+    rows = downstream.read_record(record)
+    assert len(rows) == 3 and record.read_text().count("\n") == 4  # the cut line kept, ended

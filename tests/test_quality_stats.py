@@ -139,6 +139,23 @@ def test_judge_applies_holm_over_the_family_and_reads_direction() -> None:
         judge([strong], [0])
 
 
+def test_a_partial_family_is_corrected_as_strictly_as_the_declared_one() -> None:
+    """Two of a declared family of four have run: Holm counts the two missing as p = 1, so the
+    smaller p is multiplied by 4 (not 2) and the larger by 3."""
+    weak = paired_test([0.06, 0.01, 0.04, 0.01, 0.03])  # p ≈ 0.034
+    strong = paired_test([0.30, 0.31, 0.29, 0.30, 0.32])
+    alone = judge([weak, strong], [1, 1])
+    declared = judge([weak, strong], [1, 1], family_size=4)
+    assert alone[0].p_holm == pytest.approx(weak.p)  # 2·p(strong) < p(weak): running max
+    assert declared[0].p_holm == pytest.approx(3 * weak.p)
+    assert declared[1].p_holm == pytest.approx(4 * strong.p)
+    assert [v.verdict for v in alone] == ["holds", "holds"]
+    assert [v.verdict for v in declared] == ["within noise", "holds"]
+    assert judge([weak], [1], family_size=1)[0].p_holm == pytest.approx(weak.p)
+    with pytest.raises(ValueError, match="family_size 1 < the 2 tests"):
+        judge([weak, strong], [1, 1], family_size=1)
+
+
 def test_power_matches_a_simulation() -> None:
     assert power(0.0, 1.0, 10) == pytest.approx(0.05, abs=1e-9)  # no effect: the test's level
     rng = np.random.default_rng(0)

@@ -27,14 +27,22 @@ picks and the training settings, the scores by the checkpoint and the evaluation
 written atomically, so an interrupted run resumes where it stopped and a wider one (more seeds,
 arms or pools) computes only what is missing. Jobs run seed by seed, every pool and arm of a seed
 before the next seed, so a partial run is balanced. Progress goes to ``<out>/progress.log``.
+
+Every finished job's scores are also appended to ``<results>/<name>_runs.jsonl`` (a few hundred
+bytes each, keyed by the hash of its picks, training and evaluation settings; committed with the
+report): ``--out`` is scratch and does not survive a fresh machine, the record does. A run on a
+machine without ``--out`` takes every job whose key the record holds from it instead of training
+it again, so a grid can be carried on across machines and the report rebuilt from a clone.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -61,7 +69,7 @@ from _common import (  # noqa: E402
     setup_logging,
     write_report,
 )
-from harness import digest, run_pending, say  # noqa: E402
+from harness import WITH_QUALITY, digest, run_pending, say  # noqa: E402
 from selection import METHODS, Arm, Bench, make_arms, pick, pick_path, prepare  # noqa: E402
 from stats import ALPHA, PairedTest, detectable_difference, holm, judge, paired_test  # noqa: E402
 
@@ -143,6 +151,52 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """``--preset smoke`` runs every stage on 16 rows, one seed, 3 items per suite (about a minute
 with the pool's embeddings and NLL table given); flags given on the command line win."""
+
+
+KEYS = ("eval_key", "train_key")
+"""A record row's cache keys (the rest is the job's scores, as in ``--out``)."""
+
+
+def read_record(path: Path) -> dict[str, dict[str, Any]]:
+    """The job rows of a ``*_runs.jsonl`` record by their ``eval_key`` (the last row wins). A
+    line that is not a job row (a write cut short by a crash) is skipped with a warning that
+    names the file and the line; that job is then run again."""
+    rows: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return rows
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            key = row["eval_key"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            log.warning(
+                "%s:%d: not a job row, skipped (%s: %s)", path, number, type(exc).__name__, exc
+            )
+            continue
+        if not isinstance(key, str):
+            log.warning("%s:%d: field eval_key is not a string, row skipped", path, number)
+            continue
+        rows[key] = row
+    return rows
+
+
+def append_record(path: Path, row: dict[str, Any]) -> None:
+    """Append one job row to the record under an exclusive lock (two runs may share it), after
+    ending a line a crash left unfinished, and flush it to disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(row, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n"
+    with path.open("a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0, os.SEEK_END)
+        if fh.tell():
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write(line.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 @dataclass(frozen=True)
@@ -231,19 +285,26 @@ class Downstream:
         )
         held = bench.held.tolist()
         self.holdout_key = digest(held, [bench.examples["clean"][i].id for i in held])
+        self.record = args.results / f"{args.name}_runs.jsonl"
+        self.recorded = read_record(self.record)
 
     def jobs(self, drawn_only: bool = False) -> list[Job]:
         """Every job of the run, base model first; ``drawn_only`` leaves out the (pool, arm,
-        seed) whose picks are not cached yet (no such job can have finished), so reading the
-        results draws no selection."""
+        seed) whose picks are not cached yet and that the record does not hold (no such job can
+        have finished), so reading the results draws no selection it does not need."""
         evaluation = self.settings.evaluation() | {"holdout": self.holdout_key}
         base = Job(None, None, None, self.args.out / "base")
         base.eval_key = digest("base", self.settings.model, evaluation)
         jobs = [base]
+        recorded = {(r.get("pool"), r.get("arm"), r.get("seed")) for r in self.recorded.values()}
         for seed in range(self.args.seeds):
             for pool in self.args.pools.split(","):
                 for arm in self.arms:
-                    if drawn_only and not pick_path(self.bench, pool, arm, seed).exists():
+                    if (
+                        drawn_only
+                        and not pick_path(self.bench, pool, arm, seed).exists()
+                        and (pool, arm.label, seed) not in recorded
+                    ):
                         continue
                     picks, _ = pick(self.bench, pool, arm, seed)
                     job = Job(pool, arm, seed, self.args.out / pool / arm.label / f"s{seed}")
@@ -256,7 +317,22 @@ class Downstream:
         return jobs
 
     def run(self) -> None:
-        run_pending(self.jobs(), self.run_job, lambda m: say(m, self.args.out / "progress.log"))
+        jobs = self.jobs()
+        self.restore(jobs)
+        run_pending(jobs, self.run_job, lambda m: say(m, self.args.out / "progress.log"))
+
+    def restore(self, jobs: Sequence[Job]) -> int:
+        """Write the scores of every job the record holds (by its key) and ``--out`` lacks into
+        ``--out``, so the run skips it; how many were restored."""
+        restored = 0
+        for job in jobs:
+            row = self.recorded.get(job.eval_key)
+            if row is not None and not job.eval_path.exists():
+                write_json(job.eval_path, {k: v for k, v in row.items() if k not in KEYS})
+                restored += 1
+        if restored:
+            say(f"{restored} jobs restored from {self.record}", self.args.out / "progress.log")
+        return restored
 
     def run_job(self, job: Job) -> None:
         seconds: dict[str, float] = {}
@@ -278,17 +354,19 @@ class Downstream:
             if job.picks is not None and job.pool == "noisy"
             else None
         )
-        write_json(
-            job.eval_path,
-            {
-                "pool": job.pool,
-                "arm": job.arm.label if job.arm else "base",
-                "seed": job.seed,
-                "noisy share": noisy,
-                "seconds": seconds,
-            }
-            | scores,
-        )
+        row: dict[str, Any] = {
+            "pool": job.pool,
+            "arm": job.arm.label if job.arm else "base",
+            "seed": job.seed,
+            "noisy share": noisy,
+            "seconds": seconds,
+        } | scores
+        meta = job.checkpoint / "kmq_checkpoint.json"
+        if job.arm is not None and meta.is_file():
+            row["train"] = json.loads(meta.read_text())
+        write_json(job.eval_path, row)
+        append_record(self.record, row | {"eval_key": job.eval_key, "train_key": job.train_key})
+        self.recorded[job.eval_key] = row | {"eval_key": job.eval_key}
 
     def train(self, rows: list[Example], folder: Path, seed: int) -> Path:
         from kmq.training.trl import TRLTrainer
@@ -353,11 +431,13 @@ class Downstream:
     def results(self) -> list[dict[str, Any]]:
         """Every finished job's scores, with its training's steps and final loss (``train``)."""
         rows = []
-        for job in self.jobs(drawn_only=True):
+        jobs = self.jobs(drawn_only=True)
+        self.restore(jobs)
+        for job in jobs:
             if job.eval_path.exists():
                 row = json.loads(job.eval_path.read_text())
                 meta = job.checkpoint / "kmq_checkpoint.json"
-                if job.arm is not None and meta.is_file():
+                if job.arm is not None and "train" not in row and meta.is_file():
                     row["train"] = json.loads(meta.read_text())
                 rows.append(row)
         return rows
@@ -674,22 +754,29 @@ def validated_section(
 
 def ordering_table(
     results: Sequence[dict[str, Any]], labels: Sequence[str], metrics_: Sequence[str]
-) -> tuple[str, int]:
+) -> tuple[str, list[str]]:
     """:data:`PAPER_ORDERING`'s claims on the clean pool whose arms both ran, on ``metrics_``,
-    as a table with each claim's interval and verdict under Holm over the claims with a test
-    (empty without any); and how many had a test."""
+    as a table with each claim's interval and verdict (empty without any), under Holm over the
+    whole declared family: a claim not run yet counts as p = 1, so a partial family is never
+    corrected less strictly than the declared one; and the claims not run yet."""
     pool = "clean"
     cells: list[tuple[str, str, str, PairedTest]] = []
+    missing: list[str] = []
     for first, second in PAPER_ORDERING:
-        if first not in labels or second not in labels:
-            continue
         for metric in metrics_:
-            d = paired(results, pool, first, second, metric)
+            d = (
+                paired(results, pool, first, second, metric)
+                if first in labels and second in labels
+                else np.array([])
+            )
             if len(d):
                 cells.append((first, second, metric, paired_test(d)))
+            else:
+                missing.append(f"{first} beats {second} ({metric})")
     if not cells:
-        return "", 0
-    verdicts = judge([c[3] for c in cells], [-1] * len(cells))
+        return "", missing
+    family_size = len(PAPER_ORDERING) * len(metrics_)
+    verdicts = judge([c[3] for c in cells], [-1] * len(cells), family_size=family_size)
     words = {"holds": "confirmed", "reversed": "refuted"}
     rows = []
     for (first, second, metric, t), v in zip(cells, verdicts, strict=True):
@@ -706,38 +793,39 @@ def ordering_table(
             ]
         )
     header = ["claim", "metric", "seeds", "mean diff", "95 % CI", "d_z [95 % CI]", "p (Holm)"]
-    tested = sum(v.test.undefined is None for v in verdicts)
-    return markdown_table([*header, "verdict"], rows), tested
+    return markdown_table([*header, "verdict"], rows), missing
 
 
 def ordering_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
     """The paper's ordering on the clean pool (:data:`PAPER_ORDERING`): the declared family on
     :data:`METRICS`, then the same claims on :data:`EXPLORATORY` as their own family."""
-    declared, tested = ordering_table(results, labels, METRICS)
+    declared, missing = ordering_table(results, labels, METRICS)
     if not declared:
         return ""
     has_exploratory = all(EXPLORATORY in metrics(r) for r in results)
-    explored, explored_tested = ordering_table(
-        results, labels, [EXPLORATORY] if has_exploratory else []
-    )
+    explored, _ = ordering_table(results, labels, [EXPLORATORY] if has_exploratory else [])
+    size = len(PAPER_ORDERING) * len(METRICS)
     text = (
         "### The paper's ordering on the clean pool (declared)\n\n"
         "The paper's Table (Llama-2-7B on WizardLM): iterative kMQ > kMQ > kM-Random, QDIT, "
         "Deita > Random. Each claim `first beats second` is the seed-paired first − second "
         "(negative = the claim's direction) on held-out and external NLL; Holm over the "
-        f"{tested} tests; confirmed / refuted = Holm-adjusted p ≤ 0.05 in / against the claim's "
-        "direction. kMQ appears twice: equal quotas (`kmq-balanced-std`, the official code) and "
+        f"declared family of {size} tests (a test not run yet counts as p = 1); confirmed / "
+        "refuted = Holm-adjusted p ≤ 0.05 in / against the claim's direction. kMQ appears "
+        "twice: equal quotas (`kmq-balanced-std`, the official code) and "
         "quotas ∝ cluster size (`kmq-proportional-std`, the paper's text). Declared on "
         "2026-12-01 at 10:54 UTC, before any clean-pool job of km-random-balanced, Deita, QDIT "
         "or iterative-kmq-sound had started (the claims among random, kmq-balanced-std, "
         "kmq-proportional-std and iterative-kmq-sound-prop alone had been seen).\n\n" + declared
     )
+    if missing:
+        text += "\n\nNot run yet (p = 1 in the correction): " + "; ".join(missing) + "."
     if explored:
         text += (
             "\n\nThe same claims on external NLL without TruthfulQA (exploratory, not part of "
-            f"the declared family; Holm over its own {explored_tested} tests): TruthfulQA's "
-            "reference NLL follows answer length, so it can decide the external mean alone.\n\n"
-            + explored
+            f"the declared family; Holm over its own {len(PAPER_ORDERING)} tests, the same way): "
+            "TruthfulQA's reference NLL follows answer length, so it can decide the external mean "
+            "alone.\n\n" + explored
         )
     return text
 
@@ -799,9 +887,13 @@ def report(ds: Downstream, seconds: float) -> None:
     body = (
         f"Pools: `{ds.args.pool.name}` and its planted-noise twin "
         f"({ds.bench.noise_summary['noisy']} of {ds.bench.noise_summary['rows']} rows noisy), "
-        f"exactly as in `selection.py`; budget {ds.args.budget} rows, k = {ds.args.k}, quality "
-        f"`{ds.args.quality}`"
-        + (f" from `{ds.args.nll_table.name}`" if ds.args.nll_table else "")
+        f"exactly as in `selection.py`; budget {ds.args.budget} rows, k = {ds.args.k}, "
+        + (
+            f"quality `{ds.args.quality}`"
+            + (f" from `{ds.args.nll_table.name}`" if ds.args.nll_table else "")
+            if any(a.quality for a in ds.arms)
+            else "no arm reads a quality score"
+        )
         + f"; {ds.args.holdout} held-out rows per source. Training: LoRA r = {s.lora_r} on "
         f"`{s.model}`, {s.epochs:g} epoch, lr {s.learning_rate:g}, batch {s.batch_size}, "
         f"max length {s.train_max_length} tokens, frozen base weights in {s.precision} (adapter "
@@ -832,8 +924,7 @@ def report(ds: Downstream, seconds: float) -> None:
             "on the noisy pool's truncated answers lowers it while every other suite rises — so it "
             "can dominate the external mean. This is the mean of the other suites.\n\n"
             + exploratory
-            + "\n\n"
-            + confirmation(results)
+            + ("\n\n" + confirmation(results) if CONFIRMATION[0] in pools else "")
         )
         + "\n\n"
         + validated_section(results, hurts, pools, labels)
@@ -950,7 +1041,9 @@ def main() -> None:
     )
     sel.run.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    bench = prepare(sel, [args.quality])
+    # a run of arms that read no quality (random, km-random) needs no NLL table
+    scored = any(METHODS[m]["method"] in WITH_QUALITY for m in arms_wanted)
+    bench = prepare(sel, [args.quality] if scored else [])
     ds = Downstream(args, bench, make_arms(arms_wanted, [args.quality]))
     if not args.report_only:
         ds.run()

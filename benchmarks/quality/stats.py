@@ -177,16 +177,30 @@ class Verdict:
 
 
 def judge(
-    tests: Sequence[PairedTest], claimed_signs: Sequence[int], *, alpha: float = ALPHA
+    tests: Sequence[PairedTest],
+    claimed_signs: Sequence[int],
+    *,
+    alpha: float = ALPHA,
+    family_size: int | None = None,
 ) -> list[Verdict]:
     """Verdicts for a family of claims. ``claimed_signs[i]`` is +1 when the claim says the
-    difference is positive (higher is better), −1 when negative (lower is better)."""
+    difference is positive (higher is better), −1 when negative (lower is better).
+
+    ``family_size``: how many tests the family was declared with, when only some of them have
+    run: Holm counts every missing test (and every n/a one) as p = 1, so a partial family is
+    corrected as strictly as the whole one (never less)."""
     if len(tests) != len(claimed_signs):
         raise ValueError(f"{len(tests)} tests but {len(claimed_signs)} claimed signs")
     if any(sign not in (1, -1) for sign in claimed_signs):
         raise ValueError(f"claimed signs must be +1 or -1, got {list(claimed_signs)}")
     tested = [i for i, test in enumerate(tests) if test.undefined is None]
-    adjusted = dict(zip(tested, holm([tests[i].p for i in tested]), strict=True))
+    missing = 0
+    if family_size is not None:
+        if family_size < len(tests):
+            raise ValueError(f"family_size {family_size} < the {len(tests)} tests given")
+        missing = family_size - len(tested)
+    p_values = [tests[i].p for i in tested] + [1.0] * missing
+    adjusted = dict(zip(tested, holm(p_values)[: len(tested)], strict=True))
     out = []
     for i, (test, sign) in enumerate(zip(tests, claimed_signs, strict=True)):
         if test.undefined is not None:
