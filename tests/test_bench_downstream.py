@@ -421,3 +421,16 @@ def test_a_record_line_cut_short_is_reported_and_its_job_run_again(
     assert again.calls == Counter({"train": 1, "evaluate": 1})
     rows = downstream.read_record(record)
     assert len(rows) == 3 and record.read_text().count("\n") == 4  # the cut line kept, ended
+
+
+def test_a_clean_pool_run_reports_the_ordering_claims_it_has_and_lists_the_rest(
+    tmp_path: Path,
+) -> None:
+    bench = make_bench(tmp_path)
+    ds = run(tmp_path, bench, seeds=3, pools="clean", arms="random,km-random-balanced")
+    downstream.report(ds, 1.0)
+    text = (tmp_path / "results" / "quality.md").read_text(encoding="utf-8")
+    assert "no arm reads a quality score" in text
+    assert "| km-random-balanced beats random | held-out NLL | 3 |" in text
+    assert "Not run yet (p = 1 in the correction): kmq-balanced-std beats random" in text
+    assert "Confirmation of the exploratory lead" not in text  # its pool did not run
