@@ -417,7 +417,7 @@ def test_a_record_line_cut_short_is_reported_and_its_job_run_again(
     bench.args.run = tmp_path / "fresh" / "selections"
     with caplog.at_level("WARNING", logger="kmq.benchmarks"):
         again = run(tmp_path / "fresh", bench, seeds=1, results=tmp_path / "results")
-    assert f"{record}:3: not a job row" in caplog.text
+    assert f"{record}:3: not a job row, skipped (not JSON" in caplog.text
     assert again.calls == Counter({"train": 1, "evaluate": 1})
     rows = downstream.read_record(record)
     assert len(rows) == 3 and record.read_text().count("\n") == 4  # the cut line kept, ended
@@ -434,3 +434,25 @@ def test_a_clean_pool_run_reports_the_ordering_claims_it_has_and_lists_the_rest(
     assert "| km-random-balanced beats random | held-out NLL | 3 |" in text
     assert "Not run yet (p = 1 in the correction): kmq-balanced-std beats random" in text
     assert "Confirmation of the exploratory lead" not in text  # its pool did not run
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"suites": {"gsm8k": "1.0"}}, "field suites"),
+        ({"holdout": None}, "field holdout"),
+        ({"eval_key": 3}, "field eval_key"),
+        ({"seed": None}, "fields pool/seed"),
+    ],
+)
+def test_a_record_row_with_a_bad_field_is_named_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, change: dict[str, Any], field: str
+) -> None:
+    good = {"eval_key": "k", "pool": "clean", "arm": "random", "seed": 0}
+    good |= {"suites": {"gsm8k": 1.0}, "holdout": {"a": 1.0}}
+    record = tmp_path / "quality_runs.jsonl"
+    record.write_text(json.dumps(good) + "\n" + json.dumps(good | change) + "\n")
+    with caplog.at_level("WARNING", logger="kmq.benchmarks"):
+        rows = downstream.read_record(record)
+    assert f"{record}:2: not a job row, skipped ({field}" in caplog.text
+    assert rows == {"k": good}

@@ -157,10 +157,29 @@ KEYS = ("eval_key", "train_key")
 """A record row's cache keys (the rest is the job's scores, as in ``--out``)."""
 
 
+def record_problem(row: Any) -> str | None:
+    """What makes ``row`` not a job row (its first bad field), or None."""
+    if not isinstance(row, dict):
+        return f"not an object but {type(row).__name__}"
+    if not isinstance(row.get("eval_key"), str):
+        return "field eval_key: missing or not a string"
+    for field in ("suites", "holdout"):
+        scores = row.get(field)
+        if not isinstance(scores, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in scores.values()
+        ):
+            return f"field {field}: missing or not an object of numbers"
+    if not isinstance(row.get("arm"), str):
+        return "field arm: missing or not a string"
+    if row["arm"] != "base" and not (isinstance(row.get("seed"), int) and row.get("pool")):
+        return "fields pool/seed: missing for an arm's job"
+    return None
+
+
 def read_record(path: Path) -> dict[str, dict[str, Any]]:
     """The job rows of a ``*_runs.jsonl`` record by their ``eval_key`` (the last row wins). A
-    line that is not a job row (a write cut short by a crash) is skipped with a warning that
-    names the file and the line; that job is then run again."""
+    line that is not a job row (a write cut short by a crash, a hand edit) is skipped with a
+    warning that names the file, the line and the field; that job is then run again."""
     rows: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return rows
@@ -169,16 +188,14 @@ def read_record(path: Path) -> dict[str, dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-            key = row["eval_key"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            log.warning(
-                "%s:%d: not a job row, skipped (%s: %s)", path, number, type(exc).__name__, exc
-            )
+        except json.JSONDecodeError as exc:
+            log.warning("%s:%d: not a job row, skipped (not JSON: %s)", path, number, exc)
             continue
-        if not isinstance(key, str):
-            log.warning("%s:%d: field eval_key is not a string, row skipped", path, number)
+        problem = record_problem(row)
+        if problem is not None:
+            log.warning("%s:%d: not a job row, skipped (%s)", path, number, problem)
             continue
-        rows[key] = row
+        rows[row["eval_key"]] = row
     return rows
 
 
