@@ -69,7 +69,7 @@ from _common import (  # noqa: E402
     setup_logging,
     write_report,
 )
-from harness import WITH_QUALITY, digest, run_pending, say  # noqa: E402
+from harness import digest, run_pending, say  # noqa: E402
 from selection import METHODS, Arm, Bench, make_arms, pick, pick_path, prepare  # noqa: E402
 from stats import ALPHA, PairedTest, detectable_difference, holm, judge, paired_test  # noqa: E402
 
@@ -382,8 +382,9 @@ class Downstream:
         if job.arm is not None and meta.is_file():
             row["train"] = json.loads(meta.read_text())
         write_json(job.eval_path, row)
-        append_record(self.record, row | {"eval_key": job.eval_key, "train_key": job.train_key})
-        self.recorded[job.eval_key] = row | {"eval_key": job.eval_key}
+        entry = row | {"eval_key": job.eval_key, "train_key": job.train_key}
+        append_record(self.record, entry)
+        self.recorded[job.eval_key] = entry
 
     def train(self, rows: list[Example], folder: Path, seed: int) -> Path:
         from kmq.training.trl import TRLTrainer
@@ -1058,10 +1059,10 @@ def main() -> None:
     )
     sel.run.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    arms = make_arms(arms_wanted, [args.quality])
     # a run of arms that read no quality (random, km-random) needs no NLL table
-    scored = any(METHODS[m]["method"] in WITH_QUALITY for m in arms_wanted)
-    bench = prepare(sel, [args.quality] if scored else [])
-    ds = Downstream(args, bench, make_arms(arms_wanted, [args.quality]))
+    bench = prepare(sel, [args.quality] if any(a.quality for a in arms) else [])
+    ds = Downstream(args, bench, arms)
     if not args.report_only:
         ds.run()
     report(ds, time.perf_counter() - started)
