@@ -86,38 +86,64 @@ def write_rows(args: argparse.Namespace) -> None:
     print(f"{len(seen)} distinct rows → {args.out}", file=sys.stderr)
 
 
-def save(path: Path, keys: Sequence[str], cond: np.ndarray, uncond: np.ndarray) -> None:
+def save(
+    path: Path, keys: Sequence[str], cond: np.ndarray, uncond: np.ndarray, scorer: str
+) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, key=np.array(keys), nll_cond=cond, nll_uncond=uncond)
+    np.savez(tmp, key=np.array(keys), nll_cond=cond, nll_uncond=uncond, scorer=np.array(scorer))
     tmp.replace(path)
+
+
+def scored_by(table: Path) -> str | None:
+    """What scored the table (model, max length, dtype, device); None for a table written before
+    this was recorded."""
+    with np.load(table) as data:
+        return str(data["scorer"]) if "scorer" in data.files else None
 
 
 def score(args: argparse.Namespace) -> None:
     from kmq.formats import load_pool
-    from kmq.quality.lm import PMIScorer
+    from kmq.quality.lm_scorers import PMIScorer
 
     examples = load_pool(args.rows).examples
     keys = [ex.id for ex in examples]
     cond = np.full(len(examples), np.nan)
     uncond = np.full(len(examples), np.nan)
-    start = 0
-    if args.out.exists():
-        done = np.load(args.out)
-        start = int(np.sum(~np.isnan(done["nll_cond"])))
-        cond[:start], uncond[:start] = done["nll_cond"][:start], done["nll_uncond"][:start]
     scorer = PMIScorer(
+        model=args.model,
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
         max_length=args.max_length,
         show_progress=False,
     )
+    identity = f"{scorer.fingerprint()}/device={args.device or 'auto'}"
+    start = 0
+    if args.out.exists():
+        before = scored_by(args.out)
+        if before is not None and before != identity:
+            raise SystemExit(
+                f"error: {args.out} was scored by {before}, not {identity}; resuming would mix "
+                "the two in one table (give another --out, or the same settings)"
+            )
+        if before is None:
+            print(
+                f"{args.out}: its scorer is not recorded; resuming as {identity}", file=sys.stderr
+            )
+        with np.load(args.out) as done:
+            start = int(np.sum(~np.isnan(done["nll_cond"])))
+            if [str(k) for k in done["key"][:start]] != keys[:start]:
+                raise SystemExit(
+                    f"error: {args.out}: its first {start} keys are not the first rows of "
+                    f"{args.rows}; resume with the rows file it was scored from"
+                )
+            cond[:start], uncond[:start] = done["nll_cond"][:start], done["nll_uncond"][:start]
     began = time.perf_counter()
     for lo in range(start, len(examples), args.checkpoint):
         hi = min(lo + args.checkpoint, len(examples))
         scorer.score(examples[lo:hi])
         cond[lo:hi], uncond[lo:hi] = scorer.results_[0].nll, scorer.results_[1].nll
-        save(args.out, keys, cond, uncond)
+        save(args.out, keys, cond, uncond, identity)
         rate = (hi - start) / (time.perf_counter() - began)
         print(f"{hi}/{len(examples)} rows, {rate:.1f} rows/s", file=sys.stderr, flush=True)
 
@@ -201,7 +227,7 @@ def require_table(table: Path | None, flag: str = "--nll-table") -> Path:
     return table
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rows = sub.add_parser("rows", help="write the distinct rows of every pool")
@@ -211,12 +237,13 @@ def main() -> None:
     run = sub.add_parser("score", help="score the rows' two IFD passes")
     run.add_argument("rows", type=Path)
     run.add_argument("--out", type=Path, required=True)
+    run.add_argument("--model", default="smollm2", help="smollm2 or a local model folder")
     run.add_argument("--device", default=None)
     run.add_argument("--dtype", default="float32")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--max-length", type=int, default=512)
     run.add_argument("--checkpoint", type=int, default=4096)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     write_rows(args) if args.command == "rows" else score(args)
 
 

@@ -55,7 +55,7 @@ from _common import (
     write_report,
 )
 from noise import NoiseSpec, plant, read_records, write_outputs
-from pool_nll import QUALITIES, require_table, table_quality
+from pool_nll import QUALITIES, require_table, scored_by, table_quality
 from quality.harness import METHODS as GRID_METHODS
 from quality.stats import PairedTest, holm, paired_test
 from tqdm import tqdm
@@ -529,8 +529,9 @@ def main() -> None:
     if args.nll_table is not None:
         described = (
             f"{' and '.join(f'`{q}`' for q in qualities)} from the NLL table "
-            f"`{args.nll_table.name}` (`benchmarks/pool_nll.py`: SmolLM2-135M-Instruct, float32, "
-            "max_length 512; `pmi` = NLL(y) − NLL(y|x), `ifd` = Cherry LLM's IFD, 0 when ≥ 1; "
+            f"`{args.nll_table.name}` (`benchmarks/pool_nll.py`: "
+            f"{scored_by(args.nll_table) or 'SmolLM2-135M-Instruct, float32, max_length 512'}; "
+            "`pmi` = NLL(y) − NLL(y|x), `ifd` = Cherry LLM's IFD, 0 when ≥ 1; "
             "an empty response gets the lowest score)"
         )
     else:

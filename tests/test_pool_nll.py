@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -38,3 +40,43 @@ def test_the_key_is_the_prompt_and_the_response_not_the_id() -> None:
     a, b = example(0, "q", "x"), example(7, "q", "x")
     assert pool_nll.row_key(a) == pool_nll.row_key(b)
     assert pool_nll.row_key(a) != pool_nll.row_key(example(0, "q", "y"))
+
+
+def write_rows(path: Path, rows: list[Example]) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        for ex in rows:
+            messages = [{"role": m.role, "content": m.content} for m in ex.messages]
+            fh.write(json.dumps({"id": pool_nll.row_key(ex), "messages": messages}) + "\n")
+
+
+@pytest.mark.model
+def test_score_checkpoints_records_its_scorer_and_resumes(tiny_llama: Path, tmp_path: Path) -> None:
+    from kmq.quality.lm_scorers import PMIScorer
+
+    rows = [example(i, f"question {i}?", "answer " * (i + 1)) for i in range(5)]
+    write_rows(tmp_path / "rows.jsonl", rows)
+    argv = ["score", str(tmp_path / "rows.jsonl"), "--model", str(tiny_llama), "--out"]
+    table = tmp_path / "nll.npz"
+    pool_nll.main([*argv, str(table), "--checkpoint", "2", "--max-length", "64"])
+    direct = PMIScorer(model=str(tiny_llama), max_length=64, show_progress=False)
+    direct.score(rows)
+    cond, uncond = pool_nll.lookup(table, rows)
+    np.testing.assert_allclose(cond, direct.results_[0].nll, rtol=1e-5)
+    np.testing.assert_allclose(uncond, direct.results_[1].nll, rtol=1e-5)
+    by = pool_nll.scored_by(table)
+    assert by is not None and "max_length=64" in by and "dtype=float32" in by
+
+    # an interrupted run (rows 3 and 4 not scored yet) resumes from its table
+    with np.load(table) as data:
+        cut = {name: data[name] for name in data.files}
+    cut["nll_cond"][3:], cut["nll_uncond"][3:] = np.nan, np.nan
+    np.savez(table, **cut)
+    pool_nll.main([*argv, str(table), "--checkpoint", "2", "--max-length", "64"])
+    np.testing.assert_allclose(pool_nll.lookup(table, rows)[0], cond, rtol=1e-5)
+
+    with pytest.raises(SystemExit, match="mix the two"):  # other settings, same table
+        pool_nll.main([*argv, str(table), "--max-length", "32"])
+    np.savez(table, **cut)
+    write_rows(tmp_path / "rows.jsonl", rows[::-1])  # another rows file
+    with pytest.raises(SystemExit, match="not the first rows"):
+        pool_nll.main([*argv, str(table), "--max-length", "64"])

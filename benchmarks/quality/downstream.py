@@ -70,6 +70,7 @@ from _common import (  # noqa: E402
     write_report,
 )
 from harness import digest, run_pending, say  # noqa: E402
+from pool_nll import scored_by  # noqa: E402
 from selection import METHODS, Arm, Bench, make_arms, pick, pick_path, prepare  # noqa: E402
 from stats import ALPHA, PairedTest, detectable_difference, holm, judge, paired_test  # noqa: E402
 
@@ -909,6 +910,11 @@ def report(ds: Downstream, seconds: float) -> None:
         + (
             f"quality `{ds.args.quality}`"
             + (f" from `{ds.args.nll_table.name}`" if ds.args.nll_table else "")
+            + (
+                f" (scored by `{by}`)"
+                if ds.args.nll_table and (by := scored_by(ds.args.nll_table))
+                else ""
+            )
             if any(a.quality for a in ds.arms)
             else "no arm reads a quality score"
         )
