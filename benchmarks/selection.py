@@ -229,9 +229,14 @@ class Bench:
     quality_ids: dict[str, str]
 
 
-def prepare(args: argparse.Namespace, qualities: Sequence[str]) -> Bench:
+def prepare(
+    args: argparse.Namespace,
+    qualities: Sequence[str],
+    scored: Sequence[str] = ("clean", "noisy"),
+) -> Bench:
     """Load the clean pool, plant the noise (written once under ``args.run``), hold rows out
-    and read or compute every quality of both pools."""
+    and read or compute every quality of the ``scored`` pools (a run of the clean pool alone
+    needs no NLL table rows for the noisy one)."""
     records = read_records(args.pool)
     clean = load_pool(args.pool)
     if len(clean.examples) != len(records):
@@ -258,12 +263,13 @@ def prepare(args: argparse.Namespace, qualities: Sequence[str]) -> Bench:
     for q in qualities:
         if args.nll_table is not None:
             quality_ids[q] = f"{q}@{file_digest(args.nll_table)}"
-            for pool_name, exs in examples.items():
-                scores[pool_name, q] = table_quality(args.nll_table, exs, q)
+            for pool_name in scored:
+                scores[pool_name, q] = table_quality(args.nll_table, examples[pool_name], q)
         else:
             quality_ids[q] = str(args.quality_scores or q)
-            scores["clean", q] = quality_scores(q, clean.examples, args.quality_scores)
-            scores["noisy", q] = quality_scores(q, noisy_pool.examples, args.noisy_quality_scores)
+            given = {"clean": args.quality_scores, "noisy": args.noisy_quality_scores}
+            for pool_name in scored:
+                scores[pool_name, q] = quality_scores(q, examples[pool_name], given[pool_name])
     return Bench(
         args=args,
         x=x,

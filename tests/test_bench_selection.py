@@ -208,3 +208,47 @@ def test_two_feedback_caches_on_one_file_keep_each_others_scores(tmp_path: Path)
     first.scores(rows, np.array([0]))  # nothing new: no write
     merged = json.loads(path.read_text())
     assert sorted(merged.values()) == [1.0, 2.0, 3.0]  # the second kept the first's score
+
+
+def test_prepare_reads_the_table_only_for_the_pools_a_run_uses(tmp_path: Path) -> None:
+    import pool_nll
+
+    from kmq.formats import load_pool
+
+    n = 64
+    pool = tmp_path / "pool.jsonl"
+    with pool.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            row = {
+                "id": f"r{i}",
+                "source": "ab"[i % 2],
+                "messages": [
+                    {"role": "user", "content": f"question number {i}?"},
+                    {"role": "assistant", "content": f"The answer to {i}. It is {i * 7}. Done."},
+                ],
+            }
+            fh.write(json.dumps(row) + "\n")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.normal(size=(n, 8)).astype(np.float32))
+    clean = load_pool(pool).examples
+    table = tmp_path / "nll.npz"  # the clean rows only, as a table scored for a clean run
+    cond = rng.uniform(1, 2, n)
+    np.savez(table, key=np.array([pool_nll.row_key(ex) for ex in clean]), nll_cond=cond,
+             nll_uncond=cond + 0.5)  # fmt: skip
+    args = argparse.Namespace(
+        pool=pool,
+        embeddings=tmp_path / "x.npy",
+        noise_seed=0,
+        run=tmp_path / "run",
+        holdout=2,
+        nll_table=table,
+        quality_scores=None,
+        noisy_quality_scores=None,
+    )
+    args.run.mkdir()
+    bench = selection.prepare(args, ["pmi"], ["clean"])
+    assert set(bench.scores) == {("clean", "pmi")}
+    np.testing.assert_allclose(bench.scores["clean", "pmi"], 0.5)
+    assert bench.is_noisy.any()  # the noisy pool is still built, only not scored
+    with pytest.raises(ValueError, match="not in the table"):
+        selection.prepare(args, ["pmi"])  # both pools: the noisy rows are not in the table

@@ -1067,7 +1067,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     arms = make_arms(arms_wanted, [args.quality])
     # a run of arms that read no quality (random, km-random) needs no NLL table
-    bench = prepare(sel, [args.quality] if any(a.quality for a in arms) else [])
+    bench = prepare(
+        sel, [args.quality] if any(a.quality for a in arms) else [], args.pools.split(",")
+    )
     ds = Downstream(args, bench, arms)
     if not args.report_only:
         ds.run()
