@@ -10,8 +10,8 @@ pool, the noisy pool of ``benchmarks/selection.py`` and the spread-noise pools o
         --dtype bfloat16                                        # the NLLs (a GPU: minutes)
 
 ``rows`` writes the clean pool's rows first (18,794 distinct of 18,814), then each noisy pool's
-new ones (the downstream noisy pool's 5,522 next), so the first lines alone
-(``zcat ROWS.jsonl.gz | head -18794``) make the table of a clean-pool run: ≈ 1 h in bfloat16 on
+new ones (the downstream noisy pool's 5,522 next), so the first lines alone (``zcat
+ROWS.jsonl.gz | head -18794``) make the table of a clean-pool run: ≈ 1 h 20 min in bfloat16 on
 a 2-core CPU (``--device cpu --dtype bfloat16 --batch-size 16``). ``score`` writes ``NLL.npz``
 (``key``, ``nll_cond`` = mean NLL(y|x), ``nll_uncond`` = mean NLL(y), nats/token, ``scorer`` =
 what scored it) every ``--checkpoint`` rows, so an interrupted run keeps what it scored and
@@ -158,7 +158,7 @@ HOW_TO_MAKE = (
     "make it with `python benchmarks/pool_nll.py rows --embeddings POOL-MINILM.npy --out "
     "ROWS.jsonl.gz` (here, seconds) and `python benchmarks/pool_nll.py score ROWS.jsonl.gz "
     "--out NLL.npz --device cuda` (float32 on a GPU: minutes; ≈ 8 h on a 2-core CPU; the "
-    "clean pool alone in bfloat16 on a 2-core CPU: ≈ 1 h, see the module's docstring)"
+    "clean pool alone in bfloat16 on a 2-core CPU: ≈ 1 h 20 min, see the module's docstring)"
 )
 
 
