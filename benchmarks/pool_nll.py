@@ -46,6 +46,12 @@ def row_key(example: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
 
 
+def row_line(example: Any) -> str:
+    """The example's line in a rows file: its :func:`row_key` as ``id`` and its messages."""
+    messages = [{"role": m.role, "content": m.content} for m in example.messages]
+    return json.dumps({"id": row_key(example), "messages": messages}, ensure_ascii=False) + "\n"
+
+
 def pools(pool: Path, embeddings: Path | None, work: Path) -> dict[str, Any]:
     """name → kmq Pool: ``clean``, ``selection-noisy`` and ``candidates-<kind>-s<seed>``."""
     from candidates import noisy_pools
@@ -85,18 +91,40 @@ def write_rows(args: argparse.Namespace) -> None:
                     continue
                 seen.add(key)
                 fresh += 1
-                messages = [{"role": m.role, "content": m.content} for m in ex.messages]
-                fh.write(json.dumps({"id": key, "messages": messages}, ensure_ascii=False) + "\n")
+                fh.write(row_line(ex))
             print(f"{name}: {len(pool.examples)} rows, {fresh} new", file=sys.stderr)
     print(f"{len(seen)} distinct rows → {args.out}", file=sys.stderr)
 
 
 def save(
-    path: Path, keys: Sequence[str], cond: np.ndarray, uncond: np.ndarray, scorer: str
+    path: Path,
+    keys: Sequence[str],
+    cond: np.ndarray,
+    uncond: np.ndarray,
+    scorer: str,
+    scored: int,
 ) -> None:
+    """Write the table atomically; ``scored`` = how many of its first rows are scored (a scored
+    row may still be NaN: an empty response has no token to score)."""
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, key=np.array(keys), nll_cond=cond, nll_uncond=uncond, scorer=np.array(scorer))
+    np.savez(
+        tmp,
+        key=np.array(keys),
+        nll_cond=cond,
+        nll_uncond=uncond,
+        scorer=np.array(scorer),
+        scored=np.array(scored),
+    )
     tmp.replace(path)
+
+
+def scored_rows(data: Any) -> int:
+    """How many first rows of a loaded table are scored: its ``scored`` count, or for a table
+    written before that was recorded, up to its last non-NaN row."""
+    if "scored" in data.files:
+        return int(data["scored"])
+    finite = np.flatnonzero(~np.isnan(data["nll_cond"]))
+    return int(finite[-1]) + 1 if finite.size else 0
 
 
 def scored_by(table: Path) -> str | None:
@@ -125,18 +153,19 @@ def score(args: argparse.Namespace) -> None:
     identity = f"{scorer.fingerprint()}/device={args.device or 'auto'}"
     start = 0
     if args.out.exists():
-        before = scored_by(args.out)
-        if before is not None and before != identity:
-            raise SystemExit(
-                f"error: {args.out} was scored by {before}, not {identity}; resuming would mix "
-                "the two in one table (give another --out, or the same settings)"
-            )
-        if before is None:
-            print(
-                f"{args.out}: its scorer is not recorded; resuming as {identity}", file=sys.stderr
-            )
         with np.load(args.out) as done:
-            start = int(np.sum(~np.isnan(done["nll_cond"])))
+            before = str(done["scorer"]) if "scorer" in done.files else None
+            if before is not None and before != identity:
+                raise SystemExit(
+                    f"error: {args.out} was scored by {before}, not {identity}; resuming would "
+                    "mix the two in one table (give another --out, or the same settings)"
+                )
+            if before is None:
+                print(
+                    f"{args.out}: its scorer is not recorded; resuming as {identity}",
+                    file=sys.stderr,
+                )
+            start = scored_rows(done)
             if [str(k) for k in done["key"][:start]] != keys[:start]:
                 raise SystemExit(
                     f"error: {args.out}: its first {start} keys are not the first rows of "
@@ -148,7 +177,7 @@ def score(args: argparse.Namespace) -> None:
         hi = min(lo + args.checkpoint, len(examples))
         scorer.score(examples[lo:hi])
         cond[lo:hi], uncond[lo:hi] = scorer.results_[0].nll, scorer.results_[1].nll
-        save(args.out, keys, cond, uncond, identity)
+        save(args.out, keys, cond, uncond, identity, hi)
         rate = (hi - start) / (time.perf_counter() - began)
         print(f"{hi}/{len(examples)} rows, {rate:.1f} rows/s", file=sys.stderr, flush=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -43,10 +42,7 @@ def test_the_key_is_the_prompt_and_the_response_not_the_id() -> None:
 
 
 def write_rows(path: Path, rows: list[Example]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for ex in rows:
-            messages = [{"role": m.role, "content": m.content} for m in ex.messages]
-            fh.write(json.dumps({"id": pool_nll.row_key(ex), "messages": messages}) + "\n")
+    path.write_text("".join(pool_nll.row_line(ex) for ex in rows), encoding="utf-8")
 
 
 @pytest.mark.model
@@ -68,11 +64,25 @@ def test_score_checkpoints_records_its_scorer_and_resumes(tiny_llama: Path, tmp_
 
     # an interrupted run (rows 3 and 4 not scored yet) resumes from its table
     with np.load(table) as data:
+        assert int(data["scored"]) == 5
         cut = {name: data[name] for name in data.files}
-    cut["nll_cond"][3:], cut["nll_uncond"][3:] = np.nan, np.nan
+    cut["nll_cond"][3:], cut["nll_uncond"][3:], cut["scored"] = np.nan, np.nan, np.array(3)
     np.savez(table, **cut)
     pool_nll.main([*argv, str(table), "--checkpoint", "2", "--max-length", "64"])
     np.testing.assert_allclose(pool_nll.lookup(table, rows)[0], cond, rtol=1e-5)
+
+    # a scored row may be NaN (an empty response): the resume starts after the scored rows,
+    # from the count when the table records it, after its last non-NaN row when it does not
+    for legacy in (False, True):
+        hole = {name: value.copy() for name, value in cut.items()}
+        hole["nll_cond"][:2] = np.nan  # rows 0-2 scored, 0 and 1 NaN
+        if legacy:
+            del hole["scored"]
+        np.savez(table, **hole)
+        pool_nll.main([*argv, str(table), "--checkpoint", "2", "--max-length", "64"])
+        resumed = pool_nll.lookup(table, rows)[0]
+        assert np.isnan(resumed[:2]).all()  # not scored again: counting non-NaN rows would
+        np.testing.assert_allclose(resumed[2:], cond[2:], rtol=1e-5)  # restart at row 1
 
     with pytest.raises(SystemExit, match="mix the two"):  # other settings, same table
         pool_nll.main([*argv, str(table), "--max-length", "32"])
