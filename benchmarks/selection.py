@@ -40,7 +40,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -227,6 +227,10 @@ class Bench:
     pool_rows: np.ndarray  # the others
     scores: dict[tuple[str, str], np.ndarray]
     quality_ids: dict[str, str]
+    x_key: str = field(init=False)  # a hash of ``x``'s values
+
+    def __post_init__(self) -> None:
+        self.x_key = hashlib.sha256(np.ascontiguousarray(self.x).tobytes()).hexdigest()[:16]
 
 
 def prepare(
@@ -286,10 +290,12 @@ def prepare(
     )
 
 
-def pick_path(bench: Bench, pool_name: str, arm: Arm, seed: int) -> Path:
-    """Where :func:`pick` caches these picks (a hash of every input that can change them)."""
+def selection_key(bench: Bench, pool_name: str, arm: Arm, seed: int) -> str:
+    """A hash of every input of these picks but the embeddings' values: the same on two
+    machines whose CPUs embed the pool a float rounding apart (which can move a few k-means
+    assignments, and so the picks, of some seeds)."""
     args = bench.args
-    key = sha(
+    return sha(
         pool_name,
         bench.quality_ids[arm.quality] if arm.quality else None,
         bench.noise_summary["noisy"],
@@ -301,7 +307,13 @@ def pick_path(bench: Bench, pool_name: str, arm: Arm, seed: int) -> Path:
         args.holdout,
         len(bench.x),
     )
-    return args.run / pool_name / arm.label / f"s{seed}-{key}.json"
+
+
+def pick_path(bench: Bench, pool_name: str, arm: Arm, seed: int) -> Path:
+    """Where :func:`pick` caches these picks (a hash of every input that can change them,
+    the embeddings' values included)."""
+    key = sha(selection_key(bench, pool_name, arm, seed), bench.x_key)
+    return bench.args.run / pool_name / arm.label / f"s{seed}-{key}.json"
 
 
 def pick(bench: Bench, pool_name: str, arm: Arm, seed: int) -> tuple[np.ndarray, float | None]:

@@ -443,6 +443,8 @@ def test_a_clean_pool_run_reports_the_ordering_claims_it_has_and_lists_the_rest(
         ({"holdout": None}, "field holdout"),
         ({"eval_key": 3}, "field eval_key"),
         ({"seed": None}, "fields pool/seed"),
+        ({"picks": [1, "2"], "selection_key": "s"}, "fields picks/selection_key"),
+        ({"picks": [1, 2]}, "fields picks/selection_key"),
     ],
 )
 def test_a_record_row_with_a_bad_field_is_named_and_skipped(
@@ -456,3 +458,35 @@ def test_a_record_row_with_a_bad_field_is_named_and_skipped(
         rows = downstream.read_record(record)
     assert f"{record}:2: not a job row, skipped ({field}" in caplog.text
     assert rows == {"k": good}
+
+
+def test_a_machine_whose_embeddings_differ_reuses_the_recorded_picks(tmp_path: Path) -> None:
+    """Two CPUs embed the pool a float rounding apart, enough to move some seeds' k-means and
+    so their picks: the record keeps each job's picks, and a run on the other machine trains
+    none of the recorded jobs again; its own draws are cached apart from the first machine's."""
+    bench = make_bench(tmp_path)
+    first = run(tmp_path, bench, seeds=2)
+    before = sorted(json.dumps(r, sort_keys=True) for r in first.results())
+    rows = downstream.read_record(tmp_path / "results" / "quality_runs.jsonl").values()
+    assert all(len(r["picks"]) == 12 for r in rows if r["arm"] != "base")
+    assert "picks" not in next(iter(first.results()))  # the scores in --out carry no picks
+
+    other = make_bench(tmp_path)
+    other.x = other.x + np.random.default_rng(1).normal(scale=0.2, size=other.x.shape)
+    other.__post_init__()
+    other.args = argparse.Namespace(**vars(bench.args) | {"run": tmp_path / "other" / "sel"})
+    kmq = selection.make_arms(["kmq-balanced"], ["q"])[0]
+    own = [selection.pick(other, "noisy", kmq, s)[0] for s in range(2)]
+    recorded = [j.picks for j in first.jobs() if j.arm == kmq]
+    assert any(not np.array_equal(a, b) for a, b in zip(own, recorded, strict=True))
+    assert selection.pick_path(other, "noisy", kmq, 0).name != (
+        selection.pick_path(bench, "noisy", kmq, 0).name
+    )
+    again = run(tmp_path / "other", other, seeds=2, results=tmp_path / "results")
+    assert again.calls == Counter()
+    assert sorted(json.dumps(r, sort_keys=True) for r in again.results()) == before
+    # another budget is another selection: the recorded picks do not stand in for it
+    other.args.budget = 10
+    assert run(tmp_path / "other", other, seeds=1, results=tmp_path / "results").calls == Counter(
+        {"train": 2, "evaluate": 2}
+    )

@@ -28,11 +28,16 @@ written atomically, so an interrupted run resumes where it stopped and a wider o
 arms or pools) computes only what is missing. Jobs run seed by seed, every pool and arm of a seed
 before the next seed, so a partial run is balanced. Progress goes to ``<out>/progress.log``.
 
-Every finished job's scores are also appended to ``<results>/<name>_runs.jsonl`` (a few hundred
-bytes each, keyed by the hash of its picks, training and evaluation settings; committed with the
+Every finished job's scores are also appended to ``<results>/<name>_runs.jsonl`` (a few KB
+each, keyed by the hash of its picks, training and evaluation settings; committed with the
 report): ``--out`` is scratch and does not survive a fresh machine, the record does. A run on a
 machine without ``--out`` takes every job whose key the record holds from it instead of training
-it again, so a grid can be carried on across machines and the report rebuilt from a clone.
+it again, so a grid can be carried on across machines and the report rebuilt from a clone. The
+row also holds the job's picks under the hash of every selection input but the embeddings'
+values: two CPUs embed the pool a float rounding apart (≤ 4e-7 between this machine's AVX-512
+and AVX2 kernels), which moves a few k-means assignments and so the picks of some seeds; a run
+whose own draw differs trains on the recorded picks of that (pool, arm, seed) rather than
+retraining a job that is done.
 """
 
 from __future__ import annotations
@@ -71,7 +76,16 @@ from _common import (  # noqa: E402
 )
 from harness import digest, run_pending, say  # noqa: E402
 from pool_nll import scored_by  # noqa: E402
-from selection import METHODS, Arm, Bench, make_arms, pick, pick_path, prepare  # noqa: E402
+from selection import (  # noqa: E402
+    METHODS,
+    Arm,
+    Bench,
+    make_arms,
+    pick,
+    pick_path,
+    prepare,
+    selection_key,
+)
 from stats import ALPHA, PairedTest, detectable_difference, holm, judge, paired_test  # noqa: E402
 
 from kmq.atomic import write_json  # noqa: E402
@@ -154,8 +168,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 with the pool's embeddings and NLL table given); flags given on the command line win."""
 
 
-KEYS = ("eval_key", "train_key")
-"""A record row's cache keys (the rest is the job's scores, as in ``--out``)."""
+KEYS = ("eval_key", "train_key", "selection_key", "picks")
+"""A record row's cache keys and picks (the rest is the job's scores, as in ``--out``)."""
 
 
 def record_problem(row: Any) -> str | None:
@@ -174,6 +188,12 @@ def record_problem(row: Any) -> str | None:
         return "field arm: missing or not a string"
     if row["arm"] != "base" and not (isinstance(row.get("seed"), int) and row.get("pool")):
         return "fields pool/seed: missing for an arm's job"
+    if "picks" in row and not (
+        isinstance(row["picks"], list)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in row["picks"])
+        and isinstance(row.get("selection_key"), str)
+    ):
+        return "fields picks/selection_key: not a list of row numbers and a string"
     return None
 
 
@@ -263,6 +283,7 @@ class Job:
     seed: int | None
     folder: Path
     picks: np.ndarray | None = None
+    selection_key: str = ""
     train_key: str = ""
     eval_key: str = ""
 
@@ -305,6 +326,11 @@ class Downstream:
         self.holdout_key = digest(held, [bench.examples["clean"][i].id for i in held])
         self.record = args.results / f"{args.name}_runs.jsonl"
         self.recorded = read_record(self.record)
+        self.recorded_picks = {
+            row["selection_key"]: np.array(row["picks"], dtype=np.int64)
+            for row in self.recorded.values()
+            if "picks" in row
+        }
 
     def jobs(self, drawn_only: bool = False) -> list[Job]:
         """Every job of the run, base model first; ``drawn_only`` leaves out the (pool, arm,
@@ -318,15 +344,19 @@ class Downstream:
         for seed in range(self.args.seeds):
             for pool in self.args.pools.split(","):
                 for arm in self.arms:
+                    key = selection_key(self.bench, pool, arm, seed)
+                    picks = self.recorded_picks.get(key)
                     if (
                         drawn_only
+                        and picks is None
                         and not pick_path(self.bench, pool, arm, seed).exists()
                         and (pool, arm.label, seed) not in recorded
                     ):
                         continue
-                    picks, _ = pick(self.bench, pool, arm, seed)
+                    if picks is None:
+                        picks, _ = pick(self.bench, pool, arm, seed)
                     job = Job(pool, arm, seed, self.args.out / pool / arm.label / f"s{seed}")
-                    job.picks = picks
+                    job.picks, job.selection_key = picks, key
                     job.train_key = digest(
                         pool, sorted(picks.tolist()), self.settings.train(), seed
                     )
@@ -384,6 +414,8 @@ class Downstream:
             row["train"] = json.loads(meta.read_text())
         write_json(job.eval_path, row)
         entry = row | {"eval_key": job.eval_key, "train_key": job.train_key}
+        if job.picks is not None:
+            entry |= {"selection_key": job.selection_key, "picks": job.picks.tolist()}
         append_record(self.record, entry)
         self.recorded[job.eval_key] = entry
 
