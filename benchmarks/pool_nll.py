@@ -127,11 +127,16 @@ def scored_rows(data: Any) -> int:
     return int(finite[-1]) + 1 if finite.size else 0
 
 
+def table_scorer(data: Any) -> str | None:
+    """What scored a loaded table (model, max length, dtype, device); None for a table written
+    before this was recorded."""
+    return str(data["scorer"]) if "scorer" in data.files else None
+
+
 def scored_by(table: Path) -> str | None:
-    """What scored the table (model, max length, dtype, device); None for a table written before
-    this was recorded."""
+    """:func:`table_scorer` of the table at ``table``."""
     with np.load(table) as data:
-        return str(data["scorer"]) if "scorer" in data.files else None
+        return table_scorer(data)
 
 
 def score(args: argparse.Namespace) -> None:
@@ -154,7 +159,7 @@ def score(args: argparse.Namespace) -> None:
     start = 0
     if args.out.exists():
         with np.load(args.out) as done:
-            before = str(done["scorer"]) if "scorer" in done.files else None
+            before = table_scorer(done)
             if before is not None and before != identity:
                 raise SystemExit(
                     f"error: {args.out} was scored by {before}, not {identity}; resuming would "

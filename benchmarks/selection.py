@@ -40,7 +40,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -227,10 +228,11 @@ class Bench:
     pool_rows: np.ndarray  # the others
     scores: dict[tuple[str, str], np.ndarray]
     quality_ids: dict[str, str]
-    x_key: str = field(init=False)  # a hash of ``x``'s values
 
-    def __post_init__(self) -> None:
-        self.x_key = hashlib.sha256(np.ascontiguousarray(self.x).tobytes()).hexdigest()[:16]
+    @cached_property
+    def x_key(self) -> str:
+        """A hash of ``x``'s values (computed once, when a pick's cache path first needs it)."""
+        return hashlib.sha256(np.ascontiguousarray(self.x).tobytes()).hexdigest()[:16]
 
 
 def prepare(

@@ -473,7 +473,6 @@ def test_a_machine_whose_embeddings_differ_reuses_the_recorded_picks(tmp_path: P
 
     other = make_bench(tmp_path)
     other.x = other.x + np.random.default_rng(1).normal(scale=0.2, size=other.x.shape)
-    other.__post_init__()
     other.args = argparse.Namespace(**vars(bench.args) | {"run": tmp_path / "other" / "sel"})
     kmq = selection.make_arms(["kmq-balanced"], ["q"])[0]
     own = [selection.pick(other, "noisy", kmq, s)[0] for s in range(2)]
