@@ -196,6 +196,8 @@ def test_report_pairs_every_arm_with_random(tmp_path: Path) -> None:
     text = (tmp_path / "results" / "quality.md").read_text(encoding="utf-8")
     assert "| noisy | kmq-balanced − random | held-out NLL | 3 |" in text
     assert "base (no fine-tuning)" in text
+    assert "Pool: the planted-noise twin of `pool.jsonl` (30 of 120 rows noisy)" in text
+    assert "the last rows" not in text  # no clean pool, no noise cost
     assert (tmp_path / "results" / "quality.png").is_file()
 
 
@@ -211,6 +213,8 @@ def test_noise_cost_pairs_random_on_the_two_pools_row_for_row(tmp_path: Path) ->
     downstream.report(ds, 1.0)
     text = (tmp_path / "results" / "quality.md").read_text(encoding="utf-8")
     assert "| both | random: noisy − clean pool | external NLL | 2 |" in text
+    assert text.count("Pools: `pool.jsonl` and its planted-noise twin (30 of 120 rows noisy)") == 1
+    assert "the last rows (`random: noisy − clean pool`" in text
 
 
 def test_power_section_pools_the_arm_comparisons_only() -> None:
@@ -434,6 +438,8 @@ def test_a_clean_pool_run_reports_the_ordering_claims_it_has_and_lists_the_rest(
     assert "| km-random-balanced beats random | held-out NLL | 3 |" in text
     assert "Not run yet (p = 1 in the correction): kmq-balanced-std beats random" in text
     assert "Confirmation of the exploratory lead" not in text  # its pool did not run
+    assert "Pool: `pool.jsonl` (the clean pool of `selection.py`; its planted-noise twin" in text
+    assert "Pools:" not in text and "the last rows" not in text  # no noisy pool, no noise cost
 
 
 @pytest.mark.parametrize(

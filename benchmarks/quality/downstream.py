@@ -881,6 +881,21 @@ def ordering_section(results: Sequence[dict[str, Any]], labels: Sequence[str]) -
     return text
 
 
+def pools_text(ds: Downstream, pools: Sequence[str]) -> str:
+    """The report's first words: the pools this run has results on, as ``selection.py`` built
+    them."""
+    noise = f"{ds.bench.noise_summary['noisy']} of {ds.bench.noise_summary['rows']} rows noisy"
+    name = ds.args.pool.name
+    if "noisy" not in pools:
+        return (
+            f"Pool: `{name}` (the clean pool of `selection.py`; its planted-noise twin, "
+            f"{noise}, is not in this run)"
+        )
+    if "clean" not in pools:
+        return f"Pool: the planted-noise twin of `{name}` ({noise}), exactly as in `selection.py`"
+    return f"Pools: `{name}` and its planted-noise twin ({noise}), exactly as in `selection.py`"
+
+
 def report(ds: Downstream, seconds: float) -> None:
     finished = ds.results()
     hurts = noise_hurts(finished)
@@ -936,9 +951,8 @@ def report(ds: Downstream, seconds: float) -> None:
     train_s = [r["seconds"]["train"] for r in results]
     eval_s = [r["seconds"]["evaluate"] for r in results]
     body = (
-        f"Pools: `{ds.args.pool.name}` and its planted-noise twin "
-        f"({ds.bench.noise_summary['noisy']} of {ds.bench.noise_summary['rows']} rows noisy), "
-        f"exactly as in `selection.py`; budget {ds.args.budget} rows, k = {ds.args.k}, "
+        pools_text(ds, pools)
+        + f"; budget {ds.args.budget} rows, k = {ds.args.k}, "
         + (
             f"quality `{ds.args.quality}`"
             + (f" from `{ds.args.nll_table.name}`" if ds.args.nll_table else "")
@@ -965,9 +979,14 @@ def report(ds: Downstream, seconds: float) -> None:
         + f"Mean seconds per job: training {np.mean(train_s):.0f}, evaluation {np.mean(eval_s):.0f}"
         f" ({len(results)} jobs finished).\n\n"
         "### Paired differences from random (same seed)\n\n"
-        "Negative = lower NLL than random (better); the last rows (`random: noisy − clean "
-        "pool`, the same rows trained with and without the planted noise) measure what the "
-        "noise costs. 95 % exact-t interval of the mean difference, "
+        "Negative = lower NLL than random (better)"
+        + (
+            "; the last rows (`random: noisy − clean pool`, the same rows trained with and "
+            "without the planted noise) measure what the noise costs"
+            if {"clean", "noisy"} <= set(pools)
+            else ""
+        )
+        + ". 95 % exact-t interval of the mean difference, "
         f"Cohen's d_z with its 95 % interval, two-sided paired t-test; Holm over the {tested} "
         "comparisons with a test; significant = Holm-adjusted p ≤ 0.05.\n\n"
         + primary
