@@ -983,7 +983,7 @@ def report(ds: Downstream, seconds: float) -> None:
         + (
             "; the last rows (`random: noisy − clean pool`, the same rows trained with and "
             "without the planted noise) measure what the noise costs"
-            if {"clean", "noisy"} <= set(pools)
+            if any(pool == "both" for pool, *_ in comparisons)
             else ""
         )
         + ". 95 % exact-t interval of the mean difference, "
