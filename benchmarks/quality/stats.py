@@ -95,11 +95,28 @@ def paired_test(differences: Sequence[float] | np.ndarray, *, level: float = LEV
     )
 
 
+def noncentral_t_cdf(t: float, df: int, delta: float) -> float:
+    """P(T ≤ t) for T ~ noncentral t(df, δ): scipy's, or where scipy returns nan (it does at
+    some δ far below t, where the CDF is ≈ 1, depending on the last bits of t) the defining
+    integral ∫ Φ(t·√(v/df) − δ) χ²_df(v) dv."""
+    value = float(stats.nct.cdf(t, df, delta))
+    if math.isfinite(value):
+        return value
+    from scipy import integrate
+
+    value, _ = integrate.quad(
+        lambda v: stats.norm.cdf(t * math.sqrt(v / df) - delta) * stats.chi2.pdf(v, df),
+        0,
+        np.inf,
+    )
+    return float(value)
+
+
 def d_z_interval(t: float, n: int, *, level: float = LEVEL) -> tuple[float, float]:
     """Interval for d_z from t = d_z·√n: the noncentrality parameters δ with
     P(T_{n−1}(δ) ≤ t) = 1 − (1 − level)/2 and (1 − level)/2, divided by √n. Computed for |t|
-    (the interval of −t is the mirror image); (nan, nan) where scipy's noncentral t cannot
-    be evaluated (|t| in the tens of thousands)."""
+    (the interval of −t is the mirror image); (nan, nan) where the noncentral t cannot be
+    evaluated at all."""
     if t < 0:
         lo, hi = d_z_interval(-t, n, level=level)
         return -hi, -lo
@@ -108,7 +125,7 @@ def d_z_interval(t: float, n: int, *, level: float = LEVEL) -> tuple[float, floa
 
     def solve(target: float) -> float:
         def gap(delta: float) -> float:
-            return float(stats.nct.cdf(t, df, delta)) - target
+            return noncentral_t_cdf(t, df, delta) - target
 
         width = 10.0 + abs(t)
         lo, hi = t - width, t + width
@@ -121,7 +138,7 @@ def d_z_interval(t: float, n: int, *, level: float = LEVEL) -> tuple[float, floa
     root_n = math.sqrt(n)
     try:
         return solve(1.0 - tail) / root_n, solve(tail) / root_n
-    except ValueError:  # brentq met a nan from the noncentral t's CDF
+    except ValueError:  # brentq met a nan even from the integral
         return math.nan, math.nan
 
 
