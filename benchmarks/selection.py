@@ -207,9 +207,10 @@ def make_arms(methods: Sequence[str], qualities: Sequence[str]) -> list[Arm]:
     return arms
 
 
-def file_digest(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+def values_digest(values: np.ndarray) -> str:
+    """sha256 (16 hex) of an array's float64 values."""
+    data = np.ascontiguousarray(values, dtype=np.float64).tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass
@@ -227,7 +228,7 @@ class Bench:
     held: np.ndarray  # held-out rows (``--holdout`` per source), never selected
     pool_rows: np.ndarray  # the others
     scores: dict[tuple[str, str], np.ndarray]
-    quality_ids: dict[str, str]
+    quality_ids: dict[tuple[str, str], str]  # (pool, quality) → what identifies its scores
 
     @cached_property
     def x_key(self) -> str:
@@ -265,17 +266,16 @@ def prepare(
     held = holdout_rows(sources, args.holdout, seed=0)
     examples = {"clean": clean.examples, "noisy": noisy_pool.examples}
     scores: dict[tuple[str, str], np.ndarray] = {}
-    quality_ids: dict[str, str] = {}
+    quality_ids: dict[tuple[str, str], str] = {}
+    given = {"clean": args.quality_scores, "noisy": args.noisy_quality_scores}
     for q in qualities:
-        if args.nll_table is not None:
-            quality_ids[q] = f"{q}@{file_digest(args.nll_table)}"
-            for pool_name in scored:
+        for pool_name in scored:
+            if args.nll_table is not None:
                 scores[pool_name, q] = table_quality(args.nll_table, examples[pool_name], q)
-        else:
-            quality_ids[q] = str(args.quality_scores or q)
-            given = {"clean": args.quality_scores, "noisy": args.noisy_quality_scores}
-            for pool_name in scored:
+                quality_ids[pool_name, q] = f"{q}@{values_digest(scores[pool_name, q])}"
+            else:
                 scores[pool_name, q] = quality_scores(q, examples[pool_name], given[pool_name])
+                quality_ids[pool_name, q] = str(given[pool_name] or q)
     return Bench(
         args=args,
         x=x,
@@ -295,11 +295,13 @@ def prepare(
 def selection_key(bench: Bench, pool_name: str, arm: Arm, seed: int) -> str:
     """A hash of every input of these picks but the embeddings' values: the same on two
     machines whose CPUs embed the pool a float rounding apart (which can move a few k-means
-    assignments, and so the picks, of some seeds)."""
+    assignments, and so the picks, of some seeds). A quality read from ``--nll-table`` enters by
+    the values of this pool's scores, not by the table's file: a table extended with another
+    pool's rows keeps the keys of the picks it already made."""
     args = bench.args
     return sha(
         pool_name,
-        bench.quality_ids[arm.quality] if arm.quality else None,
+        bench.quality_ids[pool_name, arm.quality] if arm.quality else None,
         bench.noise_summary["noisy"],
         arm.method,
         METHODS[arm.method],

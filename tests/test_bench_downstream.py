@@ -62,7 +62,7 @@ def make_bench(tmp_path: Path) -> selection.Bench:
         held=held,
         pool_rows=np.setdiff1d(np.arange(N), held),
         scores={("clean", "q"): np.ones(N), ("noisy", "q"): quality},
-        quality_ids={"q": "q"},
+        quality_ids={("clean", "q"): "q", ("noisy", "q"): "q"},
     )
 
 

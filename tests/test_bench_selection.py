@@ -244,6 +244,8 @@ def test_prepare_reads_the_table_only_for_the_pools_a_run_uses(tmp_path: Path) -
         nll_table=table,
         quality_scores=None,
         noisy_quality_scores=None,
+        budget=8,
+        k=4,
     )
     args.run.mkdir()
     bench = selection.prepare(args, ["pmi"], ["clean"])
@@ -252,3 +254,22 @@ def test_prepare_reads_the_table_only_for_the_pools_a_run_uses(tmp_path: Path) -
     assert bench.is_noisy.any()  # the noisy pool is still built, only not scored
     with pytest.raises(ValueError, match="not in the table"):
         selection.prepare(args, ["pmi"])  # both pools: the noisy rows are not in the table
+
+    # the table extended with the noisy pool's rows: both pools scored, and the clean pool's
+    # picks keep their key (the key holds the scores' values, not the table file's bytes)
+    arm = selection.Arm("kmq-balanced-std", "kmq-balanced-std", "pmi")
+    before = selection.selection_key(bench, "clean", arm, 0)
+    noisy = load_pool(bench.noisy_path).examples
+    extra = sorted({pool_nll.row_key(ex) for ex in noisy} - {pool_nll.row_key(ex) for ex in clean})
+    longer = rng.uniform(1, 2, len(extra))
+    np.savez(table, key=np.array([pool_nll.row_key(ex) for ex in clean] + extra),
+             nll_cond=np.concatenate([cond, longer]),
+             nll_uncond=np.concatenate([cond + 0.5, longer + 0.25]))  # fmt: skip
+    both = selection.prepare(args, ["pmi"])
+    assert selection.selection_key(both, "clean", arm, 0) == before
+    np.savez(table, key=np.array([pool_nll.row_key(ex) for ex in clean]), nll_cond=cond,
+             nll_uncond=cond + 0.75)  # other scores of the same rows: another key  # fmt: skip
+    assert (
+        selection.selection_key(selection.prepare(args, ["pmi"], ["clean"]), "clean", arm, 0)
+        != before
+    )
