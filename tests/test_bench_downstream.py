@@ -94,6 +94,7 @@ def make_args(tmp_path: Path, **changes: Any) -> argparse.Namespace:
         "out": tmp_path / "out",
         "results": tmp_path / "results",
         "name": "quality",
+        "records": [],
         "pool": Path("pool.jsonl"),
         "nll_table": None,
         "quality": "q",
@@ -408,6 +409,29 @@ def test_the_record_carries_finished_jobs_to_a_fresh_machine(
     wider = run(fresh, bench, seeds=3, results=tmp_path / "results")
     assert wider.calls == Counter({"train": 2, "evaluate": 2})
     assert len(record.read_text().splitlines()) == 7
+
+
+def test_other_records_are_read_and_only_the_own_one_is_written(tmp_path: Path) -> None:
+    """A run of both pools takes a clean-pool run's jobs from that run's record (``--records``)
+    and appends only its new jobs, to its own record."""
+    bench = make_bench(tmp_path)
+    run(tmp_path, bench, seeds=2, pools="clean", name="clean_only")
+    clean_record = tmp_path / "results" / "clean_only_runs.jsonl"
+    before = clean_record.read_text()
+    fresh = tmp_path / "fresh"
+    bench.args.run = fresh / "selections"
+    both = run(fresh, bench, seeds=2, pools="noisy,clean", records=["clean_only"],
+               results=tmp_path / "results")  # fmt: skip
+    assert both.calls == Counter({"train": 4, "evaluate": 4})  # the noisy pool's 2 × 2 only
+    assert clean_record.read_text() == before
+    own = downstream.read_record(tmp_path / "results" / "quality_runs.jsonl").values()
+    assert sorted((r["pool"], r["seed"]) for r in own) == [("noisy", 0)] * 2 + [("noisy", 1)] * 2
+    assert {(r["pool"], r["arm"], r["seed"]) for r in both.results() if r["arm"] != "base"} == {
+        (pool, arm, seed)
+        for pool in ("noisy", "clean")
+        for arm in ("random", "kmq-balanced")
+        for seed in (0, 1)
+    }
 
 
 def test_a_record_line_cut_short_is_reported_and_its_job_run_again(

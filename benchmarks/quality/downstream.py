@@ -32,7 +32,9 @@ Every finished job's scores are also appended to ``<results>/<name>_runs.jsonl``
 each, keyed by the hash of its picks, training and evaluation settings; committed with the
 report): ``--out`` is scratch and does not survive a fresh machine, the record does. A run on a
 machine without ``--out`` takes every job whose key the record holds from it instead of training
-it again, so a grid can be carried on across machines and the report rebuilt from a clone. The
+it again, so a grid can be carried on across machines and the report rebuilt from a clone
+(``--records NAME,…`` also takes the jobs of other runs' records, such as a clean-pool run's
+into a run of both pools; new jobs are appended to ``--name``'s record only). The
 row also holds the job's picks under the hash of every selection input but the embeddings'
 values: two CPUs embed the pool a float rounding apart (≤ 4e-7 between this machine's AVX-512
 and AVX2 kernels), which moves a few k-means assignments and so the picks of some seeds; a run
@@ -325,7 +327,10 @@ class Downstream:
         held = bench.held.tolist()
         self.holdout_key = digest(held, [bench.examples["clean"][i].id for i in held])
         self.record = args.results / f"{args.name}_runs.jsonl"
-        self.recorded = read_record(self.record)
+        self.recorded: dict[str, dict[str, Any]] = {}
+        for other in args.records:
+            self.recorded |= read_record(args.results / f"{other}_runs.jsonl")
+        self.recorded |= read_record(self.record)
         self.recorded_picks = {
             row["selection_key"]: np.array(row["picks"], dtype=np.int64)
             for row in self.recorded.values()
@@ -1093,6 +1098,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/downstream"))
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--name", default="quality", help="results file stem")
+    parser.add_argument(
+        "--records",
+        type=lambda v: [n for n in v.split(",") if n],
+        default=[],
+        help="other runs' record names (comma-separated) whose jobs are taken, not rerun; "
+        "new jobs go to --name's record only",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
@@ -1107,6 +1119,10 @@ def main() -> None:
     unknown = sorted(set(arms_wanted) - set(METHODS))
     if unknown:
         sys.exit(f"error: unknown --arms {unknown}; known: {', '.join(METHODS)}")
+    missing = [n for n in args.records if not (args.results / f"{n}_runs.jsonl").is_file()]
+    if missing:
+        sys.exit(f"error: --records: no {', '.join(f'{n}_runs.jsonl' for n in missing)} in "
+                 f"{args.results}")  # fmt: skip
     bad = sorted(set(args.pools.split(",")) - {"clean", "noisy"})
     if bad:
         sys.exit(f"error: unknown --pools {bad}; known: clean, noisy")
