@@ -107,7 +107,7 @@ def save(
     """Write the table atomically; ``scored`` = how many of its first rows are scored (a scored
     row may still be NaN: an empty response has no token to score)."""
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
+    np.savez_compressed(  # its 24-hex keys compress ≈ 3.5×: the table is committed
         tmp,
         key=np.array(keys),
         nll_cond=cond,
