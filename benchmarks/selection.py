@@ -208,9 +208,8 @@ def make_arms(methods: Sequence[str], qualities: Sequence[str]) -> list[Arm]:
 
 
 def values_digest(values: np.ndarray) -> str:
-    """sha256 (16 hex) of an array's float64 values."""
-    data = np.ascontiguousarray(values, dtype=np.float64).tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
+    """sha256 (16 hex) of an array's values (its bytes in its own dtype)."""
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -233,7 +232,7 @@ class Bench:
     @cached_property
     def x_key(self) -> str:
         """A hash of ``x``'s values (computed once, when a pick's cache path first needs it)."""
-        return hashlib.sha256(np.ascontiguousarray(self.x).tobytes()).hexdigest()[:16]
+        return values_digest(self.x)
 
 
 def prepare(

@@ -199,6 +199,11 @@ def record_problem(row: Any) -> str | None:
     return None
 
 
+def record_path(results: Path, name: str) -> Path:
+    """Where run ``name`` keeps its record under ``results``."""
+    return results / f"{name}_runs.jsonl"
+
+
 def read_record(path: Path) -> dict[str, dict[str, Any]]:
     """The job rows of a ``*_runs.jsonl`` record by their ``eval_key`` (the last row wins). A
     line that is not a job row (a write cut short by a crash, a hand edit) is skipped with a
@@ -326,10 +331,10 @@ class Downstream:
         )
         held = bench.held.tolist()
         self.holdout_key = digest(held, [bench.examples["clean"][i].id for i in held])
-        self.record = args.results / f"{args.name}_runs.jsonl"
+        self.record = record_path(args.results, args.name)
         self.recorded: dict[str, dict[str, Any]] = {}
         for other in args.records:
-            self.recorded |= read_record(args.results / f"{other}_runs.jsonl")
+            self.recorded |= read_record(record_path(args.results, other))
         self.recorded |= read_record(self.record)
         self.recorded_picks = {
             row["selection_key"]: np.array(row["picks"], dtype=np.int64)
@@ -1119,10 +1124,10 @@ def main() -> None:
     unknown = sorted(set(arms_wanted) - set(METHODS))
     if unknown:
         sys.exit(f"error: unknown --arms {unknown}; known: {', '.join(METHODS)}")
-    missing = [n for n in args.records if not (args.results / f"{n}_runs.jsonl").is_file()]
+    missing = [record_path(args.results, n) for n in args.records]
+    missing = [path for path in missing if not path.is_file()]
     if missing:
-        sys.exit(f"error: --records: no {', '.join(f'{n}_runs.jsonl' for n in missing)} in "
-                 f"{args.results}")  # fmt: skip
+        sys.exit(f"error: --records: no {', '.join(map(str, missing))}")
     bad = sorted(set(args.pools.split(",")) - {"clean", "noisy"})
     if bad:
         sys.exit(f"error: unknown --pools {bad}; known: clean, noisy")
