@@ -128,6 +128,34 @@ had finished): on the noisy pool, kmq-proportional-std − random on external NL
 TruthfulQA, tested on the fresh seeds ≥ 5 only (fresh k-means, draws and training order), one
 two-sided paired t-test at α = 0.05 (a family of one)."""
 
+REPLICATED = "NLL where the noise hurts (v1 components)"
+""":data:`VALIDATED` with its components frozen as the float32 grid found them
+(``results/quality_f32.md``): the mean of :data:`V1_COMPONENTS`, so the metric is fixed before
+the bf16 grid's noisy jobs ran rather than chosen from them."""
+V1_COMPONENTS = (
+    "gsm8k",
+    "mt-bench",
+    "alpacaeval",
+    "held-out alpaca-gpt4",
+    "held-out codealpaca",
+    "held-out gpteacher-codegen",
+    "held-out gsm8k",
+    "held-out lima",
+)
+REPLICATION = (
+    ("noisy", "kmq-proportional-std", REPLICATED),
+    ("noisy", "iterative-kmq-sound-prop", REPLICATED),
+    ("noisy", "kmq-proportional-std", EXPLORATORY),
+    ("noisy", "iterative-kmq-sound-prop", EXPLORATORY),
+)
+"""The float32 grid's two leads (proportional kMQ and proportional iterative kMQ beat random on
+the noisy pool where the noise hurts, and on external NLL without TruthfulQA), declared as one
+Holm family of four two-sided paired t-tests (α = 0.05, every seed both arms have) for the bf16
+grid (new NLL table, so new picks, new training and new evaluation): declared 2026-12-03 07:31
+UTC, before any noisy-pool bf16 job of seed ≥ 1 or of iterative-kmq-sound-prop had finished.
+Seed 0 of random and kmq-proportional-std had finished by then and their held-out and external
+NLL had been seen (kMQ worse on both); the four metrics here had not been computed for them."""
+
 PAPER_ORDERING = (
     ("kmq-balanced-std", "random"),
     ("kmq-proportional-std", "random"),
@@ -513,11 +541,13 @@ def metrics(row: dict[str, Any]) -> dict[str, float]:
     if "truthfulqa" in row["suites"] and rest:
         out[EXPLORATORY] = float(np.mean(rest))
     out["held-out NLL"] = float(np.mean(list(row["holdout"].values())))
+    if all(name in out for name in V1_COMPONENTS):
+        out[REPLICATED] = float(np.mean([out[name] for name in V1_COMPONENTS]))
     out |= row.get("derived", {})
     return out
 
 
-AGGREGATES = (*METRICS, EXPLORATORY, VALIDATED)
+AGGREGATES = (*METRICS, EXPLORATORY, VALIDATED, REPLICATED)
 
 
 def noise_hurts(results: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
@@ -737,6 +767,67 @@ def confirmation(results: Sequence[dict[str, Any]]) -> str:
         ],
     )
     return head + table
+
+
+def replication_section(results: Sequence[dict[str, Any]]) -> str:
+    """The declared replication family (:data:`REPLICATION`): each test on every seed both arms
+    have, Holm over the whole family (a test not run yet counts as p = 1)."""
+    tests = []
+    for pool, arm, metric in REPLICATION:
+        d = paired(results, pool, arm, "random", metric)
+        tests.append((arm, metric, paired_test(d) if len(d) >= 2 else None))
+    if all(t is None for *_, t in tests):
+        return ""
+    adjusted = holm([1.0 if t is None or t.undefined else t.p for *_, t in tests])
+    rows: list[list[object]] = []
+    for (arm, metric, t), p_holm in zip(tests, adjusted, strict=True):
+        if t is None:
+            rows.append([f"`{arm}` − `random`", metric, "< 2", *[""] * 5, "not run yet"])
+            continue
+        if t.undefined or p_holm > ALPHA:
+            verdict = "n/a" if t.undefined else "not replicated (within noise)"
+        else:
+            verdict = "**replicated**" if t.mean < 0 else "**reversed** (worse than random)"
+        rows.append(
+            [
+                f"`{arm}` − `random`",
+                metric,
+                t.n,
+                f"{t.mean:+.4f}",
+                "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
+                d_z_cell(t),
+                f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
+                f"{p_holm:.2g}",
+                verdict,
+            ]
+        )
+    components = ", ".join(V1_COMPONENTS)
+    return (
+        "### Replication of the float32 grid's leads (declared before these jobs ran)\n\n"
+        "The float32 grid ([quality_f32.md](quality_f32.md)) found proportional kMQ and "
+        "proportional iterative kMQ better than random on the noisy pool where the noise hurts "
+        "and on external NLL without TruthfulQA. Declared 2026-12-03 07:31 UTC as one Holm "
+        "family of four two-sided paired t-tests on this grid (new NLL table in bf16, so new "
+        "picks, training and evaluation), before any noisy job of seed ≥ 1 or of "
+        "iterative-kmq-sound-prop had finished (seed 0 of random and kmq-proportional-std had, "
+        "and their held-out and external NLL had been seen). `"
+        + REPLICATED
+        + f"` is the mean of the float32 grid's components, frozen: {components}.\n\n"
+        + markdown_table(
+            [
+                "comparison",
+                "metric",
+                "seeds",
+                "mean diff",
+                "95 % CI",
+                "d_z [95 % CI]",
+                "p",
+                "p (Holm)",
+                "verdict",
+            ],
+            rows,
+        )
+    )
 
 
 def iterative_note(ds: Downstream) -> str:
@@ -1014,6 +1105,7 @@ def report(ds: Downstream, seconds: float) -> None:
         + "\n\n"
         + validated_section(results, hurts, pools, labels)
         + "\n\n"
+        + (replication_section(results) + "\n\n" if REPLICATION[0][0] in pools else "")
         + ordering_section(results, labels)
         + "\n\n"
         + "\n\n".join([*sections, power_section(comparisons, tested)])
