@@ -285,6 +285,54 @@ def test_confirmation_tests_only_the_declared_fresh_seeds() -> None:
     assert "| not confirmed |" in downstream.confirmation(results)
 
 
+def test_the_replication_family_uses_the_frozen_components_and_holm_over_four() -> None:
+    arm = downstream.REPLICATION[0][1]
+    other = downstream.REPLICATION[1][1]
+    suites = ("gsm8k", "mt-bench", "alpacaeval", "truthfulqa", "humaneval")
+    sources = ("alpaca-gpt4", "codealpaca", "gpteacher-codegen", "gsm8k", "lima", "t0")
+
+    def result(name: str, seed: int, shift: float, t0: float) -> dict[str, Any]:
+        return {
+            "pool": "noisy",
+            "arm": name,
+            "seed": seed,
+            "suites": {s: 1.0 + shift for s in suites},
+            "holdout": {s: (t0 if s == "t0" else 1.0 + shift) for s in sources},
+        }
+
+    row = result("random", 0, 0.0, 9.0)
+    got = downstream.metrics(row)
+    assert got[downstream.REPLICATED] == pytest.approx(1.0)  # held-out t0 is not a component
+    assert downstream.replication_section([row]) == ""  # nothing paired yet
+    del row["holdout"]["lima"]
+    assert downstream.REPLICATED not in downstream.metrics(row)
+
+    # the arm is better by 0.01, 0.02, 0.03 on every component; held-out t0 far worse
+    results = [result("random", s, 0.0, 4.0) for s in range(3)]
+    results += [result(arm, s, -0.01 * (s + 1), 5.0) for s in range(3)]
+    text = downstream.replication_section(results)
+    lines = [line for line in text.splitlines() if line.startswith(f"| `{arm}`")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert [c[1] for c in cells] == [downstream.REPLICATED, downstream.EXPLORATORY]
+    half = 4.302653 * 0.01 / np.sqrt(3)  # exact t(0.975, 2) × sd / √n
+    assert cells[0][3] == "-0.0200"
+    assert cells[0][4] == f"[{-0.02 - half:+.4f}, {-0.02 + half:+.4f}]"
+    # t = -3.464 on 2 df: p = 0.0742; Holm's first step over four tests (two not run: p = 1)
+    assert cells[0][6] == "0.074" and cells[0][7] == "0.3"
+    assert cells[0][8] == "not replicated (within noise)"
+    assert sum("not run yet" in line for line in text.splitlines()) == 2
+    assert f"`{other}`" in text
+    # a tight effect survives Holm over the four: -0.020, -0.021, -0.022 (t = -34.6, p = 0.0008)
+    results = [result("random", s, 0.0, 4.0) for s in range(3)]
+    results += [result(arm, s, -0.02 - 0.001 * s, 4.0) for s in range(3)]
+    verdicts = [
+        line.rsplit("|", 2)[1].strip()
+        for line in downstream.replication_section(results).splitlines()
+        if f"`{arm}`" in line
+    ]
+    assert verdicts == ["**replicated**", "**replicated**"]
+
+
 def test_the_report_says_how_the_iterative_arm_picked() -> None:
     from types import SimpleNamespace
 

@@ -771,10 +771,11 @@ def confirmation(results: Sequence[dict[str, Any]]) -> str:
 
 def replication_section(results: Sequence[dict[str, Any]]) -> str:
     """The declared replication family (:data:`REPLICATION`): each test on every seed both arms
-    have, Holm over the whole family (a test not run yet counts as p = 1)."""
+    have, Holm over the whole family (a test not run yet counts as p = 1; a row without the
+    metric's suites, a run with other ``--suites``, counts as not run)."""
     tests = []
     for pool, arm, metric in REPLICATION:
-        d = paired(results, pool, arm, "random", metric)
+        d = paired([r for r in results if metric in metrics(r)], pool, arm, "random", metric)
         tests.append((arm, metric, paired_test(d) if len(d) >= 2 else None))
     if all(t is None for *_, t in tests):
         return ""
