@@ -86,6 +86,16 @@ METHODS: dict[str, dict[str, Any]] = {
         for allocation in ("proportional", "balanced")
     },
     **{
+        f"kmq-{allocation}-std-t{temperature:g}": {
+            "method": "kmq",
+            "allocation": allocation,
+            "quality_weighting": "standardized",
+            "temperature": temperature,
+        }
+        for allocation in ("proportional", "balanced")
+        for temperature in (0.5, 0.25)
+    },
+    **{
         f"iterative-kmq-{name}": {
             "method": "iterative-kmq",
             "rounds": 3,
@@ -102,7 +112,9 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 """The quality grid's one-shot methods, less km-closest-proportional; kMQ with the scale-free
 ``standardized`` weighting (a softmax in units of the score's σ: the raw softmax of a score
-spread over tens of nats is an argmax inside each cluster); and iterative kMQ (see
+spread over tens of nats is an argmax inside each cluster), at the default temperature 1 and at
+0.5 and 0.25 (``-t0.5``, ``-t0.25``: a row one σ better is e² or e⁴ times as likely, the knob
+between avoiding the noise and covering the pool); and iterative kMQ (see
 :func:`iterate_picks`) with ``kmq iterate``'s default feedback ``gold-sound``
 (``iterative-kmq-sound``) or the earlier default ``gold-fit`` (``iterative-kmq-std``), and with
 ``gold-sound`` from round-1 weights ∝ cluster size (``iterative-kmq-sound-prop``: ``kmq iterate
