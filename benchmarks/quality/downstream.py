@@ -698,6 +698,22 @@ def family(
     return out
 
 
+TEST_COLUMNS = ("seeds", "mean diff", "95 % CI", "d_z [95 % CI]", "p", "p (Holm)")
+"""The columns :func:`paired_cells` fills, shared by every table of paired tests."""
+
+
+def paired_cells(t: PairedTest, p_holm: float) -> list[object]:
+    """One paired test's :data:`TEST_COLUMNS` cells (``p_holm`` NaN: no Holm value)."""
+    return [
+        t.n,
+        f"{t.mean:+.4f}",
+        "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
+        d_z_cell(t),
+        f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
+        "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}",
+    ]
+
+
 def family_table(comparisons: Sequence[Comparison]) -> tuple[str, int]:
     """The comparisons as a table with Holm over them; and how many had a test."""
     tested = [i for i, c in enumerate(comparisons) if c[3].undefined is None]
@@ -705,32 +721,9 @@ def family_table(comparisons: Sequence[Comparison]) -> tuple[str, int]:
     rows = []
     for i, (pool, label, metric, t) in enumerate(comparisons):
         p_holm = adjusted.get(i, math.nan)
-        rows.append(
-            [
-                pool,
-                label,
-                metric,
-                t.n,
-                f"{t.mean:+.4f}",
-                "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
-                d_z_cell(t),
-                f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
-                "n/a" if math.isnan(p_holm) else f"{p_holm:.2g}",
-                "yes" if p_holm <= 0.05 else "no",
-            ]
-        )
-    header = [
-        "pool",
-        "comparison",
-        "metric",
-        "seeds",
-        "mean diff",
-        "95 % CI",
-        "d_z [95 % CI]",
-        "p",
-        "p (Holm)",
-        "significant",
-    ]
+        significant = "yes" if p_holm <= 0.05 else "no"
+        rows.append([pool, label, metric, *paired_cells(t, p_holm), significant])
+    header = ["pool", "comparison", "metric", *TEST_COLUMNS, "significant"]
     return markdown_table(header, rows), len(tested)
 
 
@@ -783,25 +776,14 @@ def replication_section(results: Sequence[dict[str, Any]]) -> str:
     rows: list[list[object]] = []
     for (arm, metric, t), p_holm in zip(tests, adjusted, strict=True):
         if t is None:
-            rows.append([f"`{arm}` − `random`", metric, "< 2", *[""] * 5, "not run yet"])
+            blank = [""] * (len(TEST_COLUMNS) - 1)
+            rows.append([f"`{arm}` − `random`", metric, "< 2", *blank, "not run yet"])
             continue
         if t.undefined or p_holm > ALPHA:
             verdict = "n/a" if t.undefined else "not replicated (within noise)"
         else:
             verdict = "**replicated**" if t.mean < 0 else "**reversed** (worse than random)"
-        rows.append(
-            [
-                f"`{arm}` − `random`",
-                metric,
-                t.n,
-                f"{t.mean:+.4f}",
-                "n/a" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]",
-                d_z_cell(t),
-                f"n/a ({t.undefined})" if t.undefined else f"{t.p:.2g}",
-                f"{p_holm:.2g}",
-                verdict,
-            ]
-        )
+        rows.append([f"`{arm}` − `random`", metric, *paired_cells(t, p_holm), verdict])
     components = ", ".join(V1_COMPONENTS)
     return (
         "### Replication of the float32 grid's leads (declared before these jobs ran)\n\n"
@@ -814,20 +796,7 @@ def replication_section(results: Sequence[dict[str, Any]]) -> str:
         "and their held-out and external NLL had been seen). `"
         + REPLICATED
         + f"` is the mean of the float32 grid's components, frozen: {components}.\n\n"
-        + markdown_table(
-            [
-                "comparison",
-                "metric",
-                "seeds",
-                "mean diff",
-                "95 % CI",
-                "d_z [95 % CI]",
-                "p",
-                "p (Holm)",
-                "verdict",
-            ],
-            rows,
-        )
+        + markdown_table(["comparison", "metric", *TEST_COLUMNS, "verdict"], rows)
     )
 
 
