@@ -764,26 +764,31 @@ def confirmation(results: Sequence[dict[str, Any]]) -> str:
 
 def replication_section(results: Sequence[dict[str, Any]]) -> str:
     """The declared replication family (:data:`REPLICATION`): each test on every seed both arms
-    have, Holm over the whole family (a test not run yet counts as p = 1; a row without the
-    metric's suites, a run with other ``--suites``, counts as not run)."""
-    tests = []
+    have, judged by :func:`stats.judge` over the whole declared family (a test not run yet
+    counts as p = 1; a row without the metric's suites, a run with other ``--suites``, counts as
+    not run)."""
+    tests: list[tuple[str, str, PairedTest | None]] = []
     for pool, arm, metric in REPLICATION:
         d = paired([r for r in results if metric in metrics(r)], pool, arm, "random", metric)
         tests.append((arm, metric, paired_test(d) if len(d) >= 2 else None))
-    if all(t is None for *_, t in tests):
+    run = [t for *_, t in tests if t is not None]
+    if not run:
         return ""
-    adjusted = holm([1.0 if t is None or t.undefined else t.p for *_, t in tests])
+    verdicts = iter(judge(run, [-1] * len(run), family_size=len(REPLICATION)))
+    words = {
+        "holds": "**replicated**",
+        "reversed": "**reversed** (worse than random)",
+        "within noise": "not replicated (within noise)",
+    }
+    blank = [""] * (len(TEST_COLUMNS) - 1)
     rows: list[list[object]] = []
-    for (arm, metric, t), p_holm in zip(tests, adjusted, strict=True):
+    for arm, metric, t in tests:
         if t is None:
-            blank = [""] * (len(TEST_COLUMNS) - 1)
             rows.append([f"`{arm}` − `random`", metric, "< 2", *blank, "not run yet"])
             continue
-        if t.undefined or p_holm > ALPHA:
-            verdict = "n/a" if t.undefined else "not replicated (within noise)"
-        else:
-            verdict = "**replicated**" if t.mean < 0 else "**reversed** (worse than random)"
-        rows.append([f"`{arm}` − `random`", metric, *paired_cells(t, p_holm), verdict])
+        v = next(verdicts)
+        verdict = words.get(v.verdict, v.verdict)
+        rows.append([f"`{arm}` − `random`", metric, *paired_cells(t, v.p_holm), verdict])
     components = ", ".join(V1_COMPONENTS)
     return (
         "### Replication of the float32 grid's leads (declared before these jobs ran)\n\n"
