@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -88,6 +89,17 @@ class Fake(downstream.Downstream):
             "items": {},
         }
 
+    def measure_margin(self, checkpoint: Path | None) -> dict[str, Any]:
+        self.calls["margin"] += 1
+        noisy = 0.0 if checkpoint is None else json.loads((checkpoint / "noisy.json").read_text())
+        kinds = {"shuffle": 1.0 - noisy, "swap": 2.0 - noisy, "truncate": 0.1 - noisy}
+        return {
+            "kinds": kinds,
+            "n": dict.fromkeys(kinds, 3),
+            downstream.MARGIN: float(np.mean(list(kinds.values()))),
+            "clean": {"a": 1.5 + noisy, "b": 1.0 + 2 * noisy},
+        }
+
 
 def make_args(tmp_path: Path, **changes: Any) -> argparse.Namespace:
     parser_defaults = {
@@ -117,6 +129,7 @@ def make_args(tmp_path: Path, **changes: Any) -> argparse.Namespace:
         "eval_dtype": "float32",
         "eval_dir": tmp_path,
         "cache_dir": tmp_path / "cache",
+        "margin_pools": "",
     }
     args = argparse.Namespace(**(parser_defaults | changes))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -567,3 +580,104 @@ def test_a_machine_whose_embeddings_differ_reuses_the_recorded_picks(tmp_path: P
     assert run(tmp_path / "other", other, seeds=1, results=tmp_path / "results").calls == Counter(
         {"train": 2, "evaluate": 2}
     )
+
+
+def test_margins_are_measured_once_per_job_of_their_pools_and_kept_by_the_record(
+    tmp_path: Path,
+) -> None:
+    bench = make_bench(tmp_path)
+    first = run(tmp_path, bench, seeds=2, pools="noisy,clean", margin_pools="noisy")
+    assert first.calls == Counter({"train": 8, "evaluate": 9, "margin": 5})  # base + 2 × 2 noisy
+    rows = first.margin_rows()
+    assert sorted((r["pool"], r["arm"], r["seed"]) for r in rows if r["arm"] != "base") == [
+        ("noisy", arm, seed) for arm in ("kmq-balanced", "random") for seed in (0, 1)
+    ]
+    assert all(r["replay"] == 0.0 and not r["retrained"] for r in rows)
+    assert run(tmp_path, bench, seeds=2, pools="noisy,clean", margin_pools="noisy").calls == (
+        Counter()
+    )
+    fresh = tmp_path / "fresh"
+    bench.args.run = fresh / "selections"
+    again = run(fresh, bench, seeds=2, pools="noisy,clean", margin_pools="noisy",
+                results=tmp_path / "results")  # fmt: skip
+    assert again.calls == Counter()  # the margin record, like the job record, is carried
+    same = [json.dumps(r, sort_keys=True) for r in rows]
+    assert sorted(json.dumps(r, sort_keys=True) for r in again.margin_rows()) == sorted(same)
+
+
+def test_a_margin_whose_checkpoint_is_gone_trains_it_again(tmp_path: Path) -> None:
+    """``--margins-only`` adds the margins to finished jobs: from the checkpoint where there is
+    one, else trained again from the same picks; it starts no job."""
+    bench = make_bench(tmp_path)
+    ds = run(tmp_path, bench, seeds=2)
+    assert ds.calls["margin"] == 0 and not ds.margin_rows()
+    gone = ds.jobs()[3]
+    shutil.rmtree(gone.checkpoint.parent)
+    args = make_args(tmp_path, seeds=3, margin_pools="noisy")  # seed 2 not run: no margin
+    again = Fake(args, bench, selection.make_arms(args.arms.split(","), ["q"]))
+    again.calls = Counter()
+    again.margins()
+    assert again.calls == Counter({"train": 1, "margin": 5})
+    rows = {(r["arm"], r["seed"]): r for r in again.margin_rows()}
+    assert len(rows) == 5 and (2 not in {seed for _, seed in rows})
+    assert rows[gone.arm.label, gone.seed]["retrained"]  # type: ignore[union-attr]
+    assert sum(r["retrained"] for r in rows.values()) == 1
+
+
+def margin_row(arm: str, seed: int, value: float, share: float = 0.3) -> dict[str, Any]:
+    kinds = {"shuffle": value, "swap": value + 1.0, "truncate": value - 1.0}
+    return {"pool": "noisy", "arm": arm, "seed": seed, "noisy share": share, "kinds": kinds,
+            downstream.MARGIN: value, "replay": 0.0, "retrained": False}  # fmt: skip
+
+
+def test_the_margin_family_is_judged_over_its_four_with_higher_as_better() -> None:
+    arm = downstream.MARGIN_FAMILY[0][1]
+    rows = [margin_row("random", s, 0.5, 0.3) for s in range(3)]
+    rows += [margin_row(arm, s, 0.52 + 0.001 * s, 0.15) for s in range(3)]
+    labels = ["random", arm]
+    text = downstream.margin_section(rows, labels)
+    line = next(x for x in text.splitlines() if x.startswith(f"| `{arm}` − `random`"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    half = 4.302653 * 0.001 / np.sqrt(3)  # exact t(0.975, 2) × sd / √n
+    assert cells[1:4] == ["3", "+0.0210", f"[{0.021 - half:+.4f}, {0.021 + half:+.4f}]"]
+    # t = 36.37 on 2 df: p = 0.000755; Holm over the four declared (three not run: p = 1)
+    assert cells[5] == "0.00076" and cells[6] == "0.003"
+    assert cells[7] == "**higher than random**"
+    assert text.count("| not run yet |") == 3
+    # every margin and kind, arm − random; and the margin against the noisy share
+    assert f"| noisy | {arm} − random | margin: swap | 3 | +0.0210 |" in text
+    assert "| noise margin | 6 | -1.00 |" in text
+    lower = [margin_row("random", s, 0.5) for s in range(3)]
+    lower += [margin_row(arm, s, 0.48 - 0.001 * s) for s in range(3)]
+    assert "**lower than random**" in downstream.margin_section(lower, labels)
+    assert downstream.margin_section([margin_row("random", 0, 0.5)][:0], labels) == ""
+
+
+def test_the_report_shows_the_margins(tmp_path: Path) -> None:
+    bench = make_bench(tmp_path)
+    ds = run(tmp_path, bench, seeds=3, margin_pools="noisy")
+    downstream.report(ds, 1.0)
+    text = (tmp_path / "results" / "quality.md").read_text(encoding="utf-8")
+    assert "The noise margin (declared)" in text
+    assert "| noisy | kmq-balanced | 3 |" in text and "base (no fine-tuning) | 1 |" in text
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"margin_key": None}, "field margin_key"),
+        ({downstream.MARGIN: "0.1"}, f"field {downstream.MARGIN}"),
+        ({"kinds": {"swap": True}}, "field kinds"),
+        ({"seed": None}, "fields pool/seed"),
+    ],
+)
+def test_a_margin_row_with_a_bad_field_is_named_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, change: dict[str, Any], field: str
+) -> None:
+    good = margin_row("random", 0, 0.5) | {"margin_key": "m"}
+    record = tmp_path / "quality_margins.jsonl"
+    record.write_text(json.dumps(good) + "\n" + json.dumps(good | change) + "\n")
+    with caplog.at_level("WARNING", logger="kmq.benchmarks"):
+        rows = downstream.read_record(record, "margin_key", downstream.margin_problem)
+    assert f"{record}:2: not a job row, skipped ({field}" in caplog.text
+    assert rows == {"m": good}

@@ -77,6 +77,7 @@ from _common import (  # noqa: E402
     write_report,
 )
 from harness import digest, run_pending, say  # noqa: E402
+from margin import MARGIN, HeldRow, noise_margin  # noqa: E402
 from pool_nll import scored_by  # noqa: E402
 from selection import (  # noqa: E402
     METHODS,
@@ -156,6 +157,21 @@ UTC, before any noisy-pool bf16 job of seed ≥ 1 or of iterative-kmq-sound-prop
 Seed 0 of random and kmq-proportional-std had finished by then and their held-out and external
 NLL had been seen (kMQ worse on both); the four metrics here had not been computed for them."""
 
+MARGIN_SEED = 0
+"""The seed of the held-out rows' corruptions (:func:`margin.corruptions`)."""
+MARGIN_FAMILY = (
+    ("noisy", "kmq-proportional-std"),
+    ("noisy", "iterative-kmq-sound-prop"),
+    ("noisy", "kmq-balanced-std"),
+    ("noisy", "iterative-kmq-sound"),
+)
+"""Does kMQ's model learn less of the noise? Each (pool, arm): arm − random on the
+:data:`margin.MARGIN` (higher = better), one Holm family of four two-sided paired t-tests
+(α = 0.05, every seed both arms have), claimed direction: the arm's margin is higher. Declared
+2026-12-03 10:33 UTC, before any model's margin had been computed (the metric did not exist);
+the noisy-pool jobs' NLL had been seen (``results/quality.md``), and the selection table shows
+these arms pick 0.5× random's noisy rows, which is why the margin is expected to favour them."""
+
 PAPER_ORDERING = (
     ("kmq-balanced-std", "random"),
     ("kmq-proportional-std", "random"),
@@ -232,10 +248,40 @@ def record_path(results: Path, name: str) -> Path:
     return results / f"{name}_runs.jsonl"
 
 
-def read_record(path: Path) -> dict[str, dict[str, Any]]:
-    """The job rows of a ``*_runs.jsonl`` record by their ``eval_key`` (the last row wins). A
-    line that is not a job row (a write cut short by a crash, a hand edit) is skipped with a
-    warning that names the file, the line and the field; that job is then run again."""
+def margin_problem(row: Any) -> str | None:
+    """What makes ``row`` not a margin row (its first bad field), or None."""
+    if not isinstance(row, dict):
+        return f"not an object but {type(row).__name__}"
+    if not isinstance(row.get("margin_key"), str):
+        return "field margin_key: missing or not a string"
+    value = row.get(MARGIN)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"field {MARGIN}: missing or not a number"
+    kinds = row.get("kinds")
+    if not isinstance(kinds, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in kinds.values()
+    ):
+        return "field kinds: missing or not an object of numbers"
+    if not isinstance(row.get("arm"), str):
+        return "field arm: missing or not a string"
+    if row["arm"] != "base" and not (isinstance(row.get("seed"), int) and row.get("pool")):
+        return "fields pool/seed: missing for an arm's margin"
+    return None
+
+
+def margin_record_path(results: Path, name: str) -> Path:
+    """Where run ``name`` keeps its noise margins under ``results``."""
+    return results / f"{name}_margins.jsonl"
+
+
+def read_record(
+    path: Path, key: str = "eval_key", problem: Any = record_problem
+) -> dict[str, dict[str, Any]]:
+    """The rows of a record by their ``key`` (the last row wins): the job rows of a
+    ``*_runs.jsonl`` by ``eval_key``, or (``key="margin_key"``, ``problem=margin_problem``) the
+    rows of a ``*_margins.jsonl``. A line that is not such a row (a write cut short by a crash,
+    a hand edit) is skipped with a warning that names the file, the line and the field; that
+    job is then run again."""
     rows: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return rows
@@ -247,11 +293,11 @@ def read_record(path: Path) -> dict[str, dict[str, Any]]:
         except json.JSONDecodeError as exc:
             log.warning("%s:%d: not a job row, skipped (not JSON: %s)", path, number, exc)
             continue
-        problem = record_problem(row)
-        if problem is not None:
-            log.warning("%s:%d: not a job row, skipped (%s)", path, number, problem)
+        bad = problem(row)
+        if bad is not None:
+            log.warning("%s:%d: not a job row, skipped (%s)", path, number, bad)
             continue
-        rows[row["eval_key"]] = row
+        rows[row[key]] = row
     return rows
 
 
@@ -321,6 +367,7 @@ class Job:
     selection_key: str = ""
     train_key: str = ""
     eval_key: str = ""
+    margin_key: str = ""
 
     @property
     def name(self) -> str:
@@ -335,6 +382,10 @@ class Job:
     @property
     def eval_path(self) -> Path:
         return self.folder / f"eval-{self.eval_key}.json"
+
+    @property
+    def margin_path(self) -> Path:
+        return self.folder / f"margin-{self.margin_key}.json"
 
 
 class Downstream:
@@ -364,6 +415,13 @@ class Downstream:
         for other in args.records:
             self.recorded |= read_record(record_path(args.results, other))
         self.recorded |= read_record(self.record)
+        self.margin_record = margin_record_path(args.results, args.name)
+        self.margins_recorded: dict[str, dict[str, Any]] = {}
+        for path in [
+            *(margin_record_path(args.results, n) for n in args.records),
+            self.margin_record,
+        ]:
+            self.margins_recorded |= read_record(path, "margin_key", margin_problem)
         self.recorded_picks = {
             row["selection_key"]: np.array(row["picks"], dtype=np.int64)
             for row in self.recorded.values()
@@ -375,8 +433,15 @@ class Downstream:
         seed) whose picks are not cached yet and that the record does not hold (no such job can
         have finished), so reading the results draws no selection it does not need."""
         evaluation = self.settings.evaluation() | {"holdout": self.holdout_key}
+        margin = {
+            "max_length": self.settings.eval_max_length,
+            "dtype": self.settings.eval_dtype,
+            "holdout": self.holdout_key,
+            "seed": MARGIN_SEED,
+        }
         base = Job(None, None, None, self.args.out / "base")
         base.eval_key = digest("base", self.settings.model, evaluation)
+        base.margin_key = digest("margin", "base", self.settings.model, margin)
         jobs = [base]
         recorded = {(r.get("pool"), r.get("arm"), r.get("seed")) for r in self.recorded.values()}
         for seed in range(self.args.seeds):
@@ -399,6 +464,7 @@ class Downstream:
                         pool, sorted(picks.tolist()), self.settings.train(), seed
                     )
                     job.eval_key = digest(job.train_key, evaluation)
+                    job.margin_key = digest("margin", job.train_key, margin)
                     jobs.append(job)
         return jobs
 
@@ -406,6 +472,106 @@ class Downstream:
         jobs = self.jobs()
         self.restore(jobs)
         run_pending(jobs, self.run_job, lambda m: say(m, self.args.out / "progress.log"))
+        self.margins()
+
+    def wants_margin(self, job: Job) -> bool:
+        """Whether ``job`` gets a noise margin: a job of ``--margin-pools``, or the base model
+        (the reference) when that names any pool."""
+        pools = [p for p in self.args.margin_pools.split(",") if p]
+        return bool(pools) and (job.arm is None or job.pool in pools)
+
+    def margins(self) -> None:
+        """The noise margin of every finished job of ``--margin-pools`` (and the base model)
+        that lacks one: from its checkpoint, trained again (same picks, settings and seed) where
+        ``--out`` has none."""
+        todo = [
+            job
+            for job in self.jobs(drawn_only=True)
+            if self.wants_margin(job)
+            and job.eval_path.exists()
+            and job.margin_key not in self.margins_recorded
+        ]
+        todo.sort(key=lambda job: job.arm is not None and not (job.checkpoint / "DONE").exists())
+        tell = lambda m: say(m, self.args.out / "progress.log")  # noqa: E731
+        tell(f"noise margins: {len(todo)} to compute")
+        for number, job in enumerate(todo, 1):
+            started = time.perf_counter()
+            tell(f"[margin {number}/{len(todo)}] {job.name}")
+            self.margin(job)
+            tell(
+                f"[margin {number}/{len(todo)}] {job.name} done in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
+
+    def ensure_checkpoint(self, job: Job) -> float:
+        """Train ``job``'s picks unless ``--out`` holds the finished checkpoint; its training
+        seconds."""
+        done = job.checkpoint / "DONE"
+        if not done.exists():
+            started = time.perf_counter()
+            shutil.rmtree(job.checkpoint.parent, ignore_errors=True)
+            assert job.picks is not None and job.pool is not None
+            rows = [self.bench.examples[job.pool][i] for i in job.picks]
+            self.train(rows, job.checkpoint.parent, int(job.seed or 0))
+            write_json(done, {"seconds": time.perf_counter() - started, "rows": len(rows)})
+        return float(json.loads(done.read_text())["seconds"])
+
+    def margin(self, job: Job) -> dict[str, Any]:
+        """``job``'s noise margin (:mod:`margin`), computed once: its row in the margin record,
+        with ``replay`` the largest |difference| between the held-out clean NLL measured here
+        and the job's recorded one (≈ 0 when the checkpoint is the one evaluated; a checkpoint
+        trained again can differ by the float rounding of a retraining) and ``retrained``."""
+        if job.margin_path.exists():
+            return dict(json.loads(job.margin_path.read_text()))
+        started = time.perf_counter()
+        retrained = job.arm is not None and not (job.checkpoint / "DONE").exists()
+        if job.arm is not None:
+            self.ensure_checkpoint(job)
+        scores = self.measure_margin(job.checkpoint if job.arm is not None else None)
+        evaluated = json.loads(job.eval_path.read_text())["holdout"]
+        replay = max(abs(scores["clean"][k] - v) for k, v in evaluated.items())
+        row: dict[str, Any] = {
+            "pool": job.pool,
+            "arm": job.arm.label if job.arm else "base",
+            "seed": job.seed,
+            "noisy share": (
+                float(self.bench.is_noisy[job.picks].mean())
+                if job.picks is not None and job.pool == "noisy"
+                else None
+            ),
+            "retrained": retrained,
+            "replay": replay,
+            "seconds": time.perf_counter() - started,
+        } | scores
+        write_json(job.margin_path, row)
+        entry = row | {"margin_key": job.margin_key, "train_key": job.train_key}
+        append_record(self.margin_record, entry)
+        self.margins_recorded[job.margin_key] = entry
+        return row
+
+    def measure_margin(self, checkpoint: Path | None) -> dict[str, Any]:
+        """:func:`margin.noise_margin` of ``checkpoint``'s model (None: the base model)."""
+        model, tokenizer = self.load(checkpoint)
+        return noise_margin(
+            model,
+            tokenizer,
+            self.held_rows(),
+            seed=MARGIN_SEED,
+            max_length=self.settings.eval_max_length,
+        )
+
+    def held_rows(self) -> list[HeldRow]:
+        """The held-out rows with their clean answers, in pool order."""
+        clean = self.bench.examples["clean"]
+        return [
+            HeldRow(clean[i].id, clean[i].source or "?", clean[i].prompt, clean[i].response)
+            for i in self.bench.held
+        ]
+
+    def margin_rows(self) -> list[dict[str, Any]]:
+        """The recorded noise margins of this run's jobs."""
+        keys = {job.margin_key for job in self.jobs(drawn_only=True)}
+        return [row for key, row in self.margins_recorded.items() if key in keys]
 
     def restore(self, jobs: Sequence[Job]) -> int:
         """Write the scores of every job the record holds (by its key) and ``--out`` lacks into
@@ -423,15 +589,7 @@ class Downstream:
     def run_job(self, job: Job) -> None:
         seconds: dict[str, float] = {}
         if job.arm is not None:
-            done = job.checkpoint / "DONE"
-            if not done.exists():
-                started = time.perf_counter()
-                shutil.rmtree(job.checkpoint.parent, ignore_errors=True)
-                assert job.picks is not None and job.pool is not None
-                rows = [self.bench.examples[job.pool][i] for i in job.picks]
-                self.train(rows, job.checkpoint.parent, int(job.seed or 0))
-                write_json(done, {"seconds": time.perf_counter() - started, "rows": len(rows)})
-            seconds["train"] = json.loads(done.read_text())["seconds"]
+            seconds["train"] = self.ensure_checkpoint(job)
         started = time.perf_counter()
         scores = self.evaluate(job.checkpoint if job.arm is not None else None)
         seconds["evaluate"] = time.perf_counter() - started
@@ -456,6 +614,8 @@ class Downstream:
             entry |= {"selection_key": job.selection_key, "picks": job.picks.tolist()}
         append_record(self.record, entry)
         self.recorded[job.eval_key] = entry
+        if self.wants_margin(job):
+            self.margin(job)
 
     def train(self, rows: list[Example], folder: Path, seed: int) -> Path:
         from kmq.training.trl import TRLTrainer
@@ -476,21 +636,26 @@ class Downstream:
         )
         return Path(trainer.train(rows, folder, init=None, seed=seed))
 
-    def evaluate(self, checkpoint: Path | None) -> dict[str, Any]:
-        """``{"suites": {name: NLL}, "holdout": {source: NLL}, "items": {...}}``."""
-        from evaluation.scoring import nll
-        from evaluation.suites import NLLItem, load_suite
-
+    def load(self, checkpoint: Path | None) -> tuple[Any, Any]:
+        """The model to score, in the evaluation's dtype: ``checkpoint``'s, or the base model's
+        (None)."""
         from kmq.models import load_causal_lm
         from kmq.training.generate import load_checkpoint
 
         s = self.settings
         if checkpoint is None:
-            model, tokenizer = load_causal_lm(
+            return load_causal_lm(
                 s.model, dtype=s.eval_dtype, device="cpu", cache_dir=self.args.cache_dir
             )
-        else:
-            model, tokenizer = load_checkpoint(checkpoint, device="cpu", dtype=s.eval_dtype)
+        return load_checkpoint(checkpoint, device="cpu", dtype=s.eval_dtype)
+
+    def evaluate(self, checkpoint: Path | None) -> dict[str, Any]:
+        """``{"suites": {name: NLL}, "holdout": {source: NLL}, "items": {...}}``."""
+        from evaluation.scoring import nll
+        from evaluation.suites import NLLItem, load_suite
+
+        s = self.settings
+        model, tokenizer = self.load(checkpoint)
         settings = {"max_length": s.eval_max_length, "batch_size": 8, "show_progress": False}
         suites: dict[str, float] = {}
         items: dict[str, dict[str, Any]] = {}
@@ -580,14 +745,27 @@ def with_validated(
     ]
 
 
+def margin_values(row: dict[str, Any]) -> dict[str, float]:
+    """One noise-margin row as ``{metric: value}``: :data:`margin.MARGIN` and each kind's."""
+    return {MARGIN: float(row[MARGIN])} | {
+        f"margin: {kind}": float(v) for kind, v in row["kinds"].items()
+    }
+
+
 def paired(
-    results: Sequence[dict[str, Any]], pool: str, arm: str, base: str, metric: str
+    results: Sequence[dict[str, Any]],
+    pool: str,
+    arm: str,
+    base: str,
+    metric: str,
+    values: Any = metrics,
 ) -> np.ndarray:
-    """``arm − base`` on ``metric`` per seed, over the seeds both have finished."""
+    """``arm − base`` on ``metric`` per seed, over the seeds both have finished; ``values``
+    reads a row's metrics (:func:`metrics`, or :func:`margin_values` for margin rows)."""
     got: dict[str, dict[int, float]] = {arm: {}, base: {}}
     for row in results:
         if row["pool"] == pool and row["arm"] in got:
-            got[row["arm"]][row["seed"]] = metrics(row)[metric]
+            got[row["arm"]][row["seed"]] = values(row)[metric]
     seeds = sorted(set(got[arm]) & set(got[base]))
     return np.array([got[arm][s] - got[base][s] for s in seeds])
 
@@ -805,6 +983,113 @@ def replication_section(results: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def margin_section(margins: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
+    """The noise margin (:mod:`margin`): per arm, the declared family (:data:`MARGIN_FAMILY`)
+    judged by :func:`stats.judge`, every arm − random on each margin (Holm over them), and how
+    the margin follows the noisy share across jobs. Empty without margins."""
+    rows = [r for r in margins if r["arm"] != "base"]
+    if not rows:
+        return ""
+    base = next((r for r in margins if r["arm"] == "base"), None)
+    names = list(margin_values(rows[0]))
+    pools = sorted({r["pool"] for r in rows}, key=lambda p: p != "noisy")
+    table: list[list[object]] = []
+    for pool in pools:
+        for label in labels:
+            mine = [r for r in rows if r["pool"] == pool and r["arm"] == label]
+            if not mine:
+                continue
+            shares = [r["noisy share"] for r in mine if r["noisy share"] is not None]
+            cells: list[object] = [pool, label, len(mine)]
+            cells.append(f"{np.mean(shares):.3f}" if shares else "")
+            for name in names:
+                v = np.array([margin_values(r)[name] for r in mine])
+                sd = f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else ""
+                cells.append(f"{v.mean():.4f}{sd}")
+            cells.append(f"{max(r['replay'] for r in mine):.1e}")
+            cells.append(sum(bool(r["retrained"]) for r in mine))
+            table.append(cells)
+    if base is not None:
+        b = margin_values(base)
+        table.append(["", "base (no fine-tuning)", 1, "", *(f"{b[n]:.4f}" for n in names), "", ""])
+    per_arm = markdown_table(
+        ["pool", "arm", "seeds", "noisy share", *names, "replay", "retrained"], table
+    )
+    declared: list[tuple[str, PairedTest | None]] = []
+    for pool, arm in MARGIN_FAMILY:
+        d = paired(rows, pool, arm, "random", MARGIN, margin_values)
+        declared.append((arm, paired_test(d) if len(d) >= 2 else None))
+    run = [t for _, t in declared if t is not None]
+    verdicts = iter(judge(run, [1] * len(run), family_size=len(MARGIN_FAMILY)))
+    words = {
+        "holds": "**higher than random**",
+        "reversed": "**lower than random**",
+        "within noise": "within noise",
+    }
+    blank = [""] * (len(TEST_COLUMNS) - 1)
+    family_rows: list[list[object]] = []
+    for arm, t in declared:
+        if t is None:
+            family_rows.append([f"`{arm}` − `random`", "< 2", *blank, "not run yet"])
+            continue
+        v = next(verdicts)
+        family_rows.append(
+            [f"`{arm}` − `random`", *paired_cells(t, v.p_holm), words.get(v.verdict, v.verdict)]
+        )
+    comparisons: list[Comparison] = []
+    for pool in pools:
+        for label in labels:
+            if label == "random":
+                continue
+            for name in names:
+                d = paired(rows, pool, label, "random", name, margin_values)
+                if len(d):
+                    comparisons.append((pool, f"{label} − random", name, paired_test(d)))
+    every, tested = family_table(comparisons)
+    noisy = [r for r in rows if r["noisy share"] is not None]
+    follow = ""
+    if len(noisy) >= 3:
+        share = np.array([r["noisy share"] for r in noisy])
+        lines = []
+        for name in names:
+            v = np.array([margin_values(r)[name] for r in noisy])
+            r_value = float(np.corrcoef(share, v)[0, 1]) if share.std() and v.std() else math.nan
+            slope = float(np.polyfit(share, v, 1)[0]) if share.std() else math.nan
+            lines.append([name, len(noisy), f"{r_value:+.2f}", f"{slope / 10:+.4f}"])
+        follow = (
+            "\n\nDoes the margin measure the noise a model trained on? Across every noisy-pool "
+            "job with a margin (all arms and seeds; descriptive — arms differ in more than their "
+            "noise): Pearson r between the picks' noisy share and the margin, and the "
+            "least-squares slope per 0.1 of noisy share.\n\n"
+            + markdown_table(["margin", "jobs", "r", "slope per 0.1 noisy share"], lines)
+        )
+    arms = ", ".join(f"`{arm}`" for _, arm in MARGIN_FAMILY)
+    return (
+        "### Does the model learn the noise? The noise margin (declared)\n\n"
+        "Every held-out row's clean answer against its three corruptions, made the way the "
+        "noisy pool's were (`shuffle`: the words in a random order; `swap`: another source's "
+        "held-out answer; `truncate`: cut after the first sentence; one seeded draw, the same "
+        "texts for every model): per row, the corrupted answer's per-token NLL − the clean "
+        "answer's, meaned over the rows each kind changes; `noise margin` = the mean of the three "
+        "kinds (nats per token). **Higher = better**: the model prefers the clean answers by "
+        "more. It measures directly what the planted noise teaches, where held-out and external "
+        "NLL mix it with answer length (a truncated answer lowers TruthfulQA's reference NLL). "
+        f"Declared 2026-12-03 10:33 UTC, before any model's margin had been computed: {arms} "
+        "each − `random` on the noisy pool, one Holm family of "
+        f"{len(MARGIN_FAMILY)} two-sided paired t-tests (a test not run yet counts as p = 1), "
+        "claimed direction: higher than random. The metric was designed after the held-out and "
+        "external NLL of these jobs had been seen. `replay` = the largest |difference| between "
+        "the held-out clean NLL measured with the margin and the job's recorded one (per source; "
+        "the checkpoint is the one evaluated, or trained again — `retrained` jobs — from the same "
+        "picks, settings and seed).\n\n"
+        + markdown_table(["comparison", *TEST_COLUMNS, "verdict"], family_rows)
+        + "\n\n"
+        + per_arm
+        + f"\n\nEvery arm − random on each margin (Holm over the {tested} comparisons with a "
+        "test; positive = higher margin than random):\n\n" + every + follow
+    )
+
+
 def iterative_note(ds: Downstream) -> str:
     """How the iterative arms picked (empty when the run has none)."""
     arms = [a for a in ds.arms if METHODS[a.method]["method"] == "iterative-kmq"]
@@ -978,6 +1263,7 @@ def report(ds: Downstream, seconds: float) -> None:
     finished = with_validated(finished, hurts)
     results = [r for r in finished if r["arm"] != "base"]
     base = next((r for r in finished if r["arm"] == "base"), None)
+    margins = ds.margin_rows()
     pools = [p for p in ds.args.pools.split(",") if any(r["pool"] == p for r in results)]
     labels = [a.label for a in ds.arms]
     sections = []
@@ -1081,12 +1367,15 @@ def report(ds: Downstream, seconds: float) -> None:
         + validated_section(results, hurts, pools, labels)
         + "\n\n"
         + (replication_section(results) + "\n\n" if REPLICATION[0][0] in pools else "")
+        + (margin_section(margins, labels) + "\n\n" if margins else "")
         + ordering_section(results, labels)
         + "\n\n"
         + "\n\n".join([*sections, power_section(comparisons, tested)])
     )
-    plot(ds, results, pools, labels, plotted)
-    command = command_line([a for a in sys.argv[1:] if a != "--report-only"])
+    plot(ds, results, pools, labels, plotted, margins)
+    command = command_line(
+        [a for a in sys.argv[1:] if a not in ("--report-only", "--margins-only")]
+    )
     write_report(
         ds.args.results,
         ds.args.name,
@@ -1106,7 +1395,10 @@ def plot(
     pools: list[str],
     labels: list[str],
     plotted: Sequence[str],
+    margins: Sequence[dict[str, Any]] = (),
 ) -> None:
+    """Per seed arm − random: one panel per ``plotted`` metric, then the noise margin's (when
+    ``margins`` has rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1114,17 +1406,22 @@ def plot(
     import matplotlib.ticker
 
     others = [label for label in labels if label != "random"]
+    panels: list[tuple[str, Sequence[dict[str, Any]], Any, str]] = [
+        (metric, results, metrics, "nats; lower = better") for metric in plotted
+    ]
+    if any(r["arm"] != "base" for r in margins):
+        panels.append((MARGIN, margins, margin_values, "nats/token; higher = better"))
     fig, axes = plt.subplots(
         1,
-        len(plotted),
-        figsize=(6 * len(plotted), 0.6 + 0.5 * len(pools) * max(len(others), 1)),
+        len(panels),
+        figsize=(6 * len(panels), 0.6 + 0.5 * len(pools) * max(len(others), 1)),
         squeeze=False,
     )
-    for ax, metric in zip(axes[0], plotted, strict=True):
+    for ax, (metric, rows, values, unit) in zip(axes[0], panels, strict=True):
         ticks: list[str] = []
         for pool in pools:
             for label in others:
-                d = paired(results, pool, label, "random", metric)
+                d = paired(rows, pool, label, "random", metric, values)
                 if not len(d):
                     continue
                 y = len(ticks)
@@ -1134,7 +1431,7 @@ def plot(
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(range(len(ticks)), ticks)
-        ax.set_title(f"{metric}: arm − random per seed (nats)")
+        ax.set_title(f"{metric}: arm − random per seed ({unit})")
     fig.tight_layout()
     save_figure(fig, ds.args.results, ds.args.name)
 
@@ -1178,7 +1475,17 @@ def main() -> None:
         "new jobs go to --name's record only",
     )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--margin-pools",
+        default="noisy",
+        help="pools whose jobs get a noise margin (comma-separated; '' for none)",
+    )
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--margins-only",
+        action="store_true",
+        help="compute only the missing noise margins of finished jobs (no new job), then report",
+    )
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="full", help="smoke: every stage, small"
     )
@@ -1210,7 +1517,9 @@ def main() -> None:
         sel, [args.quality] if any(a.quality for a in arms) else [], args.pools.split(",")
     )
     ds = Downstream(args, bench, arms)
-    if not args.report_only:
+    if args.margins_only:
+        ds.margins()
+    elif not args.report_only:
         ds.run()
     report(ds, time.perf_counter() - started)
 
