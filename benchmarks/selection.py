@@ -425,12 +425,14 @@ def iterate_picks(
 
 class FeedbackCache:
     """A feedback scorer's score per (prompt, gold answer), kept in a JSON file (written
-    atomically after every call) so that seeds and the two pools (whose clean rows are the
-    same) score each row once. The scorer is built on first need."""
+    atomically after every ``chunk`` rows scored, with a progress bar over the chunks, so an
+    interrupted call resumes where it stopped) so that seeds and the two pools (whose clean rows
+    are the same) score each row once. The scorer is built on first need."""
 
-    def __init__(self, path: Path, name: str) -> None:
+    def __init__(self, path: Path, name: str, chunk: int = 64) -> None:
         self.path = path
         self.name = name
+        self.chunk = chunk
         self.saved: dict[str, float | None] = json.loads(path.read_text()) if path.exists() else {}
         self._scorer: Any = None
 
@@ -446,14 +448,17 @@ class FeedbackCache:
                 from kmq.feedback import get_feedback_scorer
 
                 self._scorer = get_feedback_scorer(self.name)
-            got = self._scorer.score(
-                [examples[i].prompt for i in todo.values()],
-                [examples[i].response for i in todo.values()],
-                [""] * len(todo),
-            )
-            for key, value in zip(todo, got, strict=True):
-                self.saved[key] = float(value) if np.isfinite(value) else None
-            self._save()
+            items = list(todo.items())
+            chunks = [items[i : i + self.chunk] for i in range(0, len(items), self.chunk)]
+            for chunk in tqdm(chunks, desc=f"feedback {self.name}", disable=len(chunks) < 2):
+                got = self._scorer.score(
+                    [examples[i].prompt for _, i in chunk],
+                    [examples[i].response for _, i in chunk],
+                    [""] * len(chunk),
+                )
+                for (key, _), value in zip(chunk, got, strict=True):
+                    self.saved[key] = float(value) if np.isfinite(value) else None
+                self._save()
         return np.array([np.nan if self.saved[key] is None else self.saved[key] for key in keys])
 
     def _save(self) -> None:

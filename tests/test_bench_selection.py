@@ -172,6 +172,35 @@ def test_feedback_cache_scores_each_row_once(tmp_path: Path) -> None:
     assert calls == [2, 2]  # read back from the file
 
 
+def test_feedback_cache_saves_each_chunk_so_an_interrupted_call_resumes(tmp_path: Path) -> None:
+    from kmq.examples import Example, Message
+
+    rows = [
+        Example(
+            id=f"r{i}", messages=(Message("user", f"q{i}"), Message("assistant", "a " * i)), row=i
+        )
+        for i in range(1, 6)
+    ]
+    calls: list[int] = []
+
+    class Failing(WordCountFeedback):
+        def score(self, prompts: Any, gold: Any, generated: Any) -> np.ndarray:
+            if calls:
+                raise RuntimeError("killed")
+            calls.append(len(gold))
+            return super().score(prompts, gold, generated)
+
+    path = tmp_path / "feedback.json"
+    cache = selection.FeedbackCache(path, "word-count", chunk=2)
+    cache._scorer = Failing()
+    with pytest.raises(RuntimeError, match="killed"):
+        cache.scores(rows, np.arange(5))
+    assert sorted(json.loads(path.read_text()).values()) == [1.0, 2.0]  # the first chunk kept
+    again = selection.FeedbackCache(path, "word-count", chunk=2)
+    again._scorer = WordCountFeedback()
+    assert again.scores(rows, np.arange(5)).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
 def test_report_on_the_noisy_pool_alone(tmp_path: Path) -> None:
     shares = {"random": [0.30, 0.28, 0.29], "kmq-balanced (pmi)": [0.10, 0.11, 0.09]}
     rows = [r for r in fake_rows(shares) if r["pool"] == "noisy"]
