@@ -16,7 +16,13 @@ the base model, then scored on:
   token; ``external NLL`` is their unweighted mean;
 - the held-out rows (``--holdout`` per source, removed from both pools before selection; their
   clean answers, whichever pool was trained on): NLL per source, ``held-out NLL`` is the macro
-  mean over sources.
+  mean over sources;
+- for the jobs of ``--margin-pools`` (default the noisy pool) and the base model, the noise
+  margin (``margin.py``): how much likelier the model finds those held-out rows' clean answers
+  than their shuffled, swapped and truncated versions — what the planted noise teaches,
+  measured directly (higher = better; ``--margins-only`` adds it to finished jobs, from their
+  checkpoints or, where ``--out`` lost them, trained again; kept in
+  ``<results>/<name>_margins.jsonl``).
 
 Each (pool, arm, seed) is compared with random under the same seed (paired: the seed fixes the
 k-means, the draw and the training order) with ``quality/stats.py``: mean difference, exact-t
@@ -1431,7 +1437,7 @@ def plot(
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(range(len(ticks)), ticks)
-        ax.set_title(f"{metric}: arm − random per seed ({unit})")
+        ax.set_title(f"{metric}\narm − random per seed ({unit})")
     fig.tight_layout()
     save_figure(fig, ds.args.results, ds.args.name)
 
