@@ -647,6 +647,8 @@ def test_the_margin_family_is_judged_over_its_four_with_higher_as_better() -> No
     # every margin and kind, arm − random; and the margin against the noisy share
     assert f"| noisy | {arm} − random | margin: swap | 3 | +0.0210 |" in text
     assert "| noise margin | 6 | -1.00 |" in text
+    # the margin's power table: sd of the paired differences (0.001) on 2 df
+    assert "How many seeds the margin needs" in text and "| noise margin | 0.0010 | 2 |" in text
     lower = [margin_row("random", s, 0.5) for s in range(3)]
     lower += [margin_row(arm, s, 0.48 - 0.001 * s) for s in range(3)]
     assert "**lower than random**" in downstream.margin_section(lower, labels)

@@ -824,13 +824,18 @@ def noise_cost(results: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
 POWER_SEEDS = (3, 5, 8, 10, 15, 20)
 
 
-def power_section(comparisons: Sequence[Comparison], family_size: int) -> str:
+def power_section(
+    comparisons: Sequence[Comparison],
+    family_size: int,
+    metrics_: Sequence[str] = METRICS,
+    title: str = "### Power: the smallest difference these seeds can detect",
+) -> str:
     """How many seeds a difference needs: per metric, the sd of the paired differences pooled
     over the arm − random comparisons with a test, and the smallest true difference a paired
     t-test detects with 80 % power at α = 0.05 alone and at α = 0.05 / ``family_size`` (the
     first step of Holm over the whole family: a conservative bound)."""
     rows = []
-    for metric in METRICS:
+    for metric in metrics_:
         tests = [
             t
             for _, label, m, t in comparisons
@@ -849,7 +854,7 @@ def power_section(comparisons: Sequence[Comparison], family_size: int) -> str:
     if not rows:
         return ""
     return (
-        "### Power: the smallest difference these seeds can detect\n\n"
+        f"{title}\n\n"
         "sd = the seed-paired differences' standard deviation pooled over the arm − random "
         "comparisons above (df = their degrees of freedom). Each cell: the smallest true mean "
         "difference a two-sided paired t-test detects with 80 % power with that many seeds, at "
@@ -1091,6 +1096,13 @@ def margin_section(margins: Sequence[dict[str, Any]], labels: Sequence[str]) -> 
         + markdown_table(["comparison", *TEST_COLUMNS, "verdict"], family_rows)
         + "\n\n"
         + per_arm
+        + "\n\n"
+        + power_section(
+            comparisons,
+            len(MARGIN_FAMILY),
+            [MARGIN],
+            "How many seeds the margin needs (same reading as the NLL power table below):",
+        )
         + f"\n\nEvery arm − random on each margin (Holm over the {tested} comparisons with a "
         "test; positive = higher margin than random):\n\n" + every + follow
     )
