@@ -1092,7 +1092,9 @@ def margin_section(margins: Sequence[dict[str, Any]], labels: Sequence[str]) -> 
         "external NLL of these jobs had been seen. `replay` = the largest |difference| between "
         "the held-out clean NLL measured with the margin and the job's recorded one (per source; "
         "the checkpoint is the one evaluated, or trained again — `retrained` jobs — from the same "
-        "picks, settings and seed).\n\n"
+        "picks, settings and seed): the two passes batch the rows differently, so bf16 rounding "
+        "alone leaves ≈ 1e-3 (more with few rows); a retrained checkpoint that differed would "
+        "show far more.\n\n"
         + markdown_table(["comparison", *TEST_COLUMNS, "verdict"], family_rows)
         + "\n\n"
         + per_arm
