@@ -810,13 +810,14 @@ def d_z_cell(t: PairedTest) -> str:
     return f"{t.d_z:+.2f} [{t.d_z_ci[0]:+.2f}, {t.d_z_ci[1]:+.2f}]"
 
 
-def noise_cost(results: Sequence[dict[str, Any]], metric: str) -> np.ndarray:
+def noise_cost(results: Sequence[dict[str, Any]], metric: str, values: Any = metrics) -> np.ndarray:
     """Random on the noisy pool − random on the clean pool, per seed: the same rows (random
-    ignores the answers), trained with and without the planted noise."""
+    ignores the answers), trained with and without the planted noise (``values`` as in
+    :func:`paired`)."""
     got: dict[str, dict[int, float]] = {"noisy": {}, "clean": {}}
     for row in results:
         if row["arm"] == "random" and row["pool"] in got:
-            got[row["pool"]][row["seed"]] = metrics(row)[metric]
+            got[row["pool"]][row["seed"]] = values(row)[metric]
     seeds = sorted(set(got["noisy"]) & set(got["clean"]))
     return np.array([got["noisy"][s] - got["clean"][s] for s in seeds])
 
@@ -869,19 +870,21 @@ def family(
     pools: Sequence[str],
     labels: Sequence[str],
     metrics_: Sequence[str],
+    values: Any = metrics,
 ) -> list[Comparison]:
-    """Every arm − random (same seed) per pool, then what the noise costs, on ``metrics_``."""
+    """Every arm − random (same seed) per pool, then what the noise costs, on ``metrics_``
+    (``values`` as in :func:`paired`)."""
     out: list[Comparison] = []
     for pool in pools:
         for label in labels:
             if label == "random":
                 continue
             for metric in metrics_:
-                d = paired(results, pool, label, "random", metric)
+                d = paired(results, pool, label, "random", metric, values)
                 if len(d):
                     out.append((pool, f"{label} − random", metric, paired_test(d)))
     for metric in metrics_:
-        d = noise_cost(results, metric)
+        d = noise_cost(results, metric, values)
         if len(d):
             out.append(("both", "random: noisy − clean pool", metric, paired_test(d)))
     return out
@@ -951,33 +954,42 @@ def confirmation(results: Sequence[dict[str, Any]]) -> str:
     return head + table
 
 
+def declared_rows(
+    tests: Sequence[tuple[list[object], PairedTest | None]], sign: int, words: dict[str, str]
+) -> list[list[object]]:
+    """A declared family's table rows: each test's leading cells, then :data:`TEST_COLUMNS` and
+    its verdict (``words`` renames :func:`stats.judge`'s), judged over the whole family (a test
+    not run yet, None, counts as p = 1 and is shown as such); ``sign`` the claimed direction."""
+    run = [t for _, t in tests if t is not None]
+    verdicts = iter(judge(run, [sign] * len(run), family_size=len(tests)))
+    blank = [""] * (len(TEST_COLUMNS) - 1)
+    rows: list[list[object]] = []
+    for lead, t in tests:
+        if t is None:
+            rows.append([*lead, "< 2", *blank, "not run yet"])
+            continue
+        v = next(verdicts)
+        rows.append([*lead, *paired_cells(t, v.p_holm), words.get(v.verdict, v.verdict)])
+    return rows
+
+
 def replication_section(results: Sequence[dict[str, Any]]) -> str:
     """The declared replication family (:data:`REPLICATION`): each test on every seed both arms
     have, judged by :func:`stats.judge` over the whole declared family (a test not run yet
     counts as p = 1; a row without the metric's suites, a run with other ``--suites``, counts as
     not run)."""
-    tests: list[tuple[str, str, PairedTest | None]] = []
+    tests: list[tuple[list[object], PairedTest | None]] = []
     for pool, arm, metric in REPLICATION:
         d = paired([r for r in results if metric in metrics(r)], pool, arm, "random", metric)
-        tests.append((arm, metric, paired_test(d) if len(d) >= 2 else None))
-    run = [t for *_, t in tests if t is not None]
-    if not run:
+        tests.append(([f"`{arm}` − `random`", metric], paired_test(d) if len(d) >= 2 else None))
+    if all(t is None for _, t in tests):
         return ""
-    verdicts = iter(judge(run, [-1] * len(run), family_size=len(REPLICATION)))
     words = {
         "holds": "**replicated**",
         "reversed": "**reversed** (worse than random)",
         "within noise": "not replicated (within noise)",
     }
-    blank = [""] * (len(TEST_COLUMNS) - 1)
-    rows: list[list[object]] = []
-    for arm, metric, t in tests:
-        if t is None:
-            rows.append([f"`{arm}` − `random`", metric, "< 2", *blank, "not run yet"])
-            continue
-        v = next(verdicts)
-        verdict = words.get(v.verdict, v.verdict)
-        rows.append([f"`{arm}` − `random`", metric, *paired_cells(t, v.p_holm), verdict])
+    rows = declared_rows(tests, -1, words)
     components = ", ".join(V1_COMPONENTS)
     return (
         "### Replication of the float32 grid's leads (declared before these jobs ran)\n\n"
@@ -1026,36 +1038,13 @@ def margin_section(margins: Sequence[dict[str, Any]], labels: Sequence[str]) -> 
     per_arm = markdown_table(
         ["pool", "arm", "seeds", "noisy share", *names, "replay", "retrained"], table
     )
-    declared: list[tuple[str, PairedTest | None]] = []
+    declared: list[tuple[list[object], PairedTest | None]] = []
     for pool, arm in MARGIN_FAMILY:
         d = paired(rows, pool, arm, "random", MARGIN, margin_values)
-        declared.append((arm, paired_test(d) if len(d) >= 2 else None))
-    run = [t for _, t in declared if t is not None]
-    verdicts = iter(judge(run, [1] * len(run), family_size=len(MARGIN_FAMILY)))
-    words = {
-        "holds": "**higher than random**",
-        "reversed": "**lower than random**",
-        "within noise": "within noise",
-    }
-    blank = [""] * (len(TEST_COLUMNS) - 1)
-    family_rows: list[list[object]] = []
-    for arm, t in declared:
-        if t is None:
-            family_rows.append([f"`{arm}` − `random`", "< 2", *blank, "not run yet"])
-            continue
-        v = next(verdicts)
-        family_rows.append(
-            [f"`{arm}` − `random`", *paired_cells(t, v.p_holm), words.get(v.verdict, v.verdict)]
-        )
-    comparisons: list[Comparison] = []
-    for pool in pools:
-        for label in labels:
-            if label == "random":
-                continue
-            for name in names:
-                d = paired(rows, pool, label, "random", name, margin_values)
-                if len(d):
-                    comparisons.append((pool, f"{label} − random", name, paired_test(d)))
+        declared.append(([f"`{arm}` − `random`"], paired_test(d) if len(d) >= 2 else None))
+    words = {"holds": "**higher than random**", "reversed": "**lower than random**"}
+    family_rows = declared_rows(declared, 1, words)
+    comparisons = family(rows, pools, labels, names, margin_values)
     every, tested = family_table(comparisons)
     noisy = [r for r in rows if r["noisy share"] is not None]
     follow = ""
