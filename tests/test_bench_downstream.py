@@ -683,3 +683,17 @@ def test_a_margin_row_with_a_bad_field_is_named_and_skipped(
         rows = downstream.read_record(record, "margin_key", downstream.margin_problem)
     assert f"{record}:2: not a job row, skipped ({field}" in caplog.text
     assert rows == {"m": good}
+
+
+def test_a_margin_in_out_but_not_in_the_record_is_recorded_not_measured_again(
+    tmp_path: Path,
+) -> None:
+    bench = make_bench(tmp_path)
+    first = run(tmp_path, bench, seeds=1, margin_pools="noisy")
+    assert first.calls["margin"] == 3  # the base and 2 arms
+    record = tmp_path / "results" / "quality_margins.jsonl"
+    before = downstream.read_record(record, "margin_key", downstream.margin_problem)
+    record.unlink()
+    again = run(tmp_path, bench, seeds=1, margin_pools="noisy")
+    assert again.calls == Counter()
+    assert downstream.read_record(record, "margin_key", downstream.margin_problem) == before

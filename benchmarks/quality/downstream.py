@@ -60,7 +60,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,7 +281,9 @@ def margin_record_path(results: Path, name: str) -> Path:
 
 
 def read_record(
-    path: Path, key: str = "eval_key", problem: Any = record_problem
+    path: Path,
+    key: str = "eval_key",
+    problem: Callable[[Any], str | None] = record_problem,
 ) -> dict[str, dict[str, Any]]:
     """The rows of a record by their ``key`` (the last row wins): the job rows of a
     ``*_runs.jsonl`` by ``eval_key``, or (``key="margin_key"``, ``problem=margin_problem``) the
@@ -474,10 +476,14 @@ class Downstream:
                     jobs.append(job)
         return jobs
 
+    def say(self, message: str) -> None:
+        """Log ``message`` and add it to ``<out>/progress.log``."""
+        say(message, self.args.out / "progress.log")
+
     def run(self) -> None:
         jobs = self.jobs()
         self.restore(jobs)
-        run_pending(jobs, self.run_job, lambda m: say(m, self.args.out / "progress.log"))
+        run_pending(jobs, self.run_job, self.say)
         self.margins()
 
     def wants_margin(self, job: Job) -> bool:
@@ -489,25 +495,23 @@ class Downstream:
     def margins(self) -> None:
         """The noise margin of every finished job of ``--margin-pools`` (and the base model)
         that lacks one: from its checkpoint, trained again (same picks, settings and seed) where
-        ``--out`` has none."""
-        todo = [
+        ``--out`` has none; those with a checkpoint first."""
+        finished = [
             job
             for job in self.jobs(drawn_only=True)
-            if self.wants_margin(job)
-            and job.eval_path.exists()
-            and job.margin_key not in self.margins_recorded
+            if self.wants_margin(job) and job.eval_path.exists()
         ]
-        todo.sort(key=lambda job: job.arm is not None and not (job.checkpoint / "DONE").exists())
-        tell = lambda m: say(m, self.args.out / "progress.log")  # noqa: E731
-        tell(f"noise margins: {len(todo)} to compute")
-        for number, job in enumerate(todo, 1):
-            started = time.perf_counter()
-            tell(f"[margin {number}/{len(todo)}] {job.name}")
-            self.margin(job)
-            tell(
-                f"[margin {number}/{len(todo)}] {job.name} done in "
-                f"{time.perf_counter() - started:.0f} s"
-            )
+        finished.sort(
+            key=lambda job: job.arm is not None and not (job.checkpoint / "DONE").exists()
+        )
+        run_pending(
+            finished,
+            self.margin,
+            self.say,
+            done=lambda job: job.margin_key in self.margins_recorded,
+            what="noise margins",
+            tag="margin ",
+        )
 
     def ensure_checkpoint(self, job: Job) -> float:
         """Train ``job``'s picks unless ``--out`` holds the finished checkpoint; its training
@@ -528,7 +532,10 @@ class Downstream:
         and the job's recorded one (≈ 0 when the checkpoint is the one evaluated; a checkpoint
         trained again can differ by the float rounding of a retraining) and ``retrained``."""
         if job.margin_path.exists():
-            return dict(json.loads(job.margin_path.read_text()))
+            row = dict(json.loads(job.margin_path.read_text()))
+            if job.margin_key not in self.margins_recorded:  # ``--out`` has it, the record not
+                self.record_margin(job, row)
+            return row
         started = time.perf_counter()
         retrained = job.arm is not None and not (job.checkpoint / "DONE").exists()
         if job.arm is not None:
@@ -540,20 +547,26 @@ class Downstream:
             "pool": job.pool,
             "arm": job.arm.label if job.arm else "base",
             "seed": job.seed,
-            "noisy share": (
-                float(self.bench.is_noisy[job.picks].mean())
-                if job.picks is not None and job.pool == "noisy"
-                else None
-            ),
+            "noisy share": self.noisy_share(job),
             "retrained": retrained,
             "replay": replay,
             "seconds": time.perf_counter() - started,
         } | scores
         write_json(job.margin_path, row)
+        self.record_margin(job, row)
+        return row
+
+    def record_margin(self, job: Job, row: dict[str, Any]) -> None:
+        """Append ``job``'s margin ``row`` to the margin record, with its keys."""
         entry = row | {"margin_key": job.margin_key, "train_key": job.train_key}
         append_record(self.margin_record, entry)
         self.margins_recorded[job.margin_key] = entry
-        return row
+
+    def noisy_share(self, job: Job) -> float | None:
+        """The share of ``job``'s picks whose answer is noisy (None off the noisy pool)."""
+        if job.picks is None or job.pool != "noisy":
+            return None
+        return float(self.bench.is_noisy[job.picks].mean())
 
     def measure_margin(self, checkpoint: Path | None) -> dict[str, Any]:
         """:func:`margin.noise_margin` of ``checkpoint``'s model (None: the base model)."""
@@ -589,7 +602,7 @@ class Downstream:
                 write_json(job.eval_path, {k: v for k, v in row.items() if k not in KEYS})
                 restored += 1
         if restored:
-            say(f"{restored} jobs restored from {self.record}", self.args.out / "progress.log")
+            self.say(f"{restored} jobs restored from {self.record}")
         return restored
 
     def run_job(self, job: Job) -> None:
@@ -599,16 +612,11 @@ class Downstream:
         started = time.perf_counter()
         scores = self.evaluate(job.checkpoint if job.arm is not None else None)
         seconds["evaluate"] = time.perf_counter() - started
-        noisy = (
-            float(self.bench.is_noisy[job.picks].mean())
-            if job.picks is not None and job.pool == "noisy"
-            else None
-        )
         row: dict[str, Any] = {
             "pool": job.pool,
             "arm": job.arm.label if job.arm else "base",
             "seed": job.seed,
-            "noisy share": noisy,
+            "noisy share": self.noisy_share(job),
             "seconds": seconds,
         } | scores
         meta = job.checkpoint / "kmq_checkpoint.json"
@@ -751,11 +759,33 @@ def with_validated(
     ]
 
 
+Values = Callable[[dict[str, Any]], dict[str, float]]
+"""Reads a result row's metrics: :func:`metrics`, or :func:`margin_values` for margin rows."""
+
+
 def margin_values(row: dict[str, Any]) -> dict[str, float]:
     """One noise-margin row as ``{metric: value}``: :data:`margin.MARGIN` and each kind's."""
     return {MARGIN: float(row[MARGIN])} | {
         f"margin: {kind}": float(v) for kind, v in row["kinds"].items()
     }
+
+
+def share_cell(rows: Sequence[dict[str, Any]]) -> str:
+    """The mean noisy share of ``rows`` (empty off the noisy pool)."""
+    shares = [r["noisy share"] for r in rows if r["noisy share"] is not None]
+    return f"{np.mean(shares):.3f}" if shares else ""
+
+
+def mean_sd_cells(
+    rows: Sequence[dict[str, Any]], names: Sequence[str], values: Values
+) -> list[object]:
+    """Per metric in ``names``: its mean over ``rows`` ± the seed std (mean alone for one row)."""
+    cells: list[object] = []
+    for name in names:
+        v = np.array([values(r)[name] for r in rows])
+        sd = f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else ""
+        cells.append(f"{v.mean():.4f}{sd}")
+    return cells
 
 
 def paired(
@@ -764,7 +794,7 @@ def paired(
     arm: str,
     base: str,
     metric: str,
-    values: Any = metrics,
+    values: Values = metrics,
 ) -> np.ndarray:
     """``arm − base`` on ``metric`` per seed, over the seeds both have finished; ``values``
     reads a row's metrics (:func:`metrics`, or :func:`margin_values` for margin rows)."""
@@ -810,7 +840,9 @@ def d_z_cell(t: PairedTest) -> str:
     return f"{t.d_z:+.2f} [{t.d_z_ci[0]:+.2f}, {t.d_z_ci[1]:+.2f}]"
 
 
-def noise_cost(results: Sequence[dict[str, Any]], metric: str, values: Any = metrics) -> np.ndarray:
+def noise_cost(
+    results: Sequence[dict[str, Any]], metric: str, values: Values = metrics
+) -> np.ndarray:
     """Random on the noisy pool − random on the clean pool, per seed: the same rows (random
     ignores the answers), trained with and without the planted noise (``values`` as in
     :func:`paired`)."""
@@ -870,7 +902,7 @@ def family(
     pools: Sequence[str],
     labels: Sequence[str],
     metrics_: Sequence[str],
-    values: Any = metrics,
+    values: Values = metrics,
 ) -> list[Comparison]:
     """Every arm − random (same seed) per pool, then what the noise costs, on ``metrics_``
     (``values`` as in :func:`paired`)."""
@@ -1022,13 +1054,8 @@ def margin_section(margins: Sequence[dict[str, Any]], labels: Sequence[str]) -> 
             mine = [r for r in rows if r["pool"] == pool and r["arm"] == label]
             if not mine:
                 continue
-            shares = [r["noisy share"] for r in mine if r["noisy share"] is not None]
-            cells: list[object] = [pool, label, len(mine)]
-            cells.append(f"{np.mean(shares):.3f}" if shares else "")
-            for name in names:
-                v = np.array([margin_values(r)[name] for r in mine])
-                sd = f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else ""
-                cells.append(f"{v.mean():.4f}{sd}")
+            cells: list[object] = [pool, label, len(mine), share_cell(mine)]
+            cells += mean_sd_cells(mine, names, margin_values)
             cells.append(f"{max(r['replay'] for r in mine):.1e}")
             cells.append(sum(bool(r["retrained"]) for r in mine))
             table.append(cells)
@@ -1286,15 +1313,11 @@ def report(ds: Downstream, seconds: float) -> None:
             if not mine:
                 continue
             cells: list[object] = [label, len(mine)]
-            shares = [r["noisy share"] for r in mine if r["noisy share"] is not None]
-            cells.append(f"{np.mean(shares):.3f}" if shares else "")
+            cells.append(share_cell(mine))
             trained = [r["train"] for r in mine if "train" in r]
             cells.append(f"{np.mean([t['steps'] for t in trained]):.1f}" if trained else "")
             cells.append(f"{np.mean([t['train_loss'] for t in trained]):.3f}" if trained else "")
-            for metric in ordered:
-                v = np.array([metrics(r)[metric] for r in mine])
-                sd = f" ± {v.std(ddof=1):.4f}" if len(v) > 1 else ""
-                cells.append(f"{v.mean():.4f}{sd}")
+            cells += mean_sd_cells(mine, ordered, metrics)
             table.append(cells)
         if base is not None:
             b = metrics(base)
@@ -1415,7 +1438,7 @@ def plot(
     import matplotlib.ticker
 
     others = [label for label in labels if label != "random"]
-    panels: list[tuple[str, Sequence[dict[str, Any]], Any, str]] = [
+    panels: list[tuple[str, Sequence[dict[str, Any]], Values, str]] = [
         (metric, results, metrics, "nats; lower = better") for metric in plotted
     ]
     if any(r["arm"] != "base" for r in margins):

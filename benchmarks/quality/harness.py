@@ -357,17 +357,24 @@ def say(message: str, log_file: Path | None) -> None:
 
 
 def run_pending(
-    jobs: Sequence[Any], run_job: Callable[[Any], None], tell: Callable[[str], None]
+    jobs: Sequence[Any],
+    run_job: Callable[[Any], Any],
+    tell: Callable[[str], None],
+    *,
+    done: Callable[[Any], bool] = lambda job: job.eval_path.exists(),
+    what: str = "jobs",
+    tag: str = "",
 ) -> None:
-    """Run every job whose ``eval_path`` is missing, in order, telling the progress."""
-    todo = [job for job in jobs if not job.eval_path.exists()]
-    tell(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; {len(todo)} to run")
+    """Run every job not ``done`` (by default: whose ``eval_path`` is missing), in order,
+    telling the progress (``what`` names the jobs, ``tag`` prefixes each job's count)."""
+    todo = [job for job in jobs if not done(job)]
+    tell(f"{len(jobs) - len(todo)} of {len(jobs)} {what} already done; {len(todo)} to run")
     for number, job in enumerate(todo, 1):
         started = time.perf_counter()
-        tell(f"[{number}/{len(todo)}] {job.name}")
+        tell(f"[{tag}{number}/{len(todo)}] {job.name}")
         run_job(job)
         seconds = time.perf_counter() - started
-        tell(f"[{number}/{len(todo)}] {job.name} done in {seconds:.0f} s")
+        tell(f"[{tag}{number}/{len(todo)}] {job.name} done in {seconds:.0f} s")
 
 
 def holdout_ids(examples: Sequence[Example], per_source: int, seed: int) -> list[str]:
