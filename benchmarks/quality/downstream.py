@@ -388,6 +388,11 @@ class Job:
         return self.folder / f"model-{self.train_key}" / "checkpoint"
 
     @property
+    def trained(self) -> Path | None:
+        """The checkpoint to score: the job's, None for the base model."""
+        return self.checkpoint if self.arm is not None else None
+
+    @property
     def eval_path(self) -> Path:
         return self.folder / f"eval-{self.eval_key}.json"
 
@@ -540,18 +545,18 @@ class Downstream:
         retrained = job.arm is not None and not (job.checkpoint / "DONE").exists()
         if job.arm is not None:
             self.ensure_checkpoint(job)
-        scores = self.measure_margin(job.checkpoint if job.arm is not None else None)
+        scores = self.measure_margin(job.trained)
         evaluated = json.loads(job.eval_path.read_text())["holdout"]
         replay = max(abs(scores["clean"][k] - v) for k, v in evaluated.items())
-        row: dict[str, Any] = {
-            "pool": job.pool,
-            "arm": job.arm.label if job.arm else "base",
-            "seed": job.seed,
-            "noisy share": self.noisy_share(job),
-            "retrained": retrained,
-            "replay": replay,
-            "seconds": time.perf_counter() - started,
-        } | scores
+        row: dict[str, Any] = (
+            self.identity(job)
+            | {
+                "retrained": retrained,
+                "replay": replay,
+                "seconds": time.perf_counter() - started,
+            }
+            | scores
+        )
         write_json(job.margin_path, row)
         self.record_margin(job, row)
         return row
@@ -562,11 +567,16 @@ class Downstream:
         append_record(self.margin_record, entry)
         self.margins_recorded[job.margin_key] = entry
 
-    def noisy_share(self, job: Job) -> float | None:
-        """The share of ``job``'s picks whose answer is noisy (None off the noisy pool)."""
-        if job.picks is None or job.pool != "noisy":
-            return None
-        return float(self.bench.is_noisy[job.picks].mean())
+    def identity(self, job: Job) -> dict[str, Any]:
+        """The fields that open ``job``'s rows: pool, arm, seed and the share of its picks whose
+        answer is noisy (None off the noisy pool)."""
+        noisy = job.picks is not None and job.pool == "noisy"
+        return {
+            "pool": job.pool,
+            "arm": job.arm.label if job.arm else "base",
+            "seed": job.seed,
+            "noisy share": float(self.bench.is_noisy[job.picks].mean()) if noisy else None,
+        }
 
     def measure_margin(self, checkpoint: Path | None) -> dict[str, Any]:
         """:func:`margin.noise_margin` of ``checkpoint``'s model (None: the base model)."""
@@ -610,15 +620,15 @@ class Downstream:
         if job.arm is not None:
             seconds["train"] = self.ensure_checkpoint(job)
         started = time.perf_counter()
-        scores = self.evaluate(job.checkpoint if job.arm is not None else None)
+        scores = self.evaluate(job.trained)
         seconds["evaluate"] = time.perf_counter() - started
-        row: dict[str, Any] = {
-            "pool": job.pool,
-            "arm": job.arm.label if job.arm else "base",
-            "seed": job.seed,
-            "noisy share": self.noisy_share(job),
-            "seconds": seconds,
-        } | scores
+        row: dict[str, Any] = (
+            self.identity(job)
+            | {
+                "seconds": seconds,
+            }
+            | scores
+        )
         meta = job.checkpoint / "kmq_checkpoint.json"
         if job.arm is not None and meta.is_file():
             row["train"] = json.loads(meta.read_text())
