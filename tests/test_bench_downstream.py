@@ -680,8 +680,8 @@ def test_a_margin_row_with_a_bad_field_is_named_and_skipped(
     record = tmp_path / "quality_margins.jsonl"
     record.write_text(json.dumps(good) + "\n" + json.dumps(good | change) + "\n")
     with caplog.at_level("WARNING", logger="kmq.benchmarks"):
-        rows = downstream.read_record(record, "margin_key", downstream.margin_problem)
-    assert f"{record}:2: not a job row, skipped ({field}" in caplog.text
+        rows = downstream.read_record(record, "margin_key", downstream.margin_problem, "margin")
+    assert f"{record}:2: not a margin row, skipped ({field}" in caplog.text
     assert rows == {"m": good}
 
 

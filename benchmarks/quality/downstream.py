@@ -284,12 +284,13 @@ def read_record(
     path: Path,
     key: str = "eval_key",
     problem: Callable[[Any], str | None] = record_problem,
+    kind: str = "job",
 ) -> dict[str, dict[str, Any]]:
     """The rows of a record by their ``key`` (the last row wins): the job rows of a
-    ``*_runs.jsonl`` by ``eval_key``, or (``key="margin_key"``, ``problem=margin_problem``) the
-    rows of a ``*_margins.jsonl``. A line that is not such a row (a write cut short by a crash,
-    a hand edit) is skipped with a warning that names the file, the line and the field; that
-    job is then run again."""
+    ``*_runs.jsonl`` by ``eval_key``, or (``key="margin_key"``, ``problem=margin_problem``,
+    ``kind="margin"``) the rows of a ``*_margins.jsonl``. A line that is not such a row (a
+    write cut short by a crash, a hand edit) is skipped with a warning that names the file,
+    the line and the field; that job (or margin) is then run again."""
     rows: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return rows
@@ -299,11 +300,11 @@ def read_record(
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            log.warning("%s:%d: not a job row, skipped (not JSON: %s)", path, number, exc)
+            log.warning("%s:%d: not a %s row, skipped (not JSON: %s)", path, number, kind, exc)
             continue
         bad = problem(row)
         if bad is not None:
-            log.warning("%s:%d: not a job row, skipped (%s)", path, number, bad)
+            log.warning("%s:%d: not a %s row, skipped (%s)", path, number, kind, bad)
             continue
         rows[row[key]] = row
     return rows
@@ -434,7 +435,7 @@ class Downstream:
             *(margin_record_path(args.results, n) for n in args.records),
             self.margin_record,
         ]:
-            self.margins_recorded |= read_record(path, "margin_key", margin_problem)
+            self.margins_recorded |= read_record(path, "margin_key", margin_problem, "margin")
         self.recorded_picks = {
             row["selection_key"]: np.array(row["picks"], dtype=np.int64)
             for row in self.recorded.values()
