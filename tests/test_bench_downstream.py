@@ -697,3 +697,29 @@ def test_a_margin_in_out_but_not_in_the_record_is_recorded_not_measured_again(
     again = run(tmp_path, bench, seeds=1, margin_pools="noisy")
     assert again.calls == Counter()
     assert downstream.read_record(record, "margin_key", downstream.margin_problem) == before
+
+
+def test_the_headline_gives_random_and_every_arm_minus_random_with_its_interval() -> None:
+    def result(arm: str, seed: int, nll: float, share: float) -> dict[str, Any]:
+        return {"pool": "noisy", "arm": arm, "seed": seed, "noisy share": share,
+                "suites": {"gsm8k": nll}, "holdout": {"a": nll + 1.0},
+                "derived": {downstream.VALIDATED: nll}}  # fmt: skip
+
+    results = [result("random", s, 1.0 + 0.01 * s, 0.3) for s in range(3)]
+    results += [result("kmq", s, 0.98 + 0.011 * s, 0.1) for s in range(3)]
+    results += [result("deita", 0, 0.9, 0.0), result("random", 0, 1.0, 0.3) | {"pool": "clean"}]
+    margins = [margin_row("random", s, 0.5) for s in range(3)]
+    margins += [margin_row("kmq", s, 0.6 + 0.001 * s) for s in range(3)]
+    text = downstream.headline_section(results, margins, ["random", "kmq", "deita", "qdit"])
+    assert "| arm | seeds | noisy share | noise margin ↑ | NLL where the noise hurts ↓ |" in text
+    assert "| random (its mean) | 3 | 0.300 | 0.5000 | 1.0100 | 2.0100 | 1.0100 |" in text
+    # kmq − random per seed: -0.02, -0.019, -0.018 (sd 0.001); margin +0.1, +0.101, +0.102
+    half = 4.302653 * 0.001 / np.sqrt(3)  # exact t(0.975, 2) × sd / √n
+    nll = f"-0.0190 [{-0.019 - half:+.4f}, {-0.019 + half:+.4f}]"
+    margin = f"+0.1010 [{0.101 - half:+.4f}, {0.101 + half:+.4f}]"
+    assert f"| kmq − random | 3 | 0.100 | {margin} | {nll} | {nll} | {nll} |" in text
+    # one seed: the value alone; an arm without a margin: an empty cell; qdit: no row
+    assert "| deita − random | 1 | 0.000 |  | -0.1000 (one seed) |" in text
+    assert "qdit" not in text
+    assert downstream.headline_section(results[3:6], margins, ["kmq"]) == ""  # no random
+    assert downstream.interval_cell(np.array([0.1, 0.1])) == "+0.1000 [n/a]"  # zero spread

@@ -1137,6 +1137,65 @@ def margin_section(margins: Sequence[dict[str, Any]], labels: Sequence[str]) -> 
     )
 
 
+HEADLINE = ((MARGIN, "↑"), (VALIDATED, "↓"), ("held-out NLL", "↓"), ("external NLL", "↓"))
+"""The noisy pool's at-a-glance columns and which way is better."""
+
+
+def interval_cell(d: np.ndarray) -> str:
+    """A seed-paired difference as ``mean [95 % CI]`` (one seed: the value alone; no spread:
+    "n/a" for the interval; no seed: empty)."""
+    if not len(d):
+        return ""
+    if len(d) == 1:
+        return f"{d[0]:+.4f} (one seed)"
+    t = paired_test(d)
+    return f"{t.mean:+.4f} " + ("[n/a]" if t.undefined else f"[{t.ci[0]:+.4f}, {t.ci[1]:+.4f}]")
+
+
+def headline_section(
+    results: Sequence[dict[str, Any]], margins: Sequence[dict[str, Any]], labels: Sequence[str]
+) -> str:
+    """The noisy pool at a glance: random's means, then every arm − random (seed-paired mean
+    with its 95 % exact-t interval) on the noise margin and the three NLL means, with its seeds
+    and noisy share. No tests: those, with Holm over each family, are in the sections below.
+    Empty without random on the noisy pool."""
+    noisy = [r for r in results if r["pool"] == "noisy"]
+    base = [r for r in noisy if r["arm"] == "random"]
+    if not base:
+        return ""
+    sources: dict[str, tuple[Sequence[dict[str, Any]], Values]] = {
+        name: ((margins, margin_values) if name == MARGIN else (noisy, metrics))
+        for name, _ in HEADLINE
+    }
+
+    def has(name: str) -> list[dict[str, Any]]:
+        rows, values = sources[name]
+        return [r for r in rows if r["pool"] == "noisy" and name in values(r)]
+
+    first: list[object] = ["random (its mean)", len(base), share_cell(base)]
+    for name, _ in HEADLINE:
+        v = [sources[name][1](r)[name] for r in has(name) if r["arm"] == "random"]
+        first.append(f"{np.mean(v):.4f}" if v else "")
+    table = [first]
+    for label in labels:
+        mine = [r for r in noisy if r["arm"] == label]
+        if label == "random" or not mine:
+            continue
+        cells: list[object] = [f"{label} − random", len(mine), share_cell(mine)]
+        for name, _ in HEADLINE:
+            cells.append(
+                interval_cell(paired(has(name), "noisy", label, "random", name, sources[name][1]))
+            )
+        table.append(cells)
+    header = ["arm", "seeds", "noisy share", *(f"{name} {way}" for name, way in HEADLINE)]
+    return (
+        "### At a glance: the noisy pool\n\n"
+        "Random's mean, then each arm − random, seed-paired: mean difference [95 % exact-t "
+        "interval]; ↑ / ↓ = higher / lower is better. The tests, with Holm over each family and "
+        "which were declared, are in the sections below.\n\n" + markdown_table(header, table)
+    )
+
+
 def iterative_note(ds: Downstream) -> str:
     """How the iterative arms picked (empty when the run has none)."""
     arms = [a for a in ds.arms if METHODS[a.method]["method"] == "iterative-kmq"]
@@ -1381,6 +1440,7 @@ def report(ds: Downstream, seconds: float) -> None:
         "answer token left and are not trained on); `train loss` the mean training loss (on the "
         "picks' own answers, noisy ones included).\n\n"
         + iterative_note(ds)
+        + (headline + "\n\n" if (headline := headline_section(results, margins, labels)) else "")
         + f"Mean seconds per job: training {np.mean(train_s):.0f}, evaluation {np.mean(eval_s):.0f}"
         f" ({len(results)} jobs finished).\n\n"
         "### Paired differences from random (same seed)\n\n"
