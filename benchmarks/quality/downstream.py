@@ -1163,18 +1163,20 @@ def headline_section(
     base = [r for r in noisy if r["arm"] == "random"]
     if not base:
         return ""
-    sources: dict[str, tuple[Sequence[dict[str, Any]], Values]] = {
-        name: ((margins, margin_values) if name == MARGIN else (noisy, metrics))
+    reader: dict[str, Values] = {
+        name: margin_values if name == MARGIN else metrics for name, _ in HEADLINE
+    }
+    having = {
+        name: [
+            r
+            for r in (margins if name == MARGIN else noisy)
+            if r["pool"] == "noisy" and name in reader[name](r)
+        ]
         for name, _ in HEADLINE
     }
-
-    def has(name: str) -> list[dict[str, Any]]:
-        rows, values = sources[name]
-        return [r for r in rows if r["pool"] == "noisy" and name in values(r)]
-
     first: list[object] = ["random (its mean)", len(base), share_cell(base)]
     for name, _ in HEADLINE:
-        v = [sources[name][1](r)[name] for r in has(name) if r["arm"] == "random"]
+        v = [reader[name](r)[name] for r in having[name] if r["arm"] == "random"]
         first.append(f"{np.mean(v):.4f}" if v else "")
     table = [first]
     for label in labels:
@@ -1184,7 +1186,7 @@ def headline_section(
         cells: list[object] = [f"{label} − random", len(mine), share_cell(mine)]
         for name, _ in HEADLINE:
             cells.append(
-                interval_cell(paired(has(name), "noisy", label, "random", name, sources[name][1]))
+                interval_cell(paired(having[name], "noisy", label, "random", name, reader[name]))
             )
         table.append(cells)
     header = ["arm", "seeds", "noisy share", *(f"{name} {way}" for name, way in HEADLINE)]
